@@ -1,0 +1,83 @@
+//! Everything the binary prints: results, errors, progress bars.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use airlock_bundle::Progress;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Writes `text` to stdout; a closed pipe is reported as an error for `main` to swallow.
+pub(crate) fn out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Writes a JSON value and a newline to stdout.
+pub(crate) fn json(value: &serde_json::Value) -> anyhow::Result<()> {
+    out(&format!("{}\n", serde_json::to_string_pretty(value)?))
+}
+
+/// Prints the error and its causes on one line to stderr.
+pub(crate) fn error_line(err: &anyhow::Error) {
+    let line = format!("{err:#}").replace('\n', " ");
+    let _ = writeln!(std::io::stderr(), "airlock: error: {line}");
+}
+
+/// The bundle library's error inside `err`, if any.
+pub(crate) fn bundle_error(err: &anyhow::Error) -> Option<&airlock_bundle::Error> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<airlock_bundle::Error>())
+}
+
+/// 1 when a bundle or input failed a check, 2 for usage and I/O problems.
+pub(crate) fn exit_code(err: &anyhow::Error) -> ExitCode {
+    match bundle_error(err) {
+        Some(e) if e.is_verification_failure() => ExitCode::from(1),
+        _ => ExitCode::from(2),
+    }
+}
+
+/// Progress bars on stderr when it is a terminal; nothing otherwise.
+pub(crate) struct Bars {
+    bar: ProgressBar,
+}
+
+impl Bars {
+    pub(crate) fn new() -> Self {
+        let target = if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(None, target);
+        Self { bar }
+    }
+}
+
+impl Progress for Bars {
+    fn begin(&self, phase: &str, total: u64) {
+        let style = ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        self.bar.set_style(style);
+        self.bar.set_message(phase.to_owned());
+        self.bar.set_length(total);
+        self.bar.set_position(0);
+        self.bar.reset_elapsed();
+        self.bar.enable_steady_tick(Duration::from_millis(200));
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn end(&self) {
+        self.bar.disable_steady_tick();
+        self.bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,216 @@
+//! Builders for tiny synthetic model files, for tests only (never a normal dependency).
+//!
+//! Real models are fetched by `scripts/fetch-models.sh`; unit tests build their own inputs
+//! here so they run offline in milliseconds.
+//!
+//! ```
+//! let bytes = airlock_testkit::safetensors::build(&[airlock_testkit::safetensors::Tensor::f32("w", &[2, 2])]);
+//! assert_eq!(&bytes[8..9], b"{");
+//! ```
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test-only helpers; a failure is a bug in the test"
+)]
+
+pub mod safetensors {
+    //! safetensors files.
+
+    /// One F32 tensor to write.
+    pub struct Tensor {
+        name: String,
+        shape: Vec<u64>,
+    }
+
+    impl Tensor {
+        /// An F32 tensor of `shape`, filled with a counting pattern.
+        pub fn f32(name: &str, shape: &[u64]) -> Self {
+            Self {
+                name: name.into(),
+                shape: shape.to_vec(),
+            }
+        }
+    }
+
+    /// A valid safetensors file holding `tensors` back to back.
+    pub fn build(tensors: &[Tensor]) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+        let mut data = Vec::new();
+        for t in tensors {
+            let n: u64 = t.shape.iter().product();
+            let begin = data.len() as u64;
+            for i in 0..n {
+                data.extend_from_slice(&(i as f32).to_le_bytes());
+            }
+            header.insert(t.name.clone(), serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [begin, data.len()]}));
+        }
+        let header = serde_json::to_string(&header).unwrap();
+        build_with_header(&header, data.len())
+    }
+
+    /// A file with exactly this header text and `data_len` zero bytes of data.
+    pub fn build_with_header(header: &str, data_len: usize) -> Vec<u8> {
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.resize(out.len() + data_len, 0);
+        out
+    }
+}
+
+pub mod gguf {
+    //! GGUF v3 files.
+
+    /// A metadata value.
+    pub enum MetaValue {
+        /// Type 4.
+        U32(u32),
+        /// Type 8.
+        Str(String),
+        /// Type 9 of type 8.
+        StrArray(Vec<String>),
+    }
+
+    enum Kv {
+        Typed(String, MetaValue),
+        Raw(Vec<u8>),
+    }
+
+    struct TensorSpec {
+        name: String,
+        shape: Vec<u64>,
+        ty: u32,
+        offset: Option<u64>,
+    }
+
+    /// Builds a GGUF v3 file with alignment 32.
+    #[derive(Default)]
+    pub struct GgufBuilder {
+        kvs: Vec<Kv>,
+        tensors: Vec<TensorSpec>,
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn type_bytes(ty: u32, elements: u64) -> u64 {
+        match ty {
+            0 => elements * 4,
+            1 => elements * 2,
+            2 => elements / 32 * 18,
+            3 => elements / 32 * 20,
+            8 => elements / 32 * 34,
+            _ => elements,
+        }
+    }
+
+    impl GgufBuilder {
+        /// An empty file: no metadata, no tensors.
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Adds a metadata pair.
+        pub fn meta(mut self, key: &str, value: MetaValue) -> Self {
+            self.kvs.push(Kv::Typed(key.into(), value));
+            self
+        }
+
+        /// Adds a string pair whose length field claims `len` bytes (no bytes follow).
+        pub fn raw_kv_with_string_len(mut self, key: &str, len: u64) -> Self {
+            let mut raw = Vec::new();
+            put_str(&mut raw, key);
+            raw.extend_from_slice(&8u32.to_le_bytes());
+            raw.extend_from_slice(&len.to_le_bytes());
+            self.kvs.push(Kv::Raw(raw));
+            self
+        }
+
+        /// Adds an array pair whose count field claims `count` elements of `elem` type.
+        pub fn raw_kv_with_array_len(mut self, key: &str, elem: u32, count: u64) -> Self {
+            let mut raw = Vec::new();
+            put_str(&mut raw, key);
+            raw.extend_from_slice(&9u32.to_le_bytes());
+            raw.extend_from_slice(&elem.to_le_bytes());
+            raw.extend_from_slice(&count.to_le_bytes());
+            self.kvs.push(Kv::Raw(raw));
+            self
+        }
+
+        /// Adds a tensor of ggml type `ty`, placed after the previous one.
+        pub fn tensor(mut self, name: &str, shape: &[u64], ty: u32) -> Self {
+            self.tensors.push(TensorSpec {
+                name: name.into(),
+                shape: shape.to_vec(),
+                ty,
+                offset: None,
+            });
+            self
+        }
+
+        /// Adds a tensor at an explicit data offset.
+        pub fn tensor_at(mut self, name: &str, shape: &[u64], ty: u32, offset: u64) -> Self {
+            self.tensors.push(TensorSpec {
+                name: name.into(),
+                shape: shape.to_vec(),
+                ty,
+                offset: Some(offset),
+            });
+            self
+        }
+
+        /// The file's bytes.
+        pub fn build(self) -> Vec<u8> {
+            let mut out = b"GGUF".to_vec();
+            out.extend_from_slice(&3u32.to_le_bytes());
+            out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+            out.extend_from_slice(&(self.kvs.len() as u64).to_le_bytes());
+            for kv in &self.kvs {
+                match kv {
+                    Kv::Raw(raw) => out.extend_from_slice(raw),
+                    Kv::Typed(key, value) => {
+                        put_str(&mut out, key);
+                        match value {
+                            MetaValue::U32(v) => {
+                                out.extend_from_slice(&4u32.to_le_bytes());
+                                out.extend_from_slice(&v.to_le_bytes());
+                            }
+                            MetaValue::Str(s) => {
+                                out.extend_from_slice(&8u32.to_le_bytes());
+                                put_str(&mut out, s);
+                            }
+                            MetaValue::StrArray(items) => {
+                                out.extend_from_slice(&9u32.to_le_bytes());
+                                out.extend_from_slice(&8u32.to_le_bytes());
+                                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                                for s in items {
+                                    put_str(&mut out, s);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let mut cursor = 0u64;
+            let mut data_end = 0u64;
+            for t in &self.tensors {
+                put_str(&mut out, &t.name);
+                out.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
+                for d in &t.shape {
+                    out.extend_from_slice(&d.to_le_bytes());
+                }
+                out.extend_from_slice(&t.ty.to_le_bytes());
+                let offset = t.offset.unwrap_or(cursor);
+                out.extend_from_slice(&offset.to_le_bytes());
+                let n = type_bytes(t.ty, t.shape.iter().product());
+                cursor = (offset + n).div_ceil(32) * 32;
+                data_end = data_end.max(offset + n);
+            }
+            out.resize(out.len().div_ceil(32) * 32, 0);
+            out.resize(out.len() + data_end as usize, 0x5a);
+            out
+        }
+    }
+}
