@@ -104,6 +104,13 @@ pub struct PrivateKey {
     public: PublicKey,
 }
 
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        write!(f, "PrivateKey({})", self.public.id)
+    }
+}
+
 impl PrivateKey {
     /// A new random key from the operating system's CSPRNG.
     pub fn generate() -> Result<Self> {

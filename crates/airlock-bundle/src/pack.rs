@@ -170,7 +170,11 @@ pub fn pack(
         statement_type: STATEMENT_TYPE.into(),
         subject: vec![Subject {
             name: opts.name.clone(),
-            digest: [("sha256".to_string(), subject_digest(&ordered).to_hex())].into(),
+            digest: [(
+                "sha256".to_string(),
+                subject_digest(all.iter().map(|(_, d)| &d.sha256)).to_hex(),
+            )]
+            .into(),
         }],
         predicate_type: PREDICATE_TYPE.into(),
         predicate: Predicate {

@@ -9,12 +9,7 @@ use clap::{Args, Parser, Subcommand};
 /// On the connected side: `keygen`, then `pack` a model into a bundle. Anyone can `verify`
 /// it against the publisher's public key, on either side of the gap, with no network.
 #[derive(Debug, Parser)]
-#[command(
-    name = "airlock",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "airlock", version, max_term_width = 100)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -60,7 +55,7 @@ pub(crate) struct PackArgs {
     #[arg(long)]
     pub(crate) name: String,
     /// Semantic version, X.Y.Z.
-    #[arg(long)]
+    #[arg(long = "version", id = "bundle_version", value_name = "X.Y.Z")]
     pub(crate) version: String,
     /// Signing key (PKCS#8 PEM). The first is the publisher; repeat to co-sign.
     #[arg(long = "key", value_name = "KEY", required = true)]
@@ -131,4 +126,14 @@ pub(crate) struct InspectArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -214,3 +214,37 @@ pub mod gguf {
         }
     }
 }
+
+pub mod tar {
+    //! Hand-made tar entries, including the hostile kinds a bundle reader must refuse.
+
+    /// One 512-byte ustar header for `name` with `typeflag` and `size`, checksum filled in,
+    /// followed by `data` padded to a block.
+    pub fn entry(name: &str, typeflag: u8, data: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+        h[136..148].copy_from_slice(b"00000000000\0");
+        h[156] = typeflag;
+        if typeflag == b'2' || typeflag == b'1' {
+            h[157..163].copy_from_slice(b"target");
+        }
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let mut out = h.to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    /// The end-of-archive marker.
+    pub fn end() -> Vec<u8> {
+        vec![0u8; 1024]
+    }
+}

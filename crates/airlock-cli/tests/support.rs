@@ -1,0 +1,314 @@
+//! Shared helpers: run the binary, build synthetic model sources, tamper with bundles.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use airlock_testkit::gguf::{GgufBuilder, MetaValue};
+use airlock_testkit::safetensors::{Tensor, build};
+
+pub fn airlock() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_airlock"));
+    cmd.env_remove("SOURCE_DATE_EPOCH")
+        .env_remove("AIRLOCK_KEY_PASSPHRASE");
+    cmd
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Asserts success and returns self.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run airlock");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into(),
+        stderr: String::from_utf8_lossy(&stderr).into(),
+    }
+}
+
+pub fn airlock_run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Run {
+    let mut cmd = airlock();
+    for a in args {
+        cmd.arg(a);
+    }
+    run(&mut cmd)
+}
+
+/// A scratch directory with a publisher key pair and a second, independent one.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        let ws = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for name in ["publisher", "cosigner", "stranger"] {
+            run(airlock()
+                .args(["keygen", "--name", name, "-o"])
+                .arg(ws.keys()))
+            .ok();
+        }
+        ws
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn keys(&self) -> PathBuf {
+        self.path("keys")
+    }
+
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.keys().join(format!("{name}.key"))
+    }
+
+    pub fn public(&self, name: &str) -> PathBuf {
+        self.keys().join(format!("{name}.pub"))
+    }
+
+    /// A small Hugging Face-style safetensors model directory.
+    pub fn safetensors_model(&self, name: &str) -> PathBuf {
+        let dir = self.path(name);
+        std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+        std::fs::write(
+            dir.join("model.safetensors"),
+            build(&[
+                Tensor::f32("embeddings.weight", &[16, 8]),
+                Tensor::f32("pooler.dense.weight", &[8, 8]),
+            ]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"architectures":["BertModel"],"max_position_embeddings":512}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("tokenizer.json"),
+            r#"{"version":"1.0","model":{"type":"WordPiece"}}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("modules.json"), "[]").unwrap();
+        std::fs::write(
+            dir.join("1_Pooling/config.json"),
+            r#"{"pooling_mode_mean_tokens":true}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("README.md"), "# Tiny test model\n").unwrap();
+        std::fs::write(dir.join("LICENSE"), "Apache License 2.0\n").unwrap();
+        dir
+    }
+
+    /// A small GGUF chat model file.
+    pub fn gguf_model(&self, name: &str) -> PathBuf {
+        let path = self.path(name);
+        let bytes = GgufBuilder::new()
+            .meta("general.architecture", MetaValue::Str("llama".into()))
+            .meta("llama.context_length", MetaValue::U32(4096))
+            .meta("general.file_type", MetaValue::U32(3))
+            .meta(
+                "tokenizer.chat_template",
+                MetaValue::Str("{% for m in messages %}{{ m.content }}{% endfor %}".into()),
+            )
+            .tensor("token_embd.weight", &[64, 4], 3)
+            .tensor("output_norm.weight", &[64], 0)
+            .build();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Packs `src` as `name` 1.0.0 with the publisher key; returns the bundle path.
+    pub fn pack(&self, src: &Path, out: &str, extra: &[&str]) -> PathBuf {
+        let out = self.path(out);
+        run(airlock()
+            .arg("pack")
+            .arg(src)
+            .args([
+                "--name",
+                "tiny",
+                "--version",
+                "1.0.0",
+                "--license",
+                "Apache-2.0",
+                "--key",
+            ])
+            .arg(self.key("publisher"))
+            .arg("-o")
+            .arg(&out)
+            .args(extra))
+        .ok();
+        out
+    }
+
+    /// `airlock verify BUNDLE --trust publisher --json` plus `extra`.
+    pub fn verify(&self, bundle: &Path, extra: &[&dyn AsRef<std::ffi::OsStr>]) -> Run {
+        let mut cmd = airlock();
+        cmd.arg("verify").arg(bundle).arg("--json");
+        if extra.is_empty() {
+            cmd.arg("--trust").arg(self.public("publisher"));
+        }
+        for a in extra {
+            cmd.arg(a);
+        }
+        run(&mut cmd)
+    }
+
+    /// Unpacks a bundle tar into a directory with GNU tar.
+    pub fn unpack(&self, bundle: &Path, dir: &str) -> PathBuf {
+        let out = self.path(dir);
+        std::fs::create_dir_all(&out).unwrap();
+        let status = Command::new("tar")
+            .arg("-xf")
+            .arg(bundle)
+            .arg("-C")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        out
+    }
+}
+
+/// Asserts that verification failed (exit 1) with the given error kind and a one-line reason.
+#[track_caller]
+pub fn assert_refused(run: &Run, kind: &str) {
+    assert_eq!(
+        run.code, 1,
+        "expected exit 1 for {kind}\nstdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    let json = run.json();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["kind"], kind, "wrong kind; error: {}", json["error"]);
+    assert_eq!(
+        run.stderr.trim_end().lines().count(),
+        1,
+        "reason must be one line: {:?}",
+        run.stderr
+    );
+}
+
+/// Asserts that a command (pack, sign...) failed with exit 1 and one line naming `needle`.
+#[track_caller]
+pub fn assert_failed_with(run: &Run, needle: &str) {
+    assert_eq!(
+        run.code, 1,
+        "expected exit 1\nstdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(
+        run.stderr.trim_end().lines().count(),
+        1,
+        "reason must be one line: {:?}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(needle),
+        "{:?} does not mention {needle:?}",
+        run.stderr
+    );
+}
+
+/// Flips one bit at `offset` in the file at `path`.
+pub fn flip_byte(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x01;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+/// Data offset of `name` in a bundle tar.
+pub fn tar_offset(bundle: &Path, name: &str) -> u64 {
+    let mut f = std::fs::File::open(bundle).unwrap();
+    let len = f.metadata().unwrap().len();
+    let entries =
+        airlock_bundle::tar::index(&mut f, len, &airlock_bundle::Limits::default()).unwrap();
+    entries
+        .iter()
+        .find(|e| e.path.as_str() == name)
+        .unwrap()
+        .data_offset
+}
+
+/// The cache that `scripts/fetch-models.sh` and `scripts/setup-test-tools.sh` fill.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("AIRLOCK_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/airlock")
+        })
+}
+
+/// The OpenSSF reference tool, installed by `scripts/setup-test-tools.sh`.
+pub fn model_signing() -> PathBuf {
+    let path = std::env::var_os("AIRLOCK_MODEL_SIGNING")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("tools-venv/bin/model_signing"));
+    assert!(
+        path.exists(),
+        "{} not found: run scripts/setup-test-tools.sh (or scripts/test.sh, which runs it)",
+        path.display()
+    );
+    path
+}
+
+/// The default models, fetched by `scripts/fetch-models.sh`.
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("AIRLOCK_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("models"));
+    assert!(
+        dir.join("smollm2").is_dir() && dir.join("all-minilm-l6-v2").is_dir(),
+        "{} has no models: run scripts/fetch-models.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// `model_signing verify key DIR --signature DIR/model.sig --public_key PUB`.
+pub fn oms_verify(dir: &Path, public: &Path) -> Run {
+    run(Command::new(model_signing())
+        .args(["verify", "key"])
+        .arg(dir)
+        .arg("--signature")
+        .arg(dir.join("model.sig"))
+        .arg("--public_key")
+        .arg(public))
+}
