@@ -164,8 +164,6 @@ pub fn pack(
             chunks: d.chunks.iter().map(Sha256Digest::to_hex).collect(),
         })
         .collect();
-    let ordered: Vec<(BundlePath, Sha256Digest)> =
-        all.iter().map(|(p, d)| ((*p).clone(), d.sha256)).collect();
     let statement = Statement {
         statement_type: STATEMENT_TYPE.into(),
         subject: vec![Subject {

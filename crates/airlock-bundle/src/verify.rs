@@ -338,7 +338,7 @@ impl Bundle {
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| {
-                    let mut buf = vec![0u8; 1 << 20];
+                    let mut buf = vec![0u8; 256 << 10];
                     while !failed.load(Ordering::Relaxed) {
                         let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             break;

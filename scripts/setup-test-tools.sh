@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond Rust: the OpenSSF Model Signing reference tool
+# (model-signing with pyopenssl, from PyPI) in a virtual environment in the cache, and GNU tar,
+# sha256sum and OpenSSL from Debian when missing.
+#
+#   AIRLOCK_CACHE  cache root (default: ~/.cache/airlock)
+set -euo pipefail
+cache="${AIRLOCK_CACHE:-$HOME/.cache/airlock}"
+venv="$cache/tools-venv"
+mkdir -p "$cache"
+
+missing=()
+for tool in tar sha256sum openssl python3; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tools: installing ${missing[*]} from apt"
+  pkgs=()
+  for t in "${missing[@]}"; do
+    case "$t" in sha256sum) pkgs+=(coreutils) ;; python3) pkgs+=(python3 python3-venv) ;; *) pkgs+=("$t") ;; esac
+  done
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${pkgs[@]}" >/dev/null
+fi
+
+if [ ! -x "$venv/bin/model_signing" ] || ! "$venv/bin/python" -c "import model_signing, OpenSSL" 2>/dev/null; then
+  echo "tools: installing model-signing and pyopenssl into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "model-signing==1.1.1" "pyopenssl>=25"
+fi
+echo "tools: model_signing $("$venv/bin/pip" show model-signing 2>/dev/null | sed -n 's/^Version: //p') ready in $venv"

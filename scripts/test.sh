@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what it needs, fetches the pinned
+# default models, then runs formatting and lint checks, every Rust test, and the verify
+# benchmark (which also checks that memory stays bounded).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 2; }
+
+bash scripts/setup-test-tools.sh
+bash scripts/fetch-models.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== benchmark: airlock verify beside sha256sum and openssl (2 GiB), memory on 4 GiB"
+bash scripts/bench-verify.sh --check
