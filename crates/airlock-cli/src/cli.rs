@@ -20,7 +20,7 @@ pub(crate) enum Command {
     /// Create an ECDSA P-256 signing key pair (NAME.key, NAME.pub) and print its key id.
     Keygen(KeygenArgs),
     /// Pack a model directory or GGUF file into a signed, reproducible bundle.
-    Pack(PackArgs),
+    Pack(Box<PackArgs>),
     /// Add a co-signature to a bundle (its digest does not change).
     Sign(SignArgs),
     /// Verify a bundle: signatures, exact file set, every chunk hash.

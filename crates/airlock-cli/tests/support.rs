@@ -54,14 +54,6 @@ pub fn run(cmd: &mut Command) -> Run {
     }
 }
 
-pub fn airlock_run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Run {
-    let mut cmd = airlock();
-    for a in args {
-        cmd.arg(a);
-    }
-    run(&mut cmd)
-}
-
 /// A scratch directory with a publisher key pair and a second, independent one.
 pub struct Workspace {
     pub dir: tempfile::TempDir,

@@ -19,7 +19,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let limits = Limits::default();
     match cli.command {
         Command::Keygen(args) => keygen::run(args),
-        Command::Pack(args) => pack::run(args, &limits),
+        Command::Pack(args) => pack::run(*args, &limits),
         Command::Sign(args) => sign::run(args, &limits),
         Command::Verify(args) => verify::run(args, &limits),
         Command::Inspect(args) => inspect::run(args, &limits),
