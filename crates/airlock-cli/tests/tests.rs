@@ -1,6 +1,12 @@
 //! End-to-end tests of the `airlock` binary. Each module reads as a specification.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, clippy::panic, unreachable_pub, reason = "test helpers: a failed unwrap is a failed test")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 mod support;
 
