@@ -163,6 +163,45 @@ pub struct FileEntry {
 }
 
 impl Statement {
+    /// The statement an airlock bundle signs: `files` (path and whole-file digest, in
+    /// resource order) as resources, the subject digest over them, and the extension.
+    pub fn for_files<'a>(
+        name: &str,
+        files: impl IntoIterator<Item = (&'a str, Sha256Digest)>,
+        airlock: Option<AirlockPredicate>,
+    ) -> Self {
+        let resources: Vec<Resource> = files
+            .into_iter()
+            .map(|(path, digest)| Resource {
+                name: path.to_owned(),
+                algorithm: "sha256".into(),
+                digest: digest.to_hex(),
+            })
+            .collect();
+        let digests: Vec<Sha256Digest> = resources
+            .iter()
+            .filter_map(|r| Sha256Digest::from_hex(&r.digest))
+            .collect();
+        Self {
+            statement_type: STATEMENT_TYPE.into(),
+            subject: vec![Subject {
+                name: name.to_owned(),
+                digest: [("sha256".to_string(), subject_digest(&digests).to_hex())].into(),
+            }],
+            predicate_type: PREDICATE_TYPE.into(),
+            predicate: Predicate {
+                serialization: Serialization {
+                    method: "files".into(),
+                    hash_type: "sha256".into(),
+                    allow_symlinks: false,
+                    ignore_paths: vec![SIGNATURE_FILE.into()],
+                },
+                resources,
+                airlock,
+            },
+        }
+    }
+
     /// RFC 8785 canonical JSON: the exact bytes that are signed.
     pub fn canonical_bytes(&self) -> Result<Vec<u8>> {
         serde_json_canonicalizer::to_vec(self)
@@ -381,60 +420,41 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample(files: &[(&str, &[u8])]) -> Statement {
-        let mut resources = Vec::new();
-        let mut entries = Vec::new();
-        let mut ordered = Vec::new();
-        for (name, data) in files {
-            let d = Sha256Digest::of(data);
-            resources.push(Resource {
-                name: (*name).into(),
-                algorithm: "sha256".into(),
-                digest: d.to_hex(),
-            });
-            ordered.push(d);
-            let chunks = if data.is_empty() {
-                vec![]
-            } else {
-                vec![d.to_hex()]
-            };
-            entries.push(FileEntry {
-                path: (*name).into(),
-                size: data.len() as u64,
-                chunks,
-            });
-        }
-        Statement {
-            statement_type: STATEMENT_TYPE.into(),
-            subject: vec![Subject {
-                name: "m".into(),
-                digest: [("sha256".to_string(), subject_digest(&ordered).to_hex())].into(),
-            }],
-            predicate_type: PREDICATE_TYPE.into(),
-            predicate: Predicate {
-                serialization: Serialization {
-                    method: "files".into(),
-                    hash_type: "sha256".into(),
-                    allow_symlinks: false,
-                    ignore_paths: vec![SIGNATURE_FILE.into()],
-                },
-                resources,
-                airlock: Some(AirlockPredicate {
-                    format: AIRLOCK_FORMAT,
-                    name: "m".into(),
-                    version: "1.0.0".into(),
-                    kind: "llm".into(),
-                    created: "1970-01-01T00:00:00Z".into(),
-                    source: None,
-                    revision: None,
-                    license: Some("Apache-2.0".into()),
-                    model: ModelFacts::default(),
-                    parent: None,
-                    evals: vec![],
-                    chunk_size: CHUNK_SIZE,
-                    files: entries,
-                }),
-            },
-        }
+        let entries = files
+            .iter()
+            .map(|(name, data)| {
+                let chunks = if data.is_empty() {
+                    vec![]
+                } else {
+                    vec![Sha256Digest::of(data).to_hex()]
+                };
+                FileEntry {
+                    path: (*name).into(),
+                    size: data.len() as u64,
+                    chunks,
+                }
+            })
+            .collect();
+        let airlock = AirlockPredicate {
+            format: AIRLOCK_FORMAT,
+            name: "m".into(),
+            version: "1.0.0".into(),
+            kind: "llm".into(),
+            created: "1970-01-01T00:00:00Z".into(),
+            source: None,
+            revision: None,
+            license: Some("Apache-2.0".into()),
+            model: ModelFacts::default(),
+            parent: None,
+            evals: vec![],
+            chunk_size: CHUNK_SIZE,
+            files: entries,
+        };
+        Statement::for_files(
+            "m",
+            files.iter().map(|(n, d)| (*n, Sha256Digest::of(d))),
+            Some(airlock),
+        )
     }
 
     fn parse(s: &Statement) -> Result<Manifest> {

@@ -9,8 +9,7 @@ use crate::digest::{CHUNK_SIZE, DualHasher, FileDigests, Sha256Digest};
 use crate::inspect::{self, FileClass, gguf, safetensors};
 use crate::keys::PrivateKey;
 use crate::manifest::{
-    AIRLOCK_FORMAT, AirlockPredicate, EvalSuite, FileEntry, ModelFacts, PREDICATE_TYPE, Predicate,
-    Resource, SIGNATURE_FILE, STATEMENT_TYPE, Serialization, Statement, Subject, subject_digest,
+    AIRLOCK_FORMAT, AirlockPredicate, EvalSuite, FileEntry, ModelFacts, SIGNATURE_FILE, Statement,
 };
 use crate::path::BundlePath;
 use crate::signature::SigstoreBundle;
@@ -164,35 +163,11 @@ pub fn pack(
             chunks: d.chunks.iter().map(Sha256Digest::to_hex).collect(),
         })
         .collect();
-    let statement = Statement {
-        statement_type: STATEMENT_TYPE.into(),
-        subject: vec![Subject {
-            name: opts.name.clone(),
-            digest: [(
-                "sha256".to_string(),
-                subject_digest(all.iter().map(|(_, d)| &d.sha256)).to_hex(),
-            )]
-            .into(),
-        }],
-        predicate_type: PREDICATE_TYPE.into(),
-        predicate: Predicate {
-            serialization: Serialization {
-                method: "files".into(),
-                hash_type: "sha256".into(),
-                allow_symlinks: false,
-                ignore_paths: vec![SIGNATURE_FILE.into()],
-            },
-            resources: all
-                .iter()
-                .map(|(p, d)| Resource {
-                    name: p.to_string(),
-                    algorithm: "sha256".into(),
-                    digest: d.sha256.to_hex(),
-                })
-                .collect(),
-            airlock: Some(info.clone()),
-        },
-    };
+    let statement = Statement::for_files(
+        &opts.name,
+        all.iter().map(|(p, d)| (p.as_str(), d.sha256)),
+        Some(info.clone()),
+    );
     let payload = statement.canonical_bytes()?;
     let digest = Sha256Digest::of(&payload);
     let mut signature = SigstoreBundle::sign(&payload, publisher);

@@ -34,15 +34,7 @@ fn a_packed_directory_verifies_as_a_tar_and_unpacked() {
     let dir = ws.unpack(&bundle, "unpacked");
     let unpacked = ws.verify(&dir, &[]).ok().json();
     assert_eq!(unpacked["digest"], tar["digest"]);
-    let sums = Command::new("sha256sum")
-        .args(["--quiet", "-c", "SHA256SUMS"])
-        .current_dir(&dir)
-        .status()
-        .unwrap();
-    assert!(
-        sums.success(),
-        "sha256sum -c SHA256SUMS must pass in an unpacked bundle"
-    );
+    assert_sha256sums_pass(&dir);
 }
 
 #[test]

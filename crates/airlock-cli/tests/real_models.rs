@@ -1,8 +1,6 @@
 //! The default models, end to end: SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2
 //! (safetensors directory), fetched by `scripts/fetch-models.sh`.
 
-use std::process::Command;
-
 use crate::support::*;
 
 #[test]
@@ -38,14 +36,7 @@ fn smollm2_gguf_packs_verifies_and_reports_its_facts() {
     assert_eq!(info["model"]["parameters"], 134_515_008u64);
     assert!(info["model"]["chat_template_sha256"].is_string());
     let dir = ws.unpack(&bundle, "unpacked");
-    assert!(
-        Command::new("sha256sum")
-            .args(["--quiet", "-c", "SHA256SUMS"])
-            .current_dir(&dir)
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert_sha256sums_pass(&dir);
 }
 
 #[test]
@@ -76,14 +67,7 @@ fn minilm_directory_packs_verifies_and_passes_the_reference_verifier() {
     assert_eq!(packed["model"]["architecture"], "BertModel");
     ws.verify(&bundle, &[]).ok();
     let dir = ws.unpack(&bundle, "unpacked");
-    assert!(
-        Command::new("sha256sum")
-            .args(["--quiet", "-c", "SHA256SUMS"])
-            .current_dir(&dir)
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert_sha256sums_pass(&dir);
     let oms = oms_verify(&dir, &ws.public("publisher"));
     assert_eq!(oms.code, 0, "{}{}", oms.stdout, oms.stderr);
 }

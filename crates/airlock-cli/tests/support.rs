@@ -304,3 +304,18 @@ pub fn oms_verify(dir: &Path, public: &Path) -> Run {
         .arg("--public_key")
         .arg(public))
 }
+
+/// `sha256sum -c SHA256SUMS` passes in `dir`.
+#[track_caller]
+pub fn assert_sha256sums_pass(dir: &Path) {
+    let status = Command::new("sha256sum")
+        .args(["--quiet", "-c", "SHA256SUMS"])
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "sha256sum -c SHA256SUMS failed in {}",
+        dir.display()
+    );
+}
