@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::digest::{CHUNK_SIZE, DualHasher, FileDigests, Sha256Digest};
@@ -467,11 +467,10 @@ fn open_checked(f: &SourceFile) -> Result<BufReader<File>> {
             reason: why.into(),
         });
     }
-    drop(file);
-    Ok(BufReader::with_capacity(
-        1 << 16,
-        File::open(&f.fs_path).map_err(|e| Error::io(&f.fs_path, e))?,
-    ))
+    // Rewind rather than reopen, so the checked head and the validated body are one file.
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(&f.fs_path, e))?;
+    Ok(BufReader::with_capacity(1 << 16, file))
 }
 
 fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {

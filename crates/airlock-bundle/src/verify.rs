@@ -248,10 +248,10 @@ impl Bundle {
             )));
         }
         let ignored_by = |path: &str| {
-            manifest
-                .ignore_paths
-                .iter()
-                .any(|i| path == i || path.starts_with(&format!("{i}/")))
+            manifest.ignore_paths.iter().any(|i| {
+                path.strip_prefix(i.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
         };
         for path in manifest.files.keys() {
             if !self.files.contains_key(path) {

@@ -250,6 +250,22 @@ fn pack_src(ws: &Workspace, src: &Path) -> Run {
         .arg(ws.path("x.airlock")))
 }
 
+/// Writes `bytes` to `target`, packs `src`, and expects a refusal naming `kind` and `why`.
+#[track_caller]
+fn assert_pack_refuses(
+    ws: &Workspace,
+    src: &Path,
+    target: &Path,
+    bytes: Vec<u8>,
+    kind: &str,
+    why: &str,
+) {
+    std::fs::write(target, bytes).unwrap();
+    let r = pack_src(ws, src);
+    assert_failed_with(&r, kind);
+    assert!(r.stderr.contains(why), "{why}: {}", r.stderr);
+}
+
 #[test]
 fn pack_refuses_hostile_safetensors_headers() {
     let ws = Workspace::new();
@@ -288,10 +304,7 @@ fn pack_refuses_hostile_safetensors_headers() {
         ),
     ];
     for (bytes, why) in cases {
-        std::fs::write(&weights, bytes).unwrap();
-        let r = pack_src(&ws, &src);
-        assert_failed_with(&r, "invalid safetensors");
-        assert!(r.stderr.contains(why), "{why}: {}", r.stderr);
+        assert_pack_refuses(&ws, &src, &weights, bytes, "invalid safetensors", why);
     }
 }
 
@@ -317,10 +330,7 @@ fn pack_refuses_hostile_gguf_headers() {
         ),
     ];
     for (bytes, why) in cases {
-        std::fs::write(&path, bytes).unwrap();
-        let r = pack_src(&ws, &path);
-        assert_failed_with(&r, "invalid GGUF");
-        assert!(r.stderr.contains(why), "{why}: {}", r.stderr);
+        assert_pack_refuses(&ws, &path, &path, bytes, "invalid GGUF", why);
     }
 }
 

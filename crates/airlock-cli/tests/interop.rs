@@ -51,12 +51,7 @@ fn the_reference_verifier_accepts_an_unpacked_bundle_and_rejects_any_changed_byt
 fn the_reference_verifier_accepts_a_cosigned_bundle_by_its_publisher() {
     let ws = Workspace::new();
     let bundle = ws.pack(&ws.gguf_model("m.gguf"), "m.airlock", &[]);
-    run(airlock()
-        .arg("sign")
-        .arg(&bundle)
-        .arg("--key")
-        .arg(ws.key("cosigner")))
-    .ok();
+    ws.cosign(&bundle, "cosigner").ok();
     let dir = ws.unpack(&bundle, "dir");
     let r = oms_verify(&dir, &ws.public("publisher"));
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);

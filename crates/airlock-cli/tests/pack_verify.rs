@@ -140,29 +140,15 @@ fn a_cosignature_keeps_the_digest_and_meets_a_threshold_of_two() {
         ws.verify(b, &[&"--trust", &p, &"--trust", &c, &"--threshold", &"2"])
     };
     assert_refused(&two(&ws, &bundle), "threshold_not_met");
-    run(airlock()
-        .arg("sign")
-        .arg(&bundle)
-        .arg("--key")
-        .arg(ws.key("cosigner")))
-    .ok();
+    ws.cosign(&bundle, "cosigner").ok();
     let after = two(&ws, &bundle).ok().json();
     assert_eq!(after["digest"], before);
     assert_eq!(after["signers"].as_array().unwrap().len(), 2);
     // The same for an unpacked directory.
     let dir = ws.unpack(&ws.pack(&ws.gguf_model("n.gguf"), "n.airlock", &[]), "n");
-    run(airlock()
-        .arg("sign")
-        .arg(&dir)
-        .arg("--key")
-        .arg(ws.key("cosigner")))
-    .ok();
+    ws.cosign(&dir, "cosigner").ok();
     two(&ws, &dir).ok();
-    let again = run(airlock()
-        .arg("sign")
-        .arg(&dir)
-        .arg("--key")
-        .arg(ws.key("cosigner")));
+    let again = ws.cosign(&dir, "cosigner");
     assert_eq!(
         again.code, 2,
         "signing twice with one key is a usage error: {}",

@@ -163,6 +163,15 @@ impl Workspace {
         out
     }
 
+    /// Co-signs `bundle` with the named key.
+    pub fn cosign(&self, bundle: &Path, key: &str) -> Run {
+        run(airlock()
+            .arg("sign")
+            .arg(bundle)
+            .arg("--key")
+            .arg(self.key(key)))
+    }
+
     /// `airlock verify BUNDLE --trust publisher --json` plus `extra`.
     pub fn verify(&self, bundle: &Path, extra: &[&dyn AsRef<std::ffi::OsStr>]) -> Run {
         let mut cmd = airlock();
