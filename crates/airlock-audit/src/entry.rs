@@ -23,7 +23,8 @@ pub enum Outcome {
 }
 
 /// An event to record. The log assigns its index and time.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Entry {
     /// Who acted: a key id (`key:<hex>`) or a local identity (`user:<name>`).
     pub actor: String,

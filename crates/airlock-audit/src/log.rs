@@ -131,6 +131,17 @@ impl AuditLog {
         Ok(log)
     }
 
+    /// Opens a log whose end may be torn or unsealed, only to [repair](Self::repair) it.
+    pub fn open_for_repair(dir: &Path, origin: &str, signer: NoteSigner) -> Result<Self> {
+        let path = dir.join(LOG_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Self::with_file(dir, origin, signer, file))
+    }
+
     fn with_file(dir: &Path, origin: &str, signer: NoteSigner, file: File) -> Self {
         Self {
             dir: dir.to_owned(),
@@ -1055,13 +1066,8 @@ mod tests {
             .unwrap();
         let reopened = AuditLog::open(dir.path(), ORIGIN, NoteSigner::parse(&key).unwrap());
         assert!(matches!(reopened, Err(Error::TornEntry { bytes: 15, .. })));
-        // Repair needs a handle that has not loaded the torn state yet.
-        let log = AuditLog::with_file(
-            dir.path(),
-            ORIGIN,
-            NoteSigner::parse(&key).unwrap(),
-            File::options().read(true).append(true).open(&path).unwrap(),
-        );
+        let log = AuditLog::open_for_repair(dir.path(), ORIGIN, NoteSigner::parse(&key).unwrap())
+            .unwrap();
         let report = log.repair("user:operator").unwrap().unwrap();
         assert_eq!(report.bytes, 15);
         assert_eq!(

@@ -179,6 +179,19 @@ impl SigstoreBundle {
             .collect()
     }
 
+    /// True if any signature on the envelope verifies with `key`, named or not: the
+    /// four-eyes check, which must also catch signatures by keys nobody trusts.
+    pub fn signed_by(&self, key: &PublicKey) -> bool {
+        let Ok(payload) = self.payload() else {
+            return false;
+        };
+        let message = pae(&self.dsse_envelope.payload_type, &payload);
+        self.dsse_envelope.signatures.iter().any(|s| {
+            B64.decode(&s.sig)
+                .is_ok_and(|der| key.verify(&message, &der))
+        })
+    }
+
     fn claimed_id(&self, index: usize, sig: &EnvelopeSignature) -> Option<String> {
         if !sig.keyid.is_empty() {
             return Some(sig.keyid.clone());
