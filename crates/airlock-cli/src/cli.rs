@@ -6,11 +6,18 @@ use clap::{Args, Parser, Subcommand};
 
 /// Carry open-weight LLMs across an air gap as signed, verifiable bundles.
 ///
-/// On the connected side: `keygen`, then `pack` a model into a bundle. Anyone can `verify`
-/// it against the publisher's public key, on either side of the gap, with no network.
+/// Connected side: `keygen`, then `pack` a model into a bundle; anyone can `verify` it
+/// against the publisher's public key, with no network.
+///
+/// Isolated side: `init` a registry, `trust add` the publisher and approver keys, `import`
+/// the bundle (it arrives quarantined), have a second person `approve` it, then `tag` it
+/// (e.g. prod). Every action and refusal is in the tamper-evident audit log (`audit verify`).
 #[derive(Debug, Parser)]
 #[command(name = "airlock", version, max_term_width = 100)]
 pub(crate) struct Cli {
+    /// Registry data directory [default: $XDG_DATA_HOME/airlock or ~/.local/share/airlock].
+    #[arg(long, global = true, env = "AIRLOCK_DATA", value_name = "DIR")]
+    pub(crate) data: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -27,6 +34,233 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// Show a bundle's name, version, digest, signers, model facts and files.
     Inspect(InspectArgs),
+    /// Create a registry data directory: policy.toml template, database, audit log and key.
+    Init(JsonArgs),
+    /// Verify a bundle against the trust policy and add it to the registry, quarantined.
+    Import(ImportArgs),
+    /// Approve a quarantined version with an approver key (not one that signed it).
+    Approve(ApproveArgs),
+    /// Reject a version, with a reason.
+    Reject(RejectArgs),
+    /// Point a tag (e.g. prod) at an approved version.
+    Tag(TagArgs),
+    /// Remove a tag.
+    Untag(UntagArgs),
+    /// List every version with its state and tags.
+    Ls(JsonArgs),
+    /// Show one version: state, digest, signers, approvals, tags, files.
+    Show(RefArgs),
+    /// Remove a version that no tag points at (its blobs go at the next gc).
+    Rm(RefArgs),
+    /// Delete blobs no version uses and staging left by interrupted imports.
+    Gc(JsonArgs),
+    /// Check the registry: database, blobs (rehashed), signatures, approvals, audit log.
+    Fsck(FsckArgs),
+    /// Write an approved version's files to a new directory, read-only, for another engine.
+    Export(ExportArgs),
+    /// Let an older version be imported despite rollback protection, until an expiry.
+    AllowDowngrade(AllowDowngradeArgs),
+    /// Manage trusted publisher and approver keys in policy.toml (each change is audited).
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Inspect and prove the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JsonArgs {
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// Bundle file (.airlock) or unpacked bundle directory.
+    #[arg(value_name = "BUNDLE")]
+    pub(crate) bundle: PathBuf,
+    /// Print the result as JSON (also on failure).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApproveArgs {
+    /// The version, NAME:VERSION.
+    #[arg(value_name = "NAME:VERSION")]
+    pub(crate) reference: String,
+    /// The approver's private key (PKCS#8 PEM); its public key must be a trusted approver.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RejectArgs {
+    /// The version, NAME:VERSION.
+    #[arg(value_name = "NAME:VERSION")]
+    pub(crate) reference: String,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    pub(crate) reason: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TagArgs {
+    /// The version, NAME:VERSION.
+    #[arg(value_name = "NAME:VERSION")]
+    pub(crate) reference: String,
+    /// The tag, e.g. prod.
+    pub(crate) tag: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UntagArgs {
+    /// The tag to remove, NAME:TAG.
+    #[arg(value_name = "NAME:TAG")]
+    pub(crate) reference: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RefArgs {
+    /// NAME:VERSION, NAME:TAG or NAME@sha256:HEX.
+    #[arg(value_name = "REF")]
+    pub(crate) reference: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FsckArgs {
+    /// Check sizes and permissions only; do not rehash blobs.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// NAME:VERSION, NAME:TAG or NAME@sha256:HEX (must be approved).
+    #[arg(value_name = "REF")]
+    pub(crate) reference: String,
+    /// Directory to create.
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AllowDowngradeArgs {
+    /// The older version to allow, NAME:VERSION.
+    #[arg(value_name = "NAME:VERSION")]
+    pub(crate) reference: String,
+    /// The approver's private key.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: PathBuf,
+    /// When the exception lapses: an RFC 3339 time or a duration such as 24h or 7days.
+    #[arg(long, value_name = "WHEN")]
+    pub(crate) expires: String,
+    /// Why (recorded in the signed exception and the audit log).
+    #[arg(long)]
+    pub(crate) reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TrustCommand {
+    /// Trust a public key as a publisher (signs bundles) or approver (approves imports).
+    Add(TrustAddArgs),
+    /// List trusted keys.
+    Ls(JsonArgs),
+    /// Stop trusting a key (id or a unique prefix of at least 8 hex digits).
+    Rm(TrustRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrustAddArgs {
+    /// The public key (SPKI PEM).
+    #[arg(value_name = "PUB.pem")]
+    pub(crate) key: PathBuf,
+    /// Trust it to sign bundles.
+    #[arg(
+        long,
+        conflicts_with = "approver",
+        required_unless_present = "approver"
+    )]
+    pub(crate) publisher: bool,
+    /// Trust it to approve imported versions.
+    #[arg(long)]
+    pub(crate) approver: bool,
+    /// A label to show with it (a person or team).
+    #[arg(long)]
+    pub(crate) label: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrustRmArgs {
+    /// Key id (or unique prefix).
+    #[arg(value_name = "KEYID")]
+    pub(crate) id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Verify the whole log: every entry, every signed checkpoint, nothing cut off.
+    Verify(AuditVerifyArgs),
+    /// Print the last entries.
+    Tail(AuditTailArgs),
+    /// Prove that entry N is in the log (RFC 6962 inclusion proof).
+    Prove(AuditProveArgs),
+    /// Prove that the log at size NEW extends the log at size OLD (consistency proof).
+    Consistency(AuditConsistencyArgs),
+    /// Print the latest signed checkpoint, for an auditor to keep as a witness.
+    Checkpoint,
+    /// Set aside a torn or unsealed end left by a crash (recorded as an audit entry).
+    Repair(JsonArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditVerifyArgs {
+    /// A checkpoint kept earlier (`airlock audit checkpoint`): the log must still extend it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) witness: Option<PathBuf>,
+    /// Verifier key string or file [default: DATA/audit.pub].
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditTailArgs {
+    /// How many entries.
+    #[arg(short = 'n', default_value_t = 10)]
+    pub(crate) count: usize,
+    /// Print JSON lines (the entries exactly as logged).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditProveArgs {
+    /// Entry index (from 0).
+    pub(crate) index: u64,
+    /// Tree size to prove against [default: the latest checkpoint].
+    #[arg(long)]
+    pub(crate) size: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditConsistencyArgs {
+    /// The earlier tree size.
+    pub(crate) old: u64,
+    /// The later tree size.
+    pub(crate) new: u64,
 }
 
 #[derive(Debug, Args)]

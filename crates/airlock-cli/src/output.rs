@@ -26,18 +26,52 @@ pub(crate) fn error_line(err: &anyhow::Error) {
     let _ = writeln!(std::io::stderr(), "airlock: error: {line}");
 }
 
-/// The bundle library's error inside `err`, if any.
-pub(crate) fn bundle_error(err: &anyhow::Error) -> Option<&airlock_bundle::Error> {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<airlock_bundle::Error>())
+/// 1 when a bundle or input failed a check or was refused, 2 for usage and I/O problems.
+pub(crate) fn exit_code(err: &anyhow::Error) -> ExitCode {
+    let refused = err.chain().any(|e| {
+        e.downcast_ref::<airlock_bundle::Error>()
+            .is_some_and(airlock_bundle::Error::is_verification_failure)
+            || e.downcast_ref::<airlock_registry::Error>()
+                .is_some_and(airlock_registry::Error::is_refusal)
+            || e.downcast_ref::<airlock_audit::Error>()
+                .is_some_and(airlock_audit::Error::is_integrity_failure)
+    });
+    ExitCode::from(if refused { 1 } else { 2 })
 }
 
-/// 1 when a bundle or input failed a check, 2 for usage and I/O problems.
-pub(crate) fn exit_code(err: &anyhow::Error) -> ExitCode {
-    match bundle_error(err) {
-        Some(e) if e.is_verification_failure() => ExitCode::from(1),
-        _ => ExitCode::from(2),
+/// Stable snake_case kind of the error in `err`, for `--json` output.
+pub(crate) fn error_kind(err: &anyhow::Error) -> &'static str {
+    for e in err.chain() {
+        if let Some(e) = e.downcast_ref::<airlock_registry::Error>() {
+            return e.kind();
+        }
+        if let Some(e) = e.downcast_ref::<airlock_bundle::Error>() {
+            return e.kind();
+        }
+        if let Some(e) = e.downcast_ref::<airlock_audit::Error>() {
+            return if e.is_integrity_failure() {
+                "audit_integrity"
+            } else {
+                "audit"
+            };
+        }
     }
+    "error"
+}
+
+/// With `--json`, a failure is also printed to stdout as `{"ok": false, ...}` so scripts
+/// need not parse stderr; the exit code is the same either way.
+pub(crate) fn json_failure(json: bool, err: anyhow::Error) -> anyhow::Result<ExitCode> {
+    if !json {
+        return Err(err);
+    }
+    self::json(&serde_json::json!({
+        "ok": false,
+        "kind": error_kind(&err),
+        "error": format!("{err:#}"),
+    }))?;
+    error_line(&err);
+    Ok(exit_code(&err))
 }
 
 /// Progress bars on stderr when it is a terminal; nothing otherwise.

@@ -10,7 +10,10 @@
 
 mod support;
 
+mod audit;
+mod crash;
 mod hostile;
 mod interop;
 mod pack_verify;
 mod real_models;
+mod registry;

@@ -427,9 +427,7 @@ impl Registry {
     pub fn import(&mut self, path: &Path, progress: &dyn Progress) -> Result<ImportReport> {
         let _lock = DirLock::shared(&self.layout)?;
         fault_point("import.locked");
-        for (dir, _) in store::abandoned_staging(&self.layout)? {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        store::abandoned_staging(&self.layout, true)?;
         let bundle = Bundle::open(path, &self.limits).map_err(|e| self.refuse_import(None, e))?;
         let signature = bundle
             .signature(&self.limits)
@@ -1292,8 +1290,7 @@ impl Registry {
             report.blobs += 1;
             report.blob_bytes += size;
         }
-        for (dir, bytes) in store::abandoned_staging(&self.layout)? {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        for (_, bytes) in store::abandoned_staging(&self.layout, true)? {
             report.staging += 1;
             report.staging_bytes += bytes;
         }
@@ -1370,7 +1367,7 @@ impl Registry {
                 unreferenced.len()
             ));
         }
-        let staging = store::abandoned_staging(&self.layout)?;
+        let staging = store::abandoned_staging(&self.layout, false)?;
         if !staging.is_empty() {
             report.notes.push(format!(
                 "{} interrupted import(s) left {} staged bytes; `airlock gc` removes them",

@@ -177,28 +177,41 @@ impl DirLock {
     }
 }
 
-/// A private staging directory for one import, locked while the import runs so that a
-/// cleaner can tell an abandoned one (its lock is free) from a live one.
+/// A private staging directory for one import, `tmp/import-<id>/`, with a lock file beside
+/// it (`tmp/import-<id>.lock`) held while the import runs, so that a cleaner can tell an
+/// abandoned one (its lock is free) from a live one. The lock is taken before the directory
+/// exists, so no cleaner ever sees a live directory unlocked.
 #[derive(Debug)]
 pub(crate) struct Staging {
     dir: PathBuf,
+    lock_path: PathBuf,
     _lock: File,
 }
 
 const STAGING_PREFIX: &str = "import-";
+const LOCK_SUFFIX: &str = ".lock";
 
 impl Staging {
     pub(crate) fn create(layout: &Layout) -> Result<Self> {
         let mut id = [0u8; 8];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-        let dir = layout
-            .tmp()
-            .join(format!("{STAGING_PREFIX}{}", hex::encode(id)));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let lock_path = dir.join(".lock");
-        let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+        let tmp = layout.tmp();
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let name = format!("{STAGING_PREFIX}{}", hex::encode(id));
+        let lock_path = tmp.join(format!("{name}{LOCK_SUFFIX}"));
+        let lock = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
         lock.lock().map_err(|e| Error::io(&lock_path, e))?;
-        Ok(Self { dir, _lock: lock })
+        let dir = tmp.join(name);
+        std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Self {
+            dir,
+            lock_path,
+            _lock: lock,
+        })
     }
 
     pub(crate) fn path(&self, n: usize) -> PathBuf {
@@ -208,13 +221,15 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        // Best effort: what is left behind is found and removed by `abandoned_staging`.
+        // Best effort: what is left behind is found and removed by `remove_abandoned`.
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.lock_path);
     }
 }
 
-/// Staging directories whose import is no longer running, with their total size.
-pub(crate) fn abandoned_staging(layout: &Layout) -> Result<Vec<(PathBuf, u64)>> {
+/// Staging left by imports that are no longer running: `(directory, bytes)`. With
+/// `remove`, each is deleted while its lock is held, so it cannot come back to life.
+pub(crate) fn abandoned_staging(layout: &Layout, remove: bool) -> Result<Vec<(PathBuf, u64)>> {
     let tmp = layout.tmp();
     let entries = match std::fs::read_dir(&tmp) {
         Ok(e) => e,
@@ -224,25 +239,36 @@ pub(crate) fn abandoned_staging(layout: &Layout) -> Result<Vec<(PathBuf, u64)>> 
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(&tmp, e))?;
-        let path = entry.path();
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(STAGING_PREFIX)
-        {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = file_name.strip_suffix(LOCK_SUFFIX) else {
+            continue;
+        };
+        if !stem.starts_with(STAGING_PREFIX) {
             continue;
         }
-        let alive = File::open(path.join(".lock")).is_ok_and(|f| f.try_lock().is_err());
-        if alive {
+        let lock_path = entry.path();
+        let Ok(lock) = OpenOptions::new().write(true).open(&lock_path) else {
             continue;
+        };
+        if lock.try_lock().is_err() {
+            continue; // a live import holds it
         }
+        let dir = tmp.join(stem);
         let mut bytes = 0;
-        if let Ok(files) = std::fs::read_dir(&path) {
+        if let Ok(files) = std::fs::read_dir(&dir) {
             for f in files.flatten() {
                 bytes += f.metadata().map_or(0, |m| m.len());
             }
         }
-        out.push((path, bytes));
+        if remove {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&dir, e)),
+            }
+            std::fs::remove_file(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+        }
+        out.push((dir, bytes));
     }
     Ok(out)
 }

@@ -1,12 +1,15 @@
 //! One module per subcommand; each only wires library calls to output.
 
+mod audit;
 mod inspect;
 mod keygen;
 mod pack;
+mod registry;
 mod sign;
+mod trust;
 mod verify;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use airlock_bundle::{Limits, PrivateKey};
@@ -17,13 +20,42 @@ use crate::cli::{Cli, Command};
 /// Runs the parsed command line.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let limits = Limits::default();
+    let data = cli.data;
     match cli.command {
         Command::Keygen(args) => keygen::run(args),
         Command::Pack(args) => pack::run(*args, &limits),
         Command::Sign(args) => sign::run(args, &limits),
         Command::Verify(args) => verify::run(args, &limits),
         Command::Inspect(args) => inspect::run(args, &limits),
+        Command::Trust(cmd) => trust::run(cmd, &data_dir(data)?),
+        Command::Audit(cmd) => audit::run(cmd, &data_dir(data)?),
+        other => registry::run(other, &data_dir(data)?),
     }
+}
+
+/// The data directory: `--data`, else `AIRLOCK_DATA` (clap reads both), else the default.
+fn data_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    given
+        .or_else(airlock_registry::default_data_dir)
+        .context("no data directory: pass --data DIR or set AIRLOCK_DATA")
+}
+
+/// Who is acting, as recorded in audit entries: the login name, else the numeric uid.
+pub(crate) fn actor() -> String {
+    if let Ok(name) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME"))
+        && !name.is_empty()
+    {
+        return format!("user:{name}");
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    // The owner of our own /proc entry is our real uid, without an unsafe getuid() call.
+    std::fs::metadata("/proc/self")
+        .map_or_else(|_| "user:unknown".into(), |m| format!("uid:{}", m.uid()))
+}
+
+/// Opens the registry in `data` as the current user.
+pub(crate) fn open_registry(data: &Path) -> anyhow::Result<airlock_registry::Registry> {
+    Ok(airlock_registry::Registry::open(data, &actor())?)
 }
 
 /// Environment variable that supplies the passphrase of encrypted keys non-interactively.

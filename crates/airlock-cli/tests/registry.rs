@@ -1,0 +1,437 @@
+//! The isolated side: import against the trust policy, four-eyes approval, tags, removal.
+//! Every refusal gives one line, one audit entry naming the rule, and nothing new in `ls`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::support::{Run, Workspace, airlock, flip_byte, run, tar_offset};
+
+/// A workspace with an initialised registry that trusts `publisher` to sign and
+/// `approver` to approve.
+pub struct Site {
+    pub ws: Workspace,
+    pub data: PathBuf,
+}
+
+impl Site {
+    pub fn new() -> Self {
+        let ws = Workspace::new();
+        run(airlock()
+            .args(["keygen", "--name", "approver", "-o"])
+            .arg(ws.keys()))
+        .ok();
+        let data = ws.path("data");
+        let mut site = Self { ws, data };
+        site.reset("data");
+        site
+    }
+
+    /// Switches to a new, initialised data directory with the same keys trusted.
+    pub fn reset(&mut self, dir: &str) {
+        self.data = self.ws.path(dir);
+        self.cmd(&["init"]).ok();
+        self.trust("--publisher", "publisher");
+        self.trust("--approver", "approver");
+    }
+
+    pub fn trust(&self, role: &str, key: &str) {
+        let public = self.ws.public(key);
+        self.cmd(&["trust", "add", role, public.to_str().unwrap()])
+            .ok();
+    }
+
+    /// Runs `airlock --data DATA ARGS...`.
+    pub fn cmd(&self, args: &[&str]) -> Run {
+        run(airlock().arg("--data").arg(&self.data).args(args))
+    }
+
+    pub fn import(&self, bundle: &Path) -> Run {
+        run(airlock()
+            .arg("--data")
+            .arg(&self.data)
+            .args(["import", "--json"])
+            .arg(bundle))
+    }
+
+    pub fn approve(&self, reference: &str, key: &str) -> Run {
+        let key = self.ws.key(key);
+        self.cmd(&[
+            "approve",
+            reference,
+            "--key",
+            key.to_str().unwrap(),
+            "--json",
+        ])
+    }
+
+    pub fn ls(&self) -> Vec<Value> {
+        self.cmd(&["ls", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The last audit entries, oldest first.
+    pub fn audit_tail(&self, n: usize) -> Vec<Value> {
+        self.cmd(&["audit", "tail", "-n", &n.to_string(), "--json"])
+            .ok()
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Packs a tiny safetensors model as `tiny:VERSION`, signed by `key`.
+    pub fn bundle(&self, label: &str, version: &str, key: &str, extra: &[&str]) -> PathBuf {
+        self.bundle_named("tiny", label, version, key, extra)
+    }
+
+    /// Packs a tiny safetensors model as `NAME:VERSION`, signed by `key`.
+    pub fn bundle_named(
+        &self,
+        name: &str,
+        label: &str,
+        version: &str,
+        key: &str,
+        extra: &[&str],
+    ) -> PathBuf {
+        let src = self.ws.safetensors_model(&format!("src-{label}"));
+        // Make every source distinct, so each bundle has its own digest.
+        std::fs::write(src.join("README.md"), format!("# model {label}\n")).unwrap();
+        let out = self.ws.path(&format!("{label}.airlock"));
+        run(airlock()
+            .arg("pack")
+            .arg(&src)
+            .args(["--name", name, "--version", version, "--key"])
+            .arg(self.ws.key(key))
+            .arg("-o")
+            .arg(&out)
+            .args(if extra.contains(&"--license") {
+                &[][..]
+            } else {
+                &["--license", "Apache-2.0"][..]
+            })
+            .args(extra))
+        .ok();
+        out
+    }
+
+    /// Asserts a refusal: exit 1, one line on stderr, an audit entry for `action` with
+    /// `rule`, and the listing unchanged.
+    #[track_caller]
+    pub fn assert_refused(&self, run: &Run, action: &str, rule: &str, listing_before: &[Value]) {
+        assert_eq!(
+            run.code, 1,
+            "expected a refusal\nstdout: {}\nstderr: {}",
+            run.stdout, run.stderr
+        );
+        assert_eq!(
+            run.stderr.trim_end().lines().count(),
+            1,
+            "the reason must be one line: {:?}",
+            run.stderr
+        );
+        let last = &self.audit_tail(1)[0];
+        assert_eq!(last["action"], action, "{last}");
+        assert_eq!(last["outcome"], "refused", "{last}");
+        assert_eq!(last["details"]["rule"], rule, "{last}");
+        assert!(
+            run.stderr.contains(last["reason"].as_str().unwrap()),
+            "stderr and the audit entry give the same reason"
+        );
+        assert_eq!(self.ls(), listing_before, "nothing new in ls");
+    }
+}
+
+#[test]
+fn import_approve_tag_show_is_the_happy_path_and_each_step_is_audited() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    let imported = site.import(&bundle).ok().json();
+    assert_eq!(imported["state"], "quarantined");
+    assert_eq!(site.ls()[0]["state"], "quarantined");
+    site.approve("tiny:1.0.0", "approver").ok();
+    site.cmd(&["tag", "tiny:1.0.0", "prod"]).ok();
+    let shown = site.cmd(&["show", "tiny:prod", "--json"]).ok().json();
+    assert_eq!(shown["state"], "approved");
+    assert_eq!(shown["tags"], serde_json::json!(["prod"]));
+    assert_eq!(shown["digest"], imported["digest"]);
+    assert_eq!(shown["approvals"].as_array().unwrap().len(), 1);
+    let digest = shown["digest"].as_str().unwrap();
+    let by_digest = site
+        .cmd(&["show", &format!("tiny@{digest}"), "--json"])
+        .ok()
+        .json();
+    assert_eq!(by_digest["version"], "1.0.0");
+    let actions: Vec<String> = site
+        .audit_tail(3)
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["import", "approve", "tag"]);
+    // Importing the same bundle again changes nothing.
+    let again = site.import(&bundle).ok().json();
+    assert_eq!(again["already_present"], true);
+    assert_eq!(site.cmd(&["fsck", "--json"]).ok().json()["clean"], true);
+}
+
+#[test]
+fn an_untrusted_signer_is_refused() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "stranger", &[]);
+    let run = site.import(&bundle);
+    site.assert_refused(&run, "import", "untrusted_signer", &[]);
+}
+
+#[test]
+fn an_unmet_signature_threshold_is_refused() {
+    let site = Site::new();
+    site.trust("--publisher", "cosigner");
+    let policy = site.data.join("policy.toml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text.replace("threshold = 1", "threshold = 2")).unwrap();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    let run = site.import(&bundle);
+    site.assert_refused(&run, "import", "threshold_not_met", &[]);
+    // The hand edit of the policy was itself recorded.
+    assert!(
+        site.audit_tail(3)
+            .iter()
+            .any(|e| e["action"] == "policy.changed")
+    );
+    // With the co-signature the same bundle goes in.
+    site.ws.cosign(&bundle, "cosigner").ok();
+    site.import(&bundle).ok();
+}
+
+#[test]
+fn a_licence_the_policy_does_not_allow_is_refused() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &["--license", "GPL-3.0-only"]);
+    let run = site.import(&bundle);
+    site.assert_refused(&run, "import", "license", &[]);
+    assert!(run.stderr.contains("GPL-3.0-only"));
+}
+
+#[test]
+fn a_tampered_blob_is_refused() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    flip_byte(&bundle, tar_offset(&bundle, "model.safetensors") + 200);
+    let run = site.import(&bundle);
+    site.assert_refused(&run, "import", "chunk_mismatch", &[]);
+    assert!(run.stderr.contains("model.safetensors"));
+}
+
+#[test]
+fn an_older_version_than_the_highest_imported_is_a_rollback_and_refused() {
+    let site = Site::new();
+    let newer = site.bundle("new", "1.1.0", "publisher", &[]);
+    let older = site.bundle("old", "1.0.0", "publisher", &[]);
+    site.import(&newer).ok();
+    let before = site.ls();
+    let run = site.import(&older);
+    site.assert_refused(&run, "import", "rollback", &before);
+    // Removing the newer version does not lower the floor.
+    site.cmd(&["rm", "tiny:1.1.0"]).ok();
+    let run = site.import(&older);
+    site.assert_refused(&run, "import", "rollback", &[]);
+    // An approver-signed exception naming the version lets it in until it expires.
+    let key = site.ws.key("approver");
+    site.cmd(&[
+        "allow-downgrade",
+        "tiny:1.0.0",
+        "--key",
+        key.to_str().unwrap(),
+        "--expires",
+        "1day",
+        "--reason",
+        "1.1.0 regressed on the eval suite",
+    ])
+    .ok();
+    assert_eq!(site.audit_tail(1)[0]["action"], "allow_downgrade");
+    site.import(&older).ok();
+}
+
+#[test]
+fn a_downgrade_exception_from_a_non_approver_is_refused() {
+    let site = Site::new();
+    let key = site.ws.key("stranger");
+    let run = site.cmd(&[
+        "allow-downgrade",
+        "tiny:1.0.0",
+        "--key",
+        key.to_str().unwrap(),
+        "--expires",
+        "1day",
+        "--reason",
+        "x",
+    ]);
+    site.assert_refused(&run, "allow_downgrade", "unknown_approver", &[]);
+}
+
+#[test]
+fn the_same_version_with_a_different_digest_is_refused() {
+    let site = Site::new();
+    let first = site.bundle("first", "1.0.0", "publisher", &[]);
+    let second = site.bundle("second", "1.0.0", "publisher", &[]);
+    site.import(&first).ok();
+    let before = site.ls();
+    let run = site.import(&second);
+    site.assert_refused(&run, "import", "version_conflict", &before);
+    // Even after the first is removed, 1.0.0 never means other bytes.
+    site.cmd(&["rm", "tiny:1.0.0"]).ok();
+    let run = site.import(&second);
+    site.assert_refused(&run, "import", "version_conflict", &[]);
+}
+
+#[test]
+fn files_mixed_from_two_validly_signed_bundles_are_refused() {
+    let site = Site::new();
+    let a = site.bundle("a", "1.0.0", "publisher", &[]);
+    let b = site.bundle("b", "1.0.1", "publisher", &[]);
+    let dir_a = site.ws.unpack(&a, "unpacked-a");
+    let dir_b = site.ws.unpack(&b, "unpacked-b");
+    // a's signature with b's model card: both files are genuine, the pair is not.
+    std::fs::copy(dir_b.join("MODEL_CARD.md"), dir_a.join("MODEL_CARD.md")).unwrap();
+    let run = site.import(&dir_a);
+    site.assert_refused(&run, "import", "chunk_mismatch", &[]);
+    assert!(run.stderr.contains("MODEL_CARD.md"));
+}
+
+#[test]
+fn an_approver_who_signed_the_bundle_is_refused_four_eyes() {
+    let site = Site::new();
+    site.trust("--approver", "publisher");
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    site.import(&bundle).ok();
+    let before = site.ls();
+    let run = site.approve("tiny:1.0.0", "publisher");
+    site.assert_refused(&run, "approve", "four_eyes", &before);
+    assert_eq!(site.ls()[0]["state"], "quarantined");
+}
+
+#[test]
+fn an_approval_by_an_unknown_key_is_refused() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    site.import(&bundle).ok();
+    let before = site.ls();
+    let run = site.approve("tiny:1.0.0", "stranger");
+    site.assert_refused(&run, "approve", "unknown_approver", &before);
+}
+
+#[test]
+fn tagging_an_unapproved_version_is_refused() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    site.import(&bundle).ok();
+    let before = site.ls();
+    let run = site.cmd(&["tag", "tiny:1.0.0", "prod"]);
+    site.assert_refused(&run, "tag", "not_approved", &before);
+}
+
+#[test]
+fn an_approval_stops_counting_once_its_approver_is_no_longer_trusted() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    site.import(&bundle).ok();
+    site.approve("tiny:1.0.0", "approver").ok();
+    let id = site.ws.public("approver");
+    let listed = site.cmd(&["trust", "ls", "--json"]).ok().json();
+    let approver_id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "approver")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    site.cmd(&["trust", "rm", &approver_id]).ok();
+    assert!(id.exists());
+    let before = site.ls();
+    let run = site.cmd(&["tag", "tiny:1.0.0", "prod"]);
+    site.assert_refused(&run, "tag", "approval_invalid", &before);
+}
+
+#[test]
+fn removing_a_tagged_version_is_refused() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    site.import(&bundle).ok();
+    site.approve("tiny:1.0.0", "approver").ok();
+    site.cmd(&["tag", "tiny:1.0.0", "prod"]).ok();
+    let before = site.ls();
+    let run = site.cmd(&["rm", "tiny:1.0.0"]);
+    site.assert_refused(&run, "rm", "tagged", &before);
+    // Untagged, it goes; gc then reclaims its blobs.
+    site.cmd(&["untag", "tiny:prod"]).ok();
+    site.cmd(&["rm", "tiny:1.0.0"]).ok();
+    assert!(site.ls().is_empty());
+    let gc = site.cmd(&["gc", "--json"]).ok().json();
+    assert!(gc["blobs"].as_u64().unwrap() >= 2);
+    assert_eq!(site.cmd(&["fsck", "--json"]).ok().json()["clean"], true);
+}
+
+#[test]
+fn export_writes_an_approved_version_read_only_and_verifiable() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    site.import(&bundle).ok();
+    let out = site.ws.path("exported");
+    let run = site.cmd(&["export", "tiny:1.0.0", "-o", out.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "an unapproved version is not exported");
+    assert!(!out.exists());
+    site.approve("tiny:1.0.0", "approver").ok();
+    site.cmd(&["export", "tiny:1.0.0", "-o", out.to_str().unwrap()])
+        .ok();
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(out.join("model.safetensors"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o222, 0, "exported files are read-only");
+    site.ws.verify(&out, &[]).ok();
+}
+
+#[test]
+fn fsck_finds_an_altered_blob() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    site.import(&bundle).ok();
+    let shown = site.cmd(&["show", "tiny:1.0.0", "--json"]).ok().json();
+    let blob = shown["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "model.safetensors")
+        .unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let path = site.data.join("blobs/sha256").join(&blob[..2]).join(&blob);
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    flip_byte(&path, 100);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let run = site.cmd(&["fsck", "--json"]);
+    assert_eq!(run.code, 1);
+    let problems = run.json()["problems"].to_string();
+    assert!(
+        problems.contains(&blob) && problems.contains("altered"),
+        "{problems}"
+    );
+}
+
+#[test]
+fn commands_on_a_missing_registry_say_how_to_make_one() {
+    let ws = Workspace::new();
+    let run = run(airlock().arg("--data").arg(ws.path("nowhere")).arg("ls"));
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("airlock init"), "{}", run.stderr);
+}
