@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The main job end to end on the default models: fetch them (pinned SHA-256), create a
-# publisher key, pack SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2 (safetensors),
-# verify both bundles, inspect one, and check an unpacked copy with sha256sum and with
-# the OpenSSF reference verifier.
+# The main job end to end on the default models.
+#
+# Connected side: fetch them (pinned SHA-256), create a publisher key, pack
+# SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2 (safetensors), verify both bundles,
+# inspect one, and check an unpacked copy with sha256sum and the OpenSSF reference verifier.
+#
+# Isolated side: create a registry, trust the publisher and a second person's approver key,
+# import the SmolLM2 bundle (quarantined), approve it with the second key, tag it prod,
+# show it, and verify the audit log that recorded every step.
 #
 #   AIRLOCK_DEMO_DIR  where keys and bundles go (default: a new temporary directory)
 set -euo pipefail
@@ -17,9 +22,10 @@ work="${AIRLOCK_DEMO_DIR:-$(mktemp -d)}"
 mkdir -p "$work"
 step() { printf '\n== %s\n' "$*"; }
 
-step "keygen: publisher key pair"
+step "keygen: publisher key pair (connected side) and approver key pair (a second person)"
 rm -rf "$work/keys"
 "$airlock" keygen -o "$work/keys" --name publisher
+"$airlock" keygen -o "$work/keys" --name approver
 
 step "pack: SmolLM2-135M-Instruct (GGUF)"
 "$airlock" pack "$models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" --name smollm2 --version 1.0.0 \
@@ -43,4 +49,31 @@ tar -xf "$work/all-minilm-l6-v2_1.0.0.airlock" -C "$work/unpacked"
 "${AIRLOCK_CACHE:-$HOME/.cache/airlock}/tools-venv/bin/model_signing" verify key "$work/unpacked" \
   --signature "$work/unpacked/model.sig" --public_key "$work/keys/publisher.pub"
 
-printf '\nDone. Keys and bundles are in %s\n' "$work"
+export AIRLOCK_DATA="$work/registry"
+rm -rf "$AIRLOCK_DATA"
+
+step "isolated side: init a registry, trust the publisher and the approver"
+"$airlock" init
+"$airlock" trust add --publisher "$work/keys/publisher.pub" --label release-team
+"$airlock" trust add --approver "$work/keys/approver.pub" --label second-person
+
+step "import: verify against the policy, copy once while hashing; arrives quarantined"
+"$airlock" import "$work/smollm2_1.0.0.airlock"
+
+step "four-eyes: the publisher cannot approve its own bundle"
+if "$airlock" approve smollm2:1.0.0 --key "$work/keys/publisher.key"; then
+  echo "unexpected: the publisher approved its own bundle" >&2; exit 1
+fi
+
+step "approve (second key), tag prod, show"
+"$airlock" approve smollm2:1.0.0 --key "$work/keys/approver.key"
+"$airlock" tag smollm2:1.0.0 prod
+"$airlock" show smollm2:prod
+"$airlock" ls
+
+step "audit: every step is in the log; verify it and prove the import entry"
+"$airlock" audit tail -n 10
+"$airlock" audit verify
+"$airlock" fsck
+
+printf '\nDone. Keys and bundles are in %s, the registry in %s\n' "$work" "$AIRLOCK_DATA"

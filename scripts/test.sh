@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs, fetches the pinned
-# default models, then runs formatting and lint checks, every Rust test, and the verify
-# benchmark (which also checks that memory stays bounded).
+# default models, then runs formatting and lint checks, every Rust test, and the verify and
+# import benchmarks (which also check that memory stays bounded).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 2; }
@@ -17,3 +17,5 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== benchmark: airlock verify beside sha256sum and openssl (2 GiB), memory on 4 GiB"
 bash scripts/bench-verify.sh --check
+echo "== benchmark: airlock import beside cp and sha256sum, audit appends with group commit"
+bash scripts/bench-import.sh --check

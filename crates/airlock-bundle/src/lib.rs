@@ -44,7 +44,7 @@ pub use limits::Limits;
 pub use manifest::Manifest;
 pub use pack::{PackOptions, PackReport, pack};
 pub use signature::TrustPolicy;
-pub use verify::{Bundle, FileReader, Layout, Verified};
+pub use verify::{Bundle, Layout, Verified};
 
 /// Receives progress of long operations (hashing, writing, verifying).
 ///

@@ -202,15 +202,12 @@ impl Bundle {
         Ok(Some(buf))
     }
 
-    /// A sequential reader over one file of the bundle, or `None` if there is no such file.
-    pub fn file_reader(&self, path: &BundlePath) -> Option<FileReader<'_>> {
+    /// Where one file's bytes are: the open file holding them, the offset of its first byte
+    /// and its length. For copying with the kernel (`copy_file_range`) instead of through
+    /// user space; the caller must hash what it wrote, not re-read this.
+    pub fn file_range(&self, path: &BundlePath) -> Option<(&File, u64, u64)> {
         let loc = self.files.get(path)?;
-        Some(FileReader {
-            file: &self.handles[loc.handle],
-            path: &self.path,
-            offset: loc.offset,
-            remaining: loc.size,
-        })
+        Some((&self.handles[loc.handle], loc.offset, loc.size))
     }
 
     /// Reads and parses `model.sig` without checking any signature.
@@ -431,42 +428,6 @@ impl Bundle {
         Ok(entries
             .get(1)
             .map_or(len.saturating_sub(1024), |e| e.header_offset))
-    }
-}
-
-/// Reads one file of a bundle front to back with positional reads, so several readers of
-/// the same tar can run at once.
-#[derive(Debug)]
-pub struct FileReader<'a> {
-    file: &'a File,
-    path: &'a Path,
-    offset: u64,
-    remaining: u64,
-}
-
-impl FileReader<'_> {
-    /// Bytes not yet read.
-    pub fn remaining(&self) -> u64 {
-        self.remaining
-    }
-}
-
-impl std::io::Read for FileReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let want = (buf.len() as u64).min(self.remaining) as usize;
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.offset)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("{} ended early", self.path.display()),
-            ));
-        }
-        self.offset += n as u64;
-        self.remaining -= n as u64;
-        Ok(n)
     }
 }
 

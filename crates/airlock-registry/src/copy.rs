@@ -1,14 +1,18 @@
-//! Copying one bundle file into staging while its hashes are checked, in a single read.
+//! Copying one bundle file into staging while its signed hashes are checked.
 //!
-//! The calling thread reads 1 MiB blocks and writes them to the staging file; two hashing
-//! threads take alternate 64 MiB chunks, so hashing runs beside the copy and on both cores
-//! instead of after it. Memory is bounded by the channel depth (a few MiB).
+//! The source is read once, by the kernel: `copy_file_range` moves each 64 MiB chunk
+//! into the staging file without passing through user space. Two hashing threads then
+//! hash alternate chunks *from the staging file*, while it is still in the page cache, so
+//! what is verified is exactly what will be installed (a source that changes between reads,
+//! such as a hostile USB device, cannot slip in bytes that were not hashed). A third
+//! thread syncs finished chunks to disk as the copy goes on, so the final sync has little
+//! left to do. Memory is one 1 MiB buffer per hasher.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write as _};
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::os::unix::fs::FileExt as _;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, sync_channel};
 
 use airlock_bundle::digest::CHUNK_SIZE;
 use airlock_bundle::manifest::ManifestFile;
@@ -17,178 +21,187 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{Error, Result, store};
 
-const BLOCK: usize = 1 << 20;
 const HASHERS: usize = 2;
-/// Blocks in flight per hasher.
-const DEPTH: usize = 8;
+/// Sync the staging file after this many bytes have been copied.
+const SYNC_EVERY: u64 = 128 << 20;
 
-/// One hashing assignment: a byte range with the digest it must have.
-struct Expected {
+/// One hashing assignment: a byte range of the staging file and the digest it must have.
+struct Job {
+    start: u64,
+    len: u64,
     digest: Sha256Digest,
     /// Chunk number, or `None` for a whole-file digest.
     index: Option<u64>,
-    offset: u64,
 }
 
-enum Msg {
-    Data(Arc<Vec<u8>>),
-    End(Expected),
-}
-
-/// Copies `size` bytes from `reader` to a new file at `dest`, checking them against the
-/// signed digests in `expected`: per chunk where the manifest has chunk digests, whole-file
-/// otherwise. The file is synced before returning. On a mismatch the error names the file
-/// and chunk, and `dest` is left for the caller's staging cleanup.
+/// Copies `size` bytes at `offset` of `source` to a new file `dest`, checking them against
+/// the signed digests in `expected`: per chunk where the manifest has chunk digests,
+/// whole-file otherwise. `dest` is synced before this returns. On a mismatch the error
+/// names the file and chunk, and `dest` is left for the caller's staging cleanup.
 pub(crate) fn copy_verified(
-    mut reader: impl Read,
+    source: &File,
+    offset: u64,
     size: u64,
     name: &str,
     expected: &ManifestFile,
     dest: &Path,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let ranges: Vec<(u64, u64, Expected)> = match &expected.chunked {
-        Some((chunked_size, chunks)) => {
-            if *chunked_size != size {
-                return Err(Error::refused(
-                    "size_mismatch",
-                    format!("{name}: size is {size} bytes, the manifest says {chunked_size}"),
-                ));
-            }
-            // With one chunk (or none) the whole-file digest must equal it: a free check
-            // that the signed manifest is self-consistent.
-            let whole_matches = match chunks.as_slice() {
-                [] => expected.sha256 == Sha256Digest::of(&[]),
-                [only] => *only == expected.sha256,
-                _ => true,
-            };
-            if !whole_matches {
-                return Err(Error::refused(
-                    "invalid_statement",
-                    format!("{name}: the manifest's file digest disagrees with its chunk digest"),
-                ));
-            }
-            chunks
-                .iter()
-                .enumerate()
-                .map(|(i, d)| {
-                    let start = i as u64 * CHUNK_SIZE;
-                    let len = CHUNK_SIZE.min(size - start);
-                    (
-                        start,
-                        len,
-                        Expected {
-                            digest: *d,
-                            index: Some(i as u64),
-                            offset: start,
-                        },
-                    )
-                })
-                .collect()
-        }
-        None => vec![(
-            0,
-            size,
-            Expected {
-                digest: expected.sha256,
-                index: None,
-                offset: 0,
-            },
-        )],
-    };
-    let mut out = OpenOptions::new()
+    let jobs = plan(size, name, expected)?;
+    let out = OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .open(dest)
         .map_err(|e| Error::io(dest, e))?;
     std::thread::scope(|scope| {
+        let (out, dest) = (&out, dest);
         let mut senders = Vec::with_capacity(HASHERS);
-        let mut handles = Vec::with_capacity(HASHERS);
+        let mut hashers = Vec::with_capacity(HASHERS);
         for _ in 0..HASHERS {
-            let (tx, rx) = sync_channel::<Msg>(DEPTH);
+            let (tx, rx) = sync_channel::<Job>(2);
             senders.push(tx);
-            handles.push(scope.spawn(move || hash_worker(rx, name)));
+            hashers.push(scope.spawn(move || hash_worker(rx, out, dest, name, progress)));
         }
-        let copied = feed(&mut reader, &mut out, dest, ranges, &senders, progress);
+        let (sync_tx, sync_rx) = sync_channel::<()>(1);
+        let syncer = scope.spawn(move || -> Result<()> {
+            for () in sync_rx {
+                out.sync_data().map_err(|e| Error::io(dest, e))?;
+            }
+            Ok(())
+        });
+        let copied = (|| -> Result<()> {
+            let mut src = source;
+            src.seek(SeekFrom::Start(offset))
+                .map_err(|e| Error::io(dest, e))?;
+            let mut dst = out;
+            let mut since_sync = 0;
+            for (n, job) in jobs.into_iter().enumerate() {
+                let copied = std::io::copy(&mut (&mut src).take(job.len), &mut dst)
+                    .map_err(|e| Error::io(dest, e))?;
+                if copied != job.len {
+                    return Err(Error::Bundle(airlock_bundle::Error::Truncated {
+                        detail: format!("{name} ended after {} bytes", job.start + copied),
+                    }));
+                }
+                if n == 0 {
+                    store::fault_point("import.file_copy_started");
+                }
+                since_sync += job.len;
+                if since_sync >= SYNC_EVERY {
+                    // A full queue means a sync is already under way; skip this one.
+                    let _ = sync_tx.try_send(());
+                    since_sync = 0;
+                }
+                if senders[n % HASHERS].send(job).is_err() {
+                    break; // that hasher found a mismatch; its error is reported below
+                }
+            }
+            Ok(())
+        })();
         drop(senders);
-        // A hasher's mismatch explains a failed send better than the send error does.
-        let mut hashed = Ok(());
-        for handle in handles {
+        drop(sync_tx);
+        // A hasher's mismatch explains a stopped copy better than the copy's own error.
+        let mut result = Ok(());
+        for handle in hashers {
             let r = handle
                 .join()
                 .unwrap_or_else(|_| Err(Error::Usage("hashing thread failed".into())));
-            if hashed.is_ok() {
-                hashed = r;
+            if result.is_ok() {
+                result = r;
             }
         }
-        hashed.and(copied)
+        let synced = syncer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Usage("sync thread failed".into())));
+        result.and(copied).and(synced)
     })?;
     out.sync_data().map_err(|e| Error::io(dest, e))?;
     Ok(())
 }
 
-fn feed(
-    reader: &mut impl Read,
-    out: &mut File,
-    dest: &Path,
-    ranges: Vec<(u64, u64, Expected)>,
-    senders: &[SyncSender<Msg>],
-    progress: &dyn Progress,
-) -> Result<()> {
-    let hasher_gone = || Error::Usage("hashing stopped".into());
-    let mut first_block = true;
-    for (n, (_, len, expected)) in ranges.into_iter().enumerate() {
-        let tx = &senders[n % senders.len()];
-        let mut left = len;
-        while left > 0 {
-            let want = left.min(BLOCK as u64) as usize;
-            let mut block = vec![0u8; want];
-            reader.read_exact(&mut block).map_err(|e| {
-                Error::Bundle(airlock_bundle::Error::Io {
-                    path: dest.to_owned(),
-                    source: e,
-                })
-            })?;
-            out.write_all(&block).map_err(|e| Error::io(dest, e))?;
-            if first_block {
-                store::fault_point("import.file_copy_started");
-                first_block = false;
-            }
-            progress.advance(want as u64);
-            left -= want as u64;
-            tx.send(Msg::Data(Arc::new(block)))
-                .map_err(|_| hasher_gone())?;
+/// The hashing jobs for one file, after checking the manifest entry is self-consistent.
+fn plan(size: u64, name: &str, expected: &ManifestFile) -> Result<Vec<Job>> {
+    let Some((chunked_size, chunks)) = &expected.chunked else {
+        return Ok(vec![Job {
+            start: 0,
+            len: size,
+            digest: expected.sha256,
+            index: None,
+        }]);
+    };
+    if *chunked_size != size {
+        return Err(airlock_bundle::Error::SizeMismatch {
+            path: name.to_owned(),
+            expected: *chunked_size,
+            actual: size,
         }
-        tx.send(Msg::End(expected)).map_err(|_| hasher_gone())?;
+        .into());
     }
-    Ok(())
+    // With one chunk (or none) the whole-file digest must equal it: a free check that the
+    // signed manifest is self-consistent, so the blob's name is its true hash.
+    let whole_matches = match chunks.as_slice() {
+        [] => expected.sha256 == Sha256Digest::of(&[]),
+        [only] => *only == expected.sha256,
+        _ => true,
+    };
+    if !whole_matches {
+        return Err(Error::refused(
+            "invalid_statement",
+            format!("{name}: the manifest's file digest disagrees with its chunk digest"),
+        ));
+    }
+    Ok(chunks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let start = i as u64 * CHUNK_SIZE;
+            Job {
+                start,
+                len: CHUNK_SIZE.min(size - start),
+                digest: *d,
+                index: Some(i as u64),
+            }
+        })
+        .collect())
 }
 
-fn hash_worker(rx: Receiver<Msg>, name: &str) -> Result<()> {
-    let mut hasher = Sha256::new();
-    for msg in rx {
-        match msg {
-            Msg::Data(block) => hasher.update(&block[..]),
-            Msg::End(expected) => {
-                let actual = Sha256Digest(hasher.finalize_reset().into());
-                if actual != expected.digest {
-                    let err = match expected.index {
-                        Some(index) => airlock_bundle::Error::ChunkMismatch {
-                            path: name.to_owned(),
-                            index,
-                            offset: expected.offset,
-                            expected: expected.digest.to_hex(),
-                            actual: actual.to_hex(),
-                        },
-                        None => airlock_bundle::Error::HashMismatch {
-                            path: name.to_owned(),
-                            expected: expected.digest.to_hex(),
-                            actual: actual.to_hex(),
-                        },
-                    };
-                    return Err(err.into());
-                }
-            }
+fn hash_worker(
+    rx: Receiver<Job>,
+    file: &File,
+    path: &Path,
+    name: &str,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    for job in rx {
+        let mut hasher = Sha256::new();
+        let mut done = 0;
+        while done < job.len {
+            let want = (job.len - done).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..want], job.start + done)
+                .map_err(|e| Error::io(path, e))?;
+            hasher.update(&buf[..want]);
+            done += want as u64;
+            progress.advance(want as u64);
+        }
+        let actual = Sha256Digest(hasher.finalize().into());
+        if actual != job.digest {
+            let err = match job.index {
+                Some(index) => airlock_bundle::Error::ChunkMismatch {
+                    path: name.to_owned(),
+                    index,
+                    offset: job.start,
+                    expected: job.digest.to_hex(),
+                    actual: actual.to_hex(),
+                },
+                None => airlock_bundle::Error::HashMismatch {
+                    path: name.to_owned(),
+                    expected: job.digest.to_hex(),
+                    actual: actual.to_hex(),
+                },
+            };
+            return Err(err.into());
         }
     }
     Ok(())

@@ -467,11 +467,10 @@ impl Registry {
         let copied = (|| {
             for (n, (file, expected)) in manifest.files.iter().enumerate() {
                 let dest = staging.path(n);
-                let reader = bundle.file_reader(file).ok_or_else(|| {
+                let (source, offset, size) = bundle.file_range(file).ok_or_else(|| {
                     Error::refused("missing_file", format!("{file} is not in the bundle"))
                 })?;
-                let size = reader.remaining();
-                copy::copy_verified(reader, size, file.as_str(), expected, &dest, progress)?;
+                copy::copy_verified(source, offset, size, file.as_str(), expected, &dest, progress)?;
                 fault_point("import.file_staged");
                 staged.push((dest, expected.sha256, file.to_string(), size));
             }
