@@ -655,7 +655,7 @@ impl Registry {
         }
         // The exact file set, before anything is copied.
         for path in manifest.files.keys() {
-            if bundle.file_reader(path).is_none() {
+            if bundle.file_range(path).is_none() {
                 return Err(airlock_bundle::Error::MissingFile {
                     path: path.to_string(),
                 }
