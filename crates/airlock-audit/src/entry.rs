@@ -129,6 +129,9 @@ impl Record {
     /// strings never describe the same entry.
     pub fn parse_canonical(line: &[u8]) -> std::result::Result<Self, String> {
         let record: Self = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        if record.index > MAX_SAFE_INTEGER {
+            return Err("index is beyond what canonical JSON numbers hold exactly".into());
+        }
         let again = serde_json_canonicalizer::to_vec(&record).map_err(|e| e.to_string())?;
         if again != line {
             return Err("entry is not in canonical JSON form".into());

@@ -47,7 +47,8 @@ impl Checkpoint {
         )
     }
 
-    fn parse_body(body: &str) -> Result<Self> {
+    /// Parses a checkpoint body (the signed text, without signatures).
+    pub fn parse_body(body: &str) -> Result<Self> {
         let bad = |why: &str| Error::MalformedCheckpoint(why.to_owned());
         let mut lines = body
             .strip_suffix('\n')

@@ -158,7 +158,8 @@ impl Policy {
         Self::parse(path, &bytes)
     }
 
-    fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
+    /// Parses and validates policy text; `path` only names the file in errors.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
         let invalid = |reason: String| Error::Policy {
             path: path.to_owned(),
             reason,
@@ -435,6 +436,13 @@ mod tests {
         assert!(
             matches!(Policy::load(&path), Err(Error::Policy { reason, .. }) if reason.contains("does not match"))
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_policy_text_is_an_error_never_a_panic(text in "\\PC{0,400}") {
+            let _ = Policy::parse(Path::new("p.toml"), text.as_bytes());
+        }
     }
 
     #[test]
