@@ -435,3 +435,48 @@ fn commands_on_a_missing_registry_say_how_to_make_one() {
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("airlock init"), "{}", run.stderr);
 }
+
+#[test]
+fn the_size_limit_and_refused_formats_of_the_policy_are_enforced() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    let policy = site.data.join("policy.toml");
+    let original = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        original.replace("max_bundle_bytes = 549755813888", "max_bundle_bytes = 100"),
+    )
+    .unwrap();
+    let run = site.import(&bundle);
+    site.assert_refused(&run, "import", "size_limit", &[]);
+    std::fs::write(
+        &policy,
+        original.replace("refused = []", "refused = [\"safetensors\"]"),
+    )
+    .unwrap();
+    let run = site.import(&bundle);
+    site.assert_refused(&run, "import", "format", &[]);
+}
+
+#[test]
+fn the_same_bundle_imported_by_two_processes_at_once_lands_once() {
+    let site = Site::new();
+    let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+                .arg("--data")
+                .arg(&site.data)
+                .args(["import", "--json"])
+                .arg(&bundle)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    assert_eq!(site.ls().len(), 1);
+    assert_eq!(site.cmd(&["fsck", "--json"]).ok().json()["clean"], true);
+}

@@ -470,7 +470,15 @@ impl Registry {
                 let (source, offset, size) = bundle.file_range(file).ok_or_else(|| {
                     Error::refused("missing_file", format!("{file} is not in the bundle"))
                 })?;
-                copy::copy_verified(source, offset, size, file.as_str(), expected, &dest, progress)?;
+                copy::copy_verified(
+                    source,
+                    offset,
+                    size,
+                    file.as_str(),
+                    expected,
+                    &dest,
+                    progress,
+                )?;
                 fault_point("import.file_staged");
                 staged.push((dest, expected.sha256, file.to_string(), size));
             }
@@ -504,14 +512,40 @@ impl Registry {
         let (name, policy_digest) = (facts.name.clone(), self.policy.digest.to_hex());
         let actor = self.actor.clone();
         let manifest_digest = manifest.digest;
+        let rollback_allowed =
+            !self.policy.rollback_protection || self.valid_exception(&name, &version)?.is_some();
         let result = self.commit_audited(|tx| {
             // Re-checked under the write lock: another import may have committed meanwhile.
-            if let Some(existing) = history_digest(tx, &name, &version)?
-                && existing != manifest_digest.to_hex()
+            if let Some(existing) = history_digest(tx, &name, &version)? {
+                if existing != manifest_digest.to_hex() {
+                    return Err(Error::refused(
+                        "version_conflict",
+                        format!("{name}:{version} was imported as sha256:{existing}; a version is never reused for different bytes"),
+                    ));
+                }
+                let state: Option<String> = tx
+                    .query_row(
+                        "SELECT state FROM versions WHERE name = ?1 AND version = ?2",
+                        params![name, version],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(state) = state {
+                    // The same bundle, imported by another process while this one copied.
+                    let entry = Entry::new(&actor, "import", Outcome::Ok)
+                        .subject(format!("sha256:{manifest_digest}"))
+                        .detail("name", name.clone())
+                        .detail("version", version.clone())
+                        .detail("already_present", true);
+                    return Ok((Some(state), entry));
+                }
+            } else if !rollback_allowed
+                && let Some(highest) = highest_in(tx, &name)?
+                && facts.version < highest
             {
                 return Err(Error::refused(
-                    "version_conflict",
-                    format!("{name}:{version} was imported as sha256:{existing}; a version is never reused for different bytes"),
+                    "rollback",
+                    format!("{name}:{version} is older than {highest}, the highest version imported; a downgrade needs an approver's `airlock allow-downgrade {name}:{version}`"),
                 ));
             }
             tx.execute(
@@ -555,21 +589,22 @@ impl Registry {
                 .detail("bytes", facts.bytes)
                 .detail("state", "quarantined")
                 .detail("policy_sha256", policy_digest.clone());
-            Ok(((), entry))
+            Ok((None, entry))
         });
-        if let Err(e) = result {
-            return Err(self.refuse("import", subject, e));
-        }
+        let existing = match result {
+            Ok(existing) => existing,
+            Err(e) => return Err(self.refuse("import", subject, e)),
+        };
         drop(staging);
         Ok(ImportReport {
             name: facts.name,
             version,
             digest,
-            state: "quarantined".into(),
+            already_present: existing.is_some(),
+            state: existing.unwrap_or_else(|| "quarantined".into()),
             files: manifest.files.len(),
             bytes: facts.bytes,
             new_blobs,
-            already_present: false,
             signers: signers.iter().map(|k| k.to_hex()).collect(),
         })
     }
@@ -708,7 +743,7 @@ impl Registry {
         if !self.policy.rollback_protection {
             return Ok(None);
         }
-        let Some(highest) = self.highest_version(name)? else {
+        let Some(highest) = highest_in(&self.conn, name)? else {
             return Ok(None);
         };
         if *version >= highest {
@@ -723,19 +758,6 @@ impl Registry {
                 "{name}:{text} is older than {highest}, the highest version imported; a downgrade needs an approver's `airlock allow-downgrade {name}:{text}`"
             ),
         ))
-    }
-
-    fn highest_version(&self, name: &str) -> Result<Option<semver::Version>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT version FROM history WHERE name = ?1")?;
-        let versions: Vec<String> = stmt
-            .query_map(params![name], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(versions
-            .iter()
-            .filter_map(|v| semver::Version::parse(v).ok())
-            .max())
     }
 
     /// An unexpired exception for `name:version` whose signature verifies with an approver
@@ -1619,6 +1641,18 @@ fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
         state: r.get(4)?,
         signature_blob: r.get(5)?,
     })
+}
+
+/// The highest version of `name` ever imported.
+fn highest_in(conn: &Connection, name: &str) -> Result<Option<semver::Version>> {
+    let mut stmt = conn.prepare("SELECT version FROM history WHERE name = ?1")?;
+    let versions: Vec<String> = stmt
+        .query_map(params![name], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(versions
+        .iter()
+        .filter_map(|v| semver::Version::parse(v).ok())
+        .max())
 }
 
 fn history_digest(conn: &Connection, name: &str, version: &str) -> Result<Option<String>> {
