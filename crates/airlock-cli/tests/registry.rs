@@ -65,6 +65,21 @@ impl Site {
         ])
     }
 
+    /// An exception for `reference`, signed by `key`, for one day.
+    pub fn allow_downgrade(&self, reference: &str, key: &str) -> Run {
+        let key = self.ws.key(key);
+        self.cmd(&[
+            "allow-downgrade",
+            reference,
+            "--key",
+            key.to_str().unwrap(),
+            "--expires",
+            "1day",
+            "--reason",
+            "the newer version regressed on the eval suite",
+        ])
+    }
+
     pub fn ls(&self) -> Vec<Value> {
         self.cmd(&["ls", "--json"])
             .ok()
@@ -240,18 +255,7 @@ fn an_older_version_than_the_highest_imported_is_a_rollback_and_refused() {
     let run = site.import(&older);
     site.assert_refused(&run, "import", "rollback", &[]);
     // An approver-signed exception naming the version lets it in until it expires.
-    let key = site.ws.key("approver");
-    site.cmd(&[
-        "allow-downgrade",
-        "tiny:1.0.0",
-        "--key",
-        key.to_str().unwrap(),
-        "--expires",
-        "1day",
-        "--reason",
-        "1.1.0 regressed on the eval suite",
-    ])
-    .ok();
+    site.allow_downgrade("tiny:1.0.0", "approver").ok();
     assert_eq!(site.audit_tail(1)[0]["action"], "allow_downgrade");
     site.import(&older).ok();
 }
@@ -259,17 +263,7 @@ fn an_older_version_than_the_highest_imported_is_a_rollback_and_refused() {
 #[test]
 fn a_downgrade_exception_from_a_non_approver_is_refused() {
     let site = Site::new();
-    let key = site.ws.key("stranger");
-    let run = site.cmd(&[
-        "allow-downgrade",
-        "tiny:1.0.0",
-        "--key",
-        key.to_str().unwrap(),
-        "--expires",
-        "1day",
-        "--reason",
-        "x",
-    ]);
+    let run = site.allow_downgrade("tiny:1.0.0", "stranger");
     site.assert_refused(&run, "allow_downgrade", "unknown_approver", &[]);
 }
 
