@@ -190,19 +190,51 @@ struct VersionRow {
 impl Registry {
     /// Creates a data directory: policy template, database, audit log and its signing key.
     /// Refuses a directory that already holds anything.
+    ///
+    /// Everything is built in a sibling directory that replaces `root` in one rename, so a
+    /// failed init leaves nothing behind.
     pub fn init(root: &Path, actor: &str) -> Result<InitReport> {
-        let dir_err = |reason: &str| Error::DataDir {
-            path: root.to_owned(),
-            reason: reason.to_owned(),
-        };
         if root.exists() {
             let mut entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
             if entries.next().is_some() {
-                return Err(dir_err(
-                    "not empty; airlock init needs a new or empty directory",
-                ));
+                return Err(Error::DataDir {
+                    path: root.to_owned(),
+                    reason: "not empty; airlock init needs a new or empty directory".into(),
+                });
             }
         }
+        let parent = root
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let name = root
+            .file_name()
+            .map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+        let staging = parent.join(format!(".{name}.init-{}", std::process::id()));
+        let built = Self::build(&staging, actor).and_then(|(verifier, origin)| {
+            // rename(2) replaces a missing or empty directory atomically.
+            std::fs::rename(&staging, root).map_err(|e| Error::io(root, e))?;
+            store::sync_dir(parent)?;
+            Ok((verifier, origin))
+        });
+        let (audit_verifier, audit_origin) = match built {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        Ok(InitReport {
+            data: root.to_owned(),
+            policy: Layout::new(root).policy(),
+            audit_verifier,
+            audit_origin,
+        })
+    }
+
+    /// Creates a complete data directory at `root`; returns the audit verifier key and origin.
+    fn build(root: &Path, actor: &str) -> Result<(String, String)> {
         let layout = Layout::new(root);
         for dir in [
             root.to_owned(),
@@ -239,12 +271,7 @@ impl Registry {
             params![policy.digest.to_hex()],
         )?;
         store::sync_dir(root)?;
-        Ok(InitReport {
-            data: root.to_owned(),
-            policy: layout.policy(),
-            audit_verifier: verifier,
-            audit_origin: origin,
-        })
+        Ok((verifier, origin))
     }
 
     /// Opens an initialised data directory as `actor` (recorded in every audit entry).

@@ -15,8 +15,7 @@ use crate::output::{self, Bars};
 pub(crate) fn run(command: Command, data: &Path) -> anyhow::Result<ExitCode> {
     match command {
         Command::Init(args) => {
-            let report = Registry::init(data, &super::actor())
-                .with_context(|| format!("cannot initialise {}", data.display()))?;
+            let report = Registry::init(data, &super::actor())?;
             if args.json {
                 output::json(&serde_json::to_value(&report)?)?;
             } else {
