@@ -1,18 +1,17 @@
 //! Copying one bundle file into staging while its signed hashes are checked.
 //!
-//! The source is read once, by the kernel: `copy_file_range` moves each 64 MiB chunk
-//! into the staging file without passing through user space. Two hashing threads then
-//! hash alternate chunks *from the staging file*, while it is still in the page cache, so
-//! what is verified is exactly what will be installed (a source that changes between reads,
-//! such as a hostile USB device, cannot slip in bytes that were not hashed). A third
-//! thread syncs finished chunks to disk as the copy goes on, so the final sync has little
-//! left to do. Memory is one 1 MiB buffer per hasher.
+//! The source is read once. Two threads take alternate 64 MiB chunks; each reads a block,
+//! hashes it while it is hot in cache, and writes that same block to the staging file, so
+//! the bytes verified are exactly the bytes kept (a source that changes between reads, such
+//! as a hostile USB device, cannot slip in anything unhashed). A third thread syncs the
+//! staging file as the copy goes on, so the final sync has little left to do. Memory is one
+//! 1 MiB buffer per copying thread.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
 
 use airlock_bundle::digest::CHUNK_SIZE;
 use airlock_bundle::manifest::ManifestFile;
@@ -21,11 +20,12 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{Error, Result, store};
 
-const HASHERS: usize = 2;
-/// Sync the staging file after this many bytes have been copied.
+const WORKERS: usize = 2;
+const BLOCK: usize = 1 << 20;
+/// Sync the staging file after about this many bytes have been written.
 const SYNC_EVERY: u64 = 128 << 20;
 
-/// One hashing assignment: a byte range of the staging file and the digest it must have.
+/// One hashing assignment: a byte range of the file and the digest it must have.
 struct Job {
     start: u64,
     len: u64,
@@ -49,20 +49,13 @@ pub(crate) fn copy_verified(
 ) -> Result<()> {
     let jobs = plan(size, name, expected)?;
     let out = OpenOptions::new()
-        .read(true)
         .write(true)
         .create_new(true)
         .open(dest)
         .map_err(|e| Error::io(dest, e))?;
+    let failed = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let (out, dest) = (&out, dest);
-        let mut senders = Vec::with_capacity(HASHERS);
-        let mut hashers = Vec::with_capacity(HASHERS);
-        for _ in 0..HASHERS {
-            let (tx, rx) = sync_channel::<Job>(2);
-            senders.push(tx);
-            hashers.push(scope.spawn(move || hash_worker(rx, out, dest, name, progress)));
-        }
+        let (out, failed, jobs) = (&out, &failed, &jobs);
         let (sync_tx, sync_rx) = sync_channel::<()>(1);
         let syncer = scope.spawn(move || -> Result<()> {
             for () in sync_rx {
@@ -70,54 +63,117 @@ pub(crate) fn copy_verified(
             }
             Ok(())
         });
-        let copied = (|| -> Result<()> {
-            let mut src = source;
-            src.seek(SeekFrom::Start(offset))
-                .map_err(|e| Error::io(dest, e))?;
-            let mut dst = out;
-            let mut since_sync = 0;
-            for (n, job) in jobs.into_iter().enumerate() {
-                let copied = std::io::copy(&mut (&mut src).take(job.len), &mut dst)
-                    .map_err(|e| Error::io(dest, e))?;
-                if copied != job.len {
-                    return Err(Error::Bundle(airlock_bundle::Error::Truncated {
-                        detail: format!("{name} ended after {} bytes", job.start + copied),
-                    }));
-                }
-                if n == 0 {
-                    store::fault_point("import.file_copy_started");
-                }
-                since_sync += job.len;
-                if since_sync >= SYNC_EVERY {
-                    // A full queue means a sync is already under way; skip this one.
-                    let _ = sync_tx.try_send(());
-                    since_sync = 0;
-                }
-                if senders[n % HASHERS].send(job).is_err() {
-                    break; // that hasher found a mismatch; its error is reported below
-                }
-            }
-            Ok(())
-        })();
-        drop(senders);
+        let workers: Vec<_> = (0..WORKERS.min(jobs.len()).max(1))
+            .map(|w| {
+                let sync_tx = sync_tx.clone();
+                scope.spawn(move || {
+                    let mut buf = vec![0u8; BLOCK];
+                    let mut since_sync = 0;
+                    for job in jobs.iter().skip(w).step_by(WORKERS) {
+                        if failed.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        let r = copy_job(source, offset, out, dest, name, job, &mut buf, progress);
+                        if let Err(e) = r {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
+                        if job.start == 0 {
+                            store::fault_point("import.file_copy_started");
+                        }
+                        since_sync += job.len;
+                        if since_sync >= SYNC_EVERY / WORKERS as u64 {
+                            // A full queue means a sync is already under way; skip this one.
+                            let _ = sync_tx.try_send(());
+                            since_sync = 0;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
         drop(sync_tx);
-        // A hasher's mismatch explains a stopped copy better than the copy's own error.
-        let mut result = Ok(());
-        for handle in hashers {
-            let r = handle
-                .join()
-                .unwrap_or_else(|_| Err(Error::Usage("hashing thread failed".into())));
-            if result.is_ok() {
-                result = r;
+        // Report the first fault in file order, whichever thread met it first.
+        let mut errors: Vec<(u64, Error)> = Vec::new();
+        for handle in workers {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push((error_offset(&e), e)),
+                Err(_) => errors.push((u64::MAX, Error::Usage("copy thread failed".into()))),
             }
         }
         let synced = syncer
             .join()
             .unwrap_or_else(|_| Err(Error::Usage("sync thread failed".into())));
-        result.and(copied).and(synced)
+        errors.sort_by_key(|(o, _)| *o);
+        match errors.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => synced,
+        }
     })?;
     out.sync_data().map_err(|e| Error::io(dest, e))?;
     Ok(())
+}
+
+fn error_offset(e: &Error) -> u64 {
+    match e {
+        Error::Refused { .. } => 0,
+        _ => u64::MAX,
+    }
+}
+
+/// Copies one range block by block, hashing each block before writing it.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+fn copy_job(
+    source: &File,
+    offset: u64,
+    out: &File,
+    dest: &Path,
+    name: &str,
+    job: &Job,
+    buf: &mut [u8],
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut hasher = Sha256::new();
+    let mut done = 0;
+    while done < job.len {
+        let want = (job.len - done).min(buf.len() as u64) as usize;
+        let block = &mut buf[..want];
+        source
+            .read_exact_at(block, offset + job.start + done)
+            .map_err(|e| {
+                Error::Bundle(airlock_bundle::Error::Truncated {
+                    detail: format!("{name}: cannot read byte {}: {e}", job.start + done),
+                })
+            })?;
+        hasher.update(&*block);
+        out.write_all_at(block, job.start + done)
+            .map_err(|e| Error::io(dest, e))?;
+        done += want as u64;
+        progress.advance(want as u64);
+    }
+    let actual = Sha256Digest(hasher.finalize().into());
+    if actual == job.digest {
+        return Ok(());
+    }
+    Err(match job.index {
+        Some(index) => airlock_bundle::Error::ChunkMismatch {
+            path: name.to_owned(),
+            index,
+            offset: job.start,
+            expected: job.digest.to_hex(),
+            actual: actual.to_hex(),
+        },
+        None => airlock_bundle::Error::HashMismatch {
+            path: name.to_owned(),
+            expected: job.digest.to_hex(),
+            actual: actual.to_hex(),
+        },
+    }
+    .into())
 }
 
 /// The hashing jobs for one file, after checking the manifest entry is self-consistent.
@@ -166,43 +222,110 @@ fn plan(size: u64, name: &str, expected: &ManifestFile) -> Result<Vec<Job>> {
         .collect())
 }
 
-fn hash_worker(
-    rx: Receiver<Job>,
-    file: &File,
-    path: &Path,
-    name: &str,
-    progress: &dyn Progress,
-) -> Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    for job in rx {
-        let mut hasher = Sha256::new();
-        let mut done = 0;
-        while done < job.len {
-            let want = (job.len - done).min(buf.len() as u64) as usize;
-            file.read_exact_at(&mut buf[..want], job.start + done)
-                .map_err(|e| Error::io(path, e))?;
-            hasher.update(&buf[..want]);
-            done += want as u64;
-            progress.advance(want as u64);
-        }
-        let actual = Sha256Digest(hasher.finalize().into());
-        if actual != job.digest {
-            let err = match job.index {
-                Some(index) => airlock_bundle::Error::ChunkMismatch {
-                    path: name.to_owned(),
-                    index,
-                    offset: job.start,
-                    expected: job.digest.to_hex(),
-                    actual: actual.to_hex(),
-                },
-                None => airlock_bundle::Error::HashMismatch {
-                    path: name.to_owned(),
-                    expected: job.digest.to_hex(),
-                    actual: actual.to_hex(),
-                },
-            };
-            return Err(err.into());
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_bundle::NoProgress;
+    use std::io::Write as _;
+
+    fn manifest_entry(data: &[u8]) -> ManifestFile {
+        let chunks = data
+            .chunks(CHUNK_SIZE as usize)
+            .map(Sha256Digest::of)
+            .collect();
+        ManifestFile {
+            sha256: Sha256Digest::of(data),
+            chunked: Some((data.len() as u64, chunks)),
         }
     }
-    Ok(())
+
+    fn source(dir: &Path, prefix: &[u8], data: &[u8]) -> File {
+        let path = dir.join("source");
+        let mut f = File::create(&path).unwrap();
+        f.write_all(prefix).unwrap();
+        f.write_all(data).unwrap();
+        File::open(path).unwrap()
+    }
+
+    #[test]
+    fn a_file_spanning_three_chunks_is_copied_exactly_from_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..2 * CHUNK_SIZE + 7)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let src = source(dir.path(), b"tar header", &data);
+        let dest = dir.path().join("staged");
+        copy_verified(
+            &src,
+            10,
+            data.len() as u64,
+            "w",
+            &manifest_entry(&data),
+            &dest,
+            &NoProgress,
+        )
+        .unwrap();
+        assert!(std::fs::read(&dest).unwrap() == data);
+    }
+
+    #[test]
+    fn a_changed_byte_is_reported_with_its_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..CHUNK_SIZE + 100).map(|i| (i % 7) as u8).collect();
+        let expected = manifest_entry(&data);
+        let mut tampered = data.clone();
+        tampered[CHUNK_SIZE as usize + 5] ^= 1;
+        let src = source(dir.path(), b"", &tampered);
+        let dest = dir.path().join("staged");
+        let err = copy_verified(
+            &src,
+            0,
+            data.len() as u64,
+            "w",
+            &expected,
+            &dest,
+            &NoProgress,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::Refused { kind: "chunk_mismatch", ref reason } if reason.contains("chunk 1")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_whole_file_digest_is_checked_when_there_are_no_chunk_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path(), b"", b"hello");
+        let whole = ManifestFile {
+            sha256: Sha256Digest::of(b"hellO"),
+            chunked: None,
+        };
+        let err =
+            copy_verified(&src, 0, 5, "w", &whole, &dir.path().join("a"), &NoProgress).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Refused {
+                kind: "hash_mismatch",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_manifest_whose_file_digest_disagrees_with_its_only_chunk_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path(), b"", b"hello");
+        let mut entry = manifest_entry(b"hello");
+        entry.sha256 = Sha256Digest::of(b"other");
+        let err =
+            copy_verified(&src, 0, 5, "w", &entry, &dir.path().join("a"), &NoProgress).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Refused {
+                kind: "invalid_statement",
+                ..
+            }
+        ));
+    }
 }
