@@ -156,6 +156,25 @@ pub(crate) struct Prepared {
     before_time: Vec<u8>,
 }
 
+/// True when `serde_json` already writes `value` in RFC 8785 form: object keys are ASCII (so
+/// `serde_json`'s sorted map order is RFC 8785's UTF-16 order) and numbers are integers
+/// that doubles hold exactly (so no float formatting is involved). Everything else goes
+/// through the reference canonicaliser.
+fn plainly_canonical(value: &Value) -> bool {
+    match value {
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
+        Value::Number(n) => n
+            .as_u64()
+            .map(|u| u <= MAX_SAFE_INTEGER)
+            .or_else(|| n.as_i64().map(|i| i.unsigned_abs() <= MAX_SAFE_INTEGER))
+            .unwrap_or(false),
+        Value::Array(items) => items.iter().all(plainly_canonical),
+        Value::Object(map) => map
+            .iter()
+            .all(|(k, v)| k.is_ascii() && plainly_canonical(v)),
+    }
+}
+
 fn push_json_str(out: &mut Vec<u8>, s: &str) -> Result<()> {
     serde_json::to_writer(out, s).map_err(|e| Error::BadEntry(e.to_string()))
 }
@@ -169,9 +188,15 @@ impl Prepared {
         push_json_str(&mut a, &entry.actor)?;
         if !entry.details.is_empty() {
             a.extend_from_slice(b",\"details\":");
-            let details = serde_json_canonicalizer::to_vec(&entry.details)
-                .map_err(|e| Error::BadEntry(e.to_string()))?;
-            a.extend_from_slice(&details);
+            let details = Value::Object(entry.details.clone());
+            if plainly_canonical(&details) {
+                serde_json::to_writer(&mut a, &details)
+                    .map_err(|e| Error::BadEntry(e.to_string()))?;
+            } else {
+                let bytes = serde_json_canonicalizer::to_vec(&details)
+                    .map_err(|e| Error::BadEntry(e.to_string()))?;
+                a.extend_from_slice(&bytes);
+            }
         }
         a.extend_from_slice(b",\"index\":");
         let mut b = Vec::with_capacity(160);
@@ -295,7 +320,11 @@ mod tests {
             let mut entry = Entry::new(actor, action, Outcome::Refused);
             entry.subject = subject;
             entry.reason = reason;
-            entry = entry.detail(&key, number).detail("n", index);
+            entry = entry
+                .detail(&key, number)
+                .detail("n", index)
+                .detail("list", vec![Value::from(index), Value::from(-7), Value::from("s")])
+                .detail("ascii", serde_json::json!({"b": true, "a": null, "z": [1, 2]}));
             let record = Record::new(index, "2026-11-22T10:00:00.000Z".into(), entry);
             prop_assert_eq!(record.to_canonical().unwrap(), serde_json_canonicalizer::to_vec(&record).unwrap());
         }

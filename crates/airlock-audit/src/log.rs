@@ -32,7 +32,7 @@ use crate::{Error, Result};
 const LOG_FILE: &str = "log";
 const HEAD_FILE: &str = "head";
 /// Longest a leader waits for more appends to join its batch; well under one sync.
-const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(100);
+const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(200);
 /// Fixed size of `head`: a checkpoint note and at most 64 subtree roots fit.
 const HEAD_BYTES: usize = 8192;
 /// Longest line of either kind; anything longer is damage, not data.
