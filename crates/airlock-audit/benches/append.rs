@@ -96,7 +96,7 @@ fn main() {
     println!(
         "  verify       : {:>10.0} entries/s  ({} checkpoints checked)",
         total as f64 / verify_secs,
-        view.checkpoints().len()
+        view.checkpoint_count()
     );
     println!(
         "RESULT audit_appends_per_s={grouped:.0} syncs={syncs} entries={total} naive_per_s={naive_rate:.0}"

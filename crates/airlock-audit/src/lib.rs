@@ -36,5 +36,5 @@ pub mod note;
 
 pub use entry::{Entry, MAX_ENTRY_BYTES, Outcome, Record};
 pub use error::{Error, Result};
-pub use log::{AuditLog, LogView, RepairReport, tail};
+pub use log::{AuditLog, LogView, RepairReport, for_each_record, tail};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};

@@ -649,8 +649,10 @@ impl<'a> Scanner<'a> {
 pub struct LogView {
     origin: Option<String>,
     leaves: Vec<Hash>,
-    /// Signed checkpoint notes by tree size.
-    checkpoints: BTreeMap<u64, String>,
+    /// Where each signed checkpoint line is, by tree size: read back on demand, so memory
+    /// holds 16 bytes per checkpoint, not the note.
+    checkpoints: BTreeMap<u64, (u64, usize)>,
+    path: PathBuf,
     /// Latest checkpoint in `head`, if readable.
     head: Option<String>,
 }
@@ -666,6 +668,7 @@ impl LogView {
             origin: None,
             leaves: Vec::new(),
             checkpoints: BTreeMap::new(),
+            path: path.clone(),
             head: None,
         };
         let mut frontier = Frontier::new();
@@ -705,7 +708,8 @@ impl LogView {
                         computed: hex::encode(computed),
                     });
                 }
-                view.checkpoints.insert(checkpoint.size, parsed.checkpoint);
+                view.checkpoints
+                    .insert(checkpoint.size, (line.start, line.bytes.len()));
                 unsealed = None;
             } else {
                 let record = Record::parse_canonical(line.bytes).map_err(malformed)?;
@@ -779,9 +783,39 @@ impl LogView {
         self.origin.as_deref()
     }
 
-    /// Signed checkpoints by tree size.
-    pub fn checkpoints(&self) -> &BTreeMap<u64, String> {
-        &self.checkpoints
+    /// Number of signed checkpoints in the log.
+    pub fn checkpoint_count(&self) -> usize {
+        self.checkpoints.len()
+    }
+
+    /// The signed checkpoint note for tree size `size`, if the log has one.
+    pub fn checkpoint(&self, size: u64) -> Result<Option<String>> {
+        let Some(&(offset, len)) = self.checkpoints.get(&size) else {
+            return Ok(None);
+        };
+        self.read_checkpoint(offset, len).map(Some)
+    }
+
+    /// The latest signed checkpoint note.
+    pub fn latest_checkpoint(&self) -> Result<Option<String>> {
+        match self.checkpoints.last_key_value() {
+            Some((_, &(offset, len))) => self.read_checkpoint(offset, len).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn read_checkpoint(&self, offset: u64, len: usize) -> Result<String> {
+        use std::os::unix::fs::FileExt as _;
+        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let mut line = vec![0u8; len];
+        file.read_exact_at(&mut line, offset)
+            .map_err(|e| Error::io(&self.path, e))?;
+        let parsed: CheckpointLine =
+            serde_json::from_slice(&line).map_err(|e| Error::MalformedLine {
+                line: 0,
+                reason: format!("checkpoint at byte {offset} changed since verification: {e}"),
+            })?;
+        Ok(parsed.checkpoint)
     }
 
     /// The checkpoint in `head`, if there is one.
@@ -844,6 +878,26 @@ impl LogView {
             },
         )
     }
+}
+
+/// Calls `f` with every entry in order, read without verification and one at a time, so
+/// memory does not grow with the log. Returns the offset of a torn final line, if any.
+pub fn for_each_record(dir: &Path, mut f: impl FnMut(Record)) -> Result<Option<u64>> {
+    let path = dir.join(LOG_FILE);
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut scan = Scanner::new(&file, 0, &path)?;
+    while let Some(line) = scan.next_line()? {
+        if line.bytes.starts_with(CHECKPOINT_PREFIX) {
+            continue;
+        }
+        let record =
+            Record::parse_canonical(line.bytes).map_err(|reason| Error::MalformedLine {
+                line: line.number,
+                reason,
+            })?;
+        f(record);
+    }
+    Ok(scan.torn)
 }
 
 /// The last `n` entries, read without verification (that is `LogView::load`'s job), and
@@ -927,7 +981,7 @@ mod tests {
         );
         let view = verify(dir.path(), &verifier).unwrap();
         assert_eq!(view.size(), 5);
-        assert_eq!(view.checkpoints().len(), 6);
+        assert_eq!(view.checkpoint_count(), 6);
         let (records, torn) = tail(dir.path(), 2).unwrap();
         assert_eq!(torn, None);
         assert_eq!(records.iter().map(|r| r.index).collect::<Vec<_>>(), [3, 4]);

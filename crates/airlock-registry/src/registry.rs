@@ -1506,12 +1506,15 @@ impl Registry {
             report.problems.push(format!("audit log: {e}"));
         }
         report.audit_entries = view.size();
-        let (records, _) = airlock_audit::tail(&self.layout.audit(), usize::MAX)?;
-        let imported: BTreeSet<String> = records
-            .iter()
-            .filter(|r| r.action == "import" && r.outcome == Outcome::Ok)
-            .filter_map(|r| r.subject.clone())
-            .collect();
+        let mut imported = BTreeSet::new();
+        airlock_audit::for_each_record(&self.layout.audit(), |r| {
+            if r.action == "import"
+                && r.outcome == Outcome::Ok
+                && let Some(subject) = r.subject
+            {
+                imported.insert(subject);
+            }
+        })?;
         let mut stmt = self
             .conn
             .prepare("SELECT name, version, digest FROM versions")?;

@@ -29,7 +29,7 @@ pub(crate) fn run(command: AuditCommand, data: &Path) -> anyhow::Result<ExitCode
                         output::json(&json!({
                             "ok": true,
                             "entries": view.size(),
-                            "checkpoints": view.checkpoints().len(),
+                            "checkpoints": view.checkpoint_count(),
                             "root": hex::encode(view.root_at(view.size())?),
                             "origin": view.origin(),
                             "witness_size": witnessed,
@@ -39,7 +39,7 @@ pub(crate) fn run(command: AuditCommand, data: &Path) -> anyhow::Result<ExitCode
                             "OK audit log {}: {} entries, {} signed checkpoints, root {}{}\n",
                             view.origin().unwrap_or("-"),
                             view.size(),
-                            view.checkpoints().len(),
+                            view.checkpoint_count(),
                             hex::encode(view.root_at(view.size())?),
                             witnessed.map_or(String::new(), |s| format!(
                                 "; extends the witnessed checkpoint of {s} entries"
@@ -105,7 +105,7 @@ pub(crate) fn run(command: AuditCommand, data: &Path) -> anyhow::Result<ExitCode
                 "leaf_hash": hex::encode(leaf),
                 "root": hex::encode(root),
                 "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
-                "checkpoint": view.checkpoints().get(&size),
+                "checkpoint": view.checkpoint(size)?,
             }))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -124,8 +124,8 @@ pub(crate) fn run(command: AuditCommand, data: &Path) -> anyhow::Result<ExitCode
                 "old_root": hex::encode(old_root),
                 "new_root": hex::encode(new_root),
                 "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
-                "old_checkpoint": view.checkpoints().get(&args.old),
-                "new_checkpoint": view.checkpoints().get(&args.new),
+                "old_checkpoint": view.checkpoint(args.old)?,
+                "new_checkpoint": view.checkpoint(args.new)?,
             }))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -133,11 +133,9 @@ pub(crate) fn run(command: AuditCommand, data: &Path) -> anyhow::Result<ExitCode
             let verifier = Registry::audit_verifier(data)?;
             let view = LogView::load(&layout.audit(), &verifier)?;
             let note = view
-                .checkpoints()
-                .values()
-                .next_back()
+                .latest_checkpoint()?
                 .context("the audit log has no checkpoint")?;
-            output::out(note)?;
+            output::out(&note)?;
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Repair(args) => {
