@@ -474,3 +474,35 @@ fn the_same_bundle_imported_by_two_processes_at_once_lands_once() {
     assert_eq!(site.ls().len(), 1);
     assert_eq!(site.cmd(&["fsck", "--json"]).ok().json()["clean"], true);
 }
+
+#[test]
+fn a_later_import_replaces_a_damaged_shared_blob_with_its_verified_copy() {
+    let site = Site::new();
+    site.import(&site.bundle("a", "1.0.0", "publisher", &[]))
+        .ok();
+    let shown = site.cmd(&["show", "tiny:1.0.0", "--json"]).ok().json();
+    let config = shown["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "config.json")
+        .unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let path = site
+        .data
+        .join("blobs/sha256")
+        .join(&config[..2])
+        .join(&config);
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    flip_byte(&path, 3);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    assert_eq!(site.cmd(&["fsck", "--json"]).json()["clean"], false);
+    // 1.1.0 carries the same config.json: its verified copy takes the damaged one's place.
+    site.import(&site.bundle("b", "1.1.0", "publisher", &[]))
+        .ok();
+    assert_eq!(site.cmd(&["fsck", "--json"]).ok().json()["clean"], true);
+}

@@ -273,15 +273,13 @@ pub(crate) fn abandoned_staging(layout: &Layout, remove: bool) -> Result<Vec<(Pa
     Ok(out)
 }
 
-/// Moves a verified, synced staging file into the blob store as read-only. If the blob is
-/// already there (another version shares the file) the staged copy is dropped. Returns
-/// whether a new blob was added.
+/// Moves a verified, synced staging file into the blob store as read-only. The verified
+/// copy always replaces a blob already there (another version shares the file): the store
+/// never has to trust bytes it did not just check, and a damaged blob heals. Returns
+/// whether the blob is new to the store.
 pub(crate) fn install_blob(layout: &Layout, staged: &Path, digest: &Sha256Digest) -> Result<bool> {
     let target = layout.blob(digest);
-    if target.exists() {
-        std::fs::remove_file(staged).map_err(|e| Error::io(staged, e))?;
-        return Ok(false);
-    }
+    let existed = target.exists();
     let shard = target.parent().unwrap_or(Path::new("."));
     if !shard.exists() {
         std::fs::create_dir_all(shard).map_err(|e| Error::io(shard, e))?;
@@ -290,7 +288,7 @@ pub(crate) fn install_blob(layout: &Layout, staged: &Path, digest: &Sha256Digest
     std::fs::set_permissions(staged, std::fs::Permissions::from_mode(0o444))
         .map_err(|e| Error::io(staged, e))?;
     std::fs::rename(staged, &target).map_err(|e| Error::io(&target, e))?;
-    Ok(true)
+    Ok(!existed)
 }
 
 /// Environment variable naming the fault point (1-based, counted across the process) at
