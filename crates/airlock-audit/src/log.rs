@@ -216,12 +216,11 @@ impl AuditLog {
                 continue;
             }
             queue.leader = true;
-            // The leader keeps committing while others queue up behind it: the writers its
-            // last commit released fill the next batch instead of each leading a batch of one.
-            let mut rounds_after_own = 0;
-            while !queue.pending.is_empty() {
-                let leader_is_done = queue.done.contains_key(&ticket);
-                queue = self.gather(queue, leader_is_done);
+            // Lead until this caller's own entry is committed, then hand over so that its
+            // thread can queue its next entry while another leads: every writer then fits
+            // in each batch.
+            while !queue.pending.is_empty() && !queue.done.contains_key(&ticket) {
+                queue = self.gather(queue);
                 let batch = std::mem::take(&mut queue.pending);
                 queue.last_batch = batch.len();
                 drop(queue);
@@ -229,14 +228,6 @@ impl AuditLog {
                 queue = lock(&self.queue);
                 Self::record_outcome(&mut queue, &batch, outcome);
                 self.committed.notify_all();
-                if queue.done.contains_key(&ticket) {
-                    // Hand over once the queue is thin, and after a few rounds in any case,
-                    // so the leader's own caller is not held up indefinitely.
-                    rounds_after_own += 1;
-                    if queue.pending.len() < 2 || rounds_after_own > 4 {
-                        break;
-                    }
-                }
             }
             queue.leader = false;
             self.committed.notify_all();
@@ -245,16 +236,11 @@ impl AuditLog {
 
     /// Gives writers released by the last commit a moment to queue their next entries, so
     /// one sync covers them all: waits until as many callers are pending as made up the last
-    /// batch, or [`GATHER_WINDOW`] has passed. Costs nothing when appends are rare.
-    fn gather<'q>(
-        &self,
-        mut queue: MutexGuard<'q, Queue>,
-        leader_is_done: bool,
-    ) -> MutexGuard<'q, Queue> {
+    /// batch (never more than are inside `append_all`), or [`GATHER_WINDOW`] has passed.
+    /// Costs nothing when appends are rare.
+    fn gather<'q>(&self, mut queue: MutexGuard<'q, Queue>) -> MutexGuard<'q, Queue> {
         let deadline = std::time::Instant::now() + GATHER_WINDOW;
-        // A leader whose own entry is already committed will not queue another meanwhile.
-        let others = queue.inside - usize::from(leader_is_done);
-        let target = queue.last_batch.min(others);
+        let target = queue.last_batch.min(queue.inside);
         while queue.pending.len() < target {
             let now = std::time::Instant::now();
             if now >= deadline {
