@@ -31,7 +31,7 @@ use crate::{Error, Result};
 
 const LOG_FILE: &str = "log";
 const HEAD_FILE: &str = "head";
-/// Longest a leader waits for more appends to join its batch; well under one sync.
+/// Longest a leader waits for more appends to join its batch: about one sync on a fast disk.
 const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(200);
 /// How far ahead of the end disk blocks are reserved.
 const RESERVE_AHEAD: u64 = 16 << 20;
