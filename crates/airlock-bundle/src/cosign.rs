@@ -22,12 +22,20 @@ pub fn cosign(
     progress: &dyn Progress,
 ) -> Result<Verified> {
     let bundle = Bundle::open(path, limits)?;
+    if bundle.layout() == Layout::Volumes {
+        // Volume headers carry the payload hashes; a new signature would invalidate them.
+        return Err(Error::InvalidInput(
+            "co-sign the bundle before splitting it: join the volumes, sign, split again".into(),
+        ));
+    }
     let verified = bundle.verify_integrity_only(limits, progress)?;
     let mut signature = bundle.signature(limits)?;
     signature.cosign(key)?;
     let bytes = signature.to_bytes()?;
     let io = |e| Error::io(path, e);
     match bundle.layout() {
+        // Refused above, before anything was written.
+        Layout::Volumes => {}
         Layout::Directory => {
             let mut tmp = tempfile::Builder::new()
                 .prefix(".model.sig.")

@@ -180,6 +180,15 @@ pub enum Error {
     /// A bad argument to pack (name, version, kind...).
     #[error("{0}")]
     InvalidInput(String),
+    /// A media volume is missing, duplicated, truncated, corrupt or from another bundle.
+    #[error("{reason}")]
+    Volume {
+        /// `volume_missing`, `volume_duplicate`, `volume_truncated`, `volume_corrupt`,
+        /// `volume_foreign`.
+        kind: &'static str,
+        /// One line naming the volume and the fault.
+        reason: String,
+    },
     /// A limit from [`crate::Limits`] was exceeded.
     #[error("{what} exceeds the limit of {limit}")]
     LimitExceeded {
@@ -227,6 +236,7 @@ impl Error {
             Error::Gguf { .. } => "invalid_gguf",
             Error::InvalidInput(_) => "invalid_input",
             Error::LimitExceeded { .. } => "limit_exceeded",
+            Error::Volume { kind, .. } => kind,
         }
     }
 

@@ -35,6 +35,7 @@ pub mod signature;
 pub mod tar;
 mod time;
 mod verify;
+pub mod volume;
 
 pub use cosign::cosign;
 pub use digest::Sha256Digest;
@@ -44,7 +45,7 @@ pub use limits::Limits;
 pub use manifest::Manifest;
 pub use pack::{PackOptions, PackReport, pack};
 pub use signature::TrustPolicy;
-pub use verify::{Bundle, Layout, Verified};
+pub use verify::{Bundle, Layout, Source, Verified};
 
 /// Receives progress of long operations (hashing, writing, verifying).
 ///

@@ -27,12 +27,31 @@ struct Located {
     size: u64,
 }
 
+/// Where a bundle's bytes are read from: one file, or a set of media volumes read as one.
+#[derive(Debug)]
+pub enum Source {
+    /// A tar file, or one file of an unpacked directory.
+    File(File),
+    /// Media volumes (see [`crate::volume`]).
+    Volumes(crate::volume::Span),
+}
+
+impl Source {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Self::File(f) => f.read_exact_at(buf, offset),
+            Self::Volumes(v) => v.read_exact_at(buf, offset),
+        }
+    }
+}
+
 /// A bundle opened for reading: its files indexed, nothing yet trusted.
 #[derive(Debug)]
 pub struct Bundle {
     path: PathBuf,
     layout: Layout,
-    handles: Vec<File>,
+    handles: Vec<Source>,
     files: BTreeMap<BundlePath, Located>,
     /// Top-level names starting with `.` in a directory bundle: not opened or descended into.
     hidden: Vec<String>,
@@ -45,6 +64,8 @@ pub enum Layout {
     Tar,
     /// An unpacked directory.
     Directory,
+    /// A directory of media volumes.
+    Volumes,
 }
 
 /// What a successful verification established.
@@ -71,7 +92,9 @@ impl Bundle {
     /// signature's `ignore_paths` later.
     pub fn open(path: &Path, limits: &Limits) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if meta.is_dir() {
+        if meta.is_dir() && crate::volume::is_volume_dir(path) {
+            Self::open_volumes(path, limits)
+        } else if meta.is_dir() {
             Self::open_dir(path, limits)
         } else {
             Self::open_tar(path, meta.len(), limits)
@@ -103,10 +126,54 @@ impl Bundle {
         Ok(Self {
             path: path.to_owned(),
             layout: Layout::Tar,
-            handles: vec![file],
+            handles: vec![Source::File(file)],
             files,
             hidden: Vec::new(),
         })
+    }
+
+    /// Opens a directory of media volumes as the tar they make up. The headers must form a
+    /// whole set, and the bundle digest they name must be the digest of the manifest signed
+    /// in `model.sig`: volumes cut from one bundle cannot carry another's signature.
+    fn open_volumes(dir: &Path, limits: &Limits) -> Result<Self> {
+        let set = crate::volume::VolumeSet::open(dir, false, &crate::NoProgress)?;
+        let claimed = set.bundle_digest();
+        let size = set.size();
+        let span = set.span();
+        let entries = tar::index(&mut span.cursor(), size, limits)?;
+        if entries.first().map(|e| e.path.as_str()) != Some(SIGNATURE_FILE) {
+            return Err(Error::MalformedTar { offset: 0, reason: "model.sig must be the first entry, so the signature is checked before any payload is read".into() });
+        }
+        let files = entries
+            .into_iter()
+            .map(|e| {
+                (
+                    e.path,
+                    Located {
+                        handle: 0,
+                        offset: e.data_offset,
+                        size: e.size,
+                    },
+                )
+            })
+            .collect();
+        let bundle = Self {
+            path: dir.to_owned(),
+            layout: Layout::Volumes,
+            handles: vec![Source::Volumes(span)],
+            files,
+            hidden: Vec::new(),
+        };
+        let signed = Sha256Digest::of(&bundle.signature(limits)?.payload()?);
+        if signed != claimed {
+            return Err(Error::Volume {
+                kind: "volume_foreign",
+                reason: format!(
+                    "the volume headers name bundle sha256:{claimed}, but model.sig signs sha256:{signed}"
+                ),
+            });
+        }
+        Ok(bundle)
     }
 
     fn open_dir(root: &Path, limits: &Limits) -> Result<Self> {
@@ -153,7 +220,7 @@ impl Bundle {
                     .metadata()
                     .map_err(|e| Error::io(entry.path(), e))?
                     .len();
-                handles.push(file);
+                handles.push(Source::File(file));
                 files.insert(
                     path,
                     Located {
@@ -205,7 +272,7 @@ impl Bundle {
     /// Where one file's bytes are: the open file holding them, the offset of its first byte
     /// and its length. For copying with the kernel (`copy_file_range`) instead of through
     /// user space; the caller must hash what it wrote, not re-read this.
-    pub fn file_range(&self, path: &BundlePath) -> Option<(&File, u64, u64)> {
+    pub fn file_range(&self, path: &BundlePath) -> Option<(&Source, u64, u64)> {
         let loc = self.files.get(path)?;
         Some((&self.handles[loc.handle], loc.offset, loc.size))
     }
@@ -326,7 +393,7 @@ impl Bundle {
         progress.begin("verifying", bytes);
         let result = self.run_jobs(&jobs, progress);
         progress.end();
-        result?;
+        result.map_err(|e| self.name_volume(e))?;
         Ok(Verified {
             files: manifest.files.len(),
             manifest,
@@ -414,6 +481,59 @@ impl Bundle {
         })
     }
 
+    /// For volumes: turns a content mismatch into a fault of the volume holding the bad
+    /// bytes. A chunk may span several volumes: then the one whose payload no longer matches
+    /// its header is named, and if every header is consistent (a forged volume) the range of
+    /// volumes the chunk covers is.
+    fn name_volume(&self, err: Error) -> Error {
+        let Some(Source::Volumes(span)) = self.handles.first() else {
+            return err;
+        };
+        let (path, start, len) = match &err {
+            Error::ChunkMismatch { path, offset, .. } => (path, *offset, CHUNK_SIZE),
+            Error::HashMismatch { path, .. } => (path, 0, u64::MAX),
+            _ => return err,
+        };
+        let Some(loc) = self
+            .files
+            .iter()
+            .find(|(p, _)| p.as_str() == path)
+            .map(|(_, loc)| loc)
+        else {
+            return err;
+        };
+        let from = loc.offset + start;
+        let to = loc.offset + start.saturating_add(len).min(loc.size);
+        let suspects = span.volumes().overlapping(from, to);
+        let named = match suspects.as_slice() {
+            [] => return err,
+            [only] => format!(
+                "{}: volume {} of {}",
+                only.path.display(),
+                only.header.index,
+                only.header.count
+            ),
+            several => {
+                if let Some(Err(e)) = several
+                    .iter()
+                    .map(|v| v.check_payload(&crate::NoProgress))
+                    .find(Result::is_err)
+                {
+                    return e;
+                }
+                let (first, last) = (&several[0].header, &several[several.len() - 1].header);
+                format!(
+                    "one of volumes {} to {} of {} (their headers are consistent, so one was forged)",
+                    first.index, last.index, first.count
+                )
+            }
+        };
+        Error::Volume {
+            kind: "volume_corrupt",
+            reason: format!("{named} does not match the signed manifest ({err})"),
+        }
+    }
+
     /// The bundle's location on disk.
     pub fn path(&self) -> &Path {
         &self.path
@@ -422,7 +542,12 @@ impl Bundle {
     /// For a tar: where the entry after `model.sig` begins (its first header). Used to
     /// rewrite the signature without touching the payload.
     pub(crate) fn tar_after_signature(&self, limits: &Limits) -> Result<u64> {
-        let mut file = &self.handles[0];
+        let Source::File(file) = &self.handles[0] else {
+            return Err(Error::InvalidInput(
+                "co-signing works on a bundle tar or directory; join the volumes first".into(),
+            ));
+        };
+        let mut file = file;
         let len = file.metadata().map_err(|e| Error::io(&self.path, e))?.len();
         let entries = tar::index(&mut file, len, limits)?;
         Ok(entries

@@ -34,6 +34,10 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// Show a bundle's name, version, digest, signers, model facts and files.
     Inspect(InspectArgs),
+    /// Cut a bundle into volumes for removable media (verify and import read them directly).
+    Split(SplitArgs),
+    /// Join a directory of volumes back into the bundle tar.
+    Join(JoinArgs),
     /// Create a registry data directory: policy.toml template, database, audit log and key.
     Init(JsonArgs),
     /// Verify a bundle against the trust policy and add it to the registry, quarantined.
@@ -69,6 +73,33 @@ pub(crate) enum Command {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct SplitArgs {
+    /// The bundle (.airlock tar).
+    #[arg(value_name = "BUNDLE")]
+    pub(crate) bundle: PathBuf,
+    /// Largest volume, header included: bytes, or with K/M/G/T (powers of 1024), KB/MB/GB/TB
+    /// (powers of 1000).
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) size: String,
+    /// Directory for the volumes (created if missing).
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JoinArgs {
+    /// Directory holding the volumes (any order, any other files ignored).
+    #[arg(value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// The bundle file to write.
+    #[arg(short, long, value_name = "BUNDLE")]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct JsonArgs {
     /// Print the result as JSON.
     #[arg(long)]
@@ -77,7 +108,7 @@ pub(crate) struct JsonArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ImportArgs {
-    /// Bundle file (.airlock) or unpacked bundle directory.
+    /// Bundle file (.airlock), unpacked bundle directory, or directory of volumes.
     #[arg(value_name = "BUNDLE")]
     pub(crate) bundle: PathBuf,
     /// Print the result as JSON (also on failure).
@@ -338,7 +369,7 @@ pub(crate) struct SignArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
-    /// Bundle file (.airlock) or unpacked bundle directory.
+    /// Bundle file (.airlock), unpacked bundle directory, or directory of volumes.
     #[arg(value_name = "BUNDLE")]
     pub(crate) bundle: PathBuf,
     /// Trusted public key (SPKI PEM); repeat for several.

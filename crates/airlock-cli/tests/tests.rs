@@ -17,3 +17,4 @@ mod interop;
 mod pack_verify;
 mod real_models;
 mod registry;
+mod volumes;

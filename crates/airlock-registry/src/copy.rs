@@ -15,7 +15,7 @@ use std::sync::mpsc::sync_channel;
 
 use airlock_bundle::digest::CHUNK_SIZE;
 use airlock_bundle::manifest::ManifestFile;
-use airlock_bundle::{Progress, Sha256Digest};
+use airlock_bundle::{Progress, Sha256Digest, Source};
 use sha2::{Digest as _, Sha256};
 
 use crate::{Error, Result, store};
@@ -39,7 +39,7 @@ struct Job {
 /// whole-file otherwise. `dest` is synced before this returns. On a mismatch the error
 /// names the file and chunk, and `dest` is left for the caller's staging cleanup.
 pub(crate) fn copy_verified(
-    source: &File,
+    source: &Source,
     offset: u64,
     size: u64,
     name: &str,
@@ -128,7 +128,7 @@ fn error_offset(e: &Error) -> u64 {
     reason = "one call site; a struct would only rename them"
 )]
 fn copy_job(
-    source: &File,
+    source: &Source,
     offset: u64,
     out: &File,
     dest: &Path,
@@ -239,12 +239,12 @@ mod tests {
         }
     }
 
-    fn source(dir: &Path, prefix: &[u8], data: &[u8]) -> File {
+    fn source(dir: &Path, prefix: &[u8], data: &[u8]) -> Source {
         let path = dir.join("source");
         let mut f = File::create(&path).unwrap();
         f.write_all(prefix).unwrap();
         f.write_all(data).unwrap();
-        File::open(path).unwrap()
+        Source::File(File::open(path).unwrap())
     }
 
     #[test]

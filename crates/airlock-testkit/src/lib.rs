@@ -49,6 +49,17 @@ pub mod safetensors {
         build_with_header(&header, data.len())
     }
 
+    /// One tensor named `name`, of `dtype` (one byte per element, e.g. `U8`), holding `data`.
+    pub fn build_with_data(name: &str, dtype: &str, data: &[u8]) -> Vec<u8> {
+        let header = serde_json::json!({
+            name: {"dtype": dtype, "shape": [data.len()], "data_offsets": [0, data.len()]}
+        })
+        .to_string();
+        let mut out = build_with_header(&header, 0);
+        out.extend_from_slice(data);
+        out
+    }
+
     /// A file with exactly this header text and `data_len` zero bytes of data.
     pub fn build_with_header(header: &str, data_len: usize) -> Vec<u8> {
         let mut out = (header.len() as u64).to_le_bytes().to_vec();

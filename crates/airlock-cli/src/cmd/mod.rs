@@ -8,6 +8,7 @@ mod registry;
 mod sign;
 mod trust;
 mod verify;
+mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sign(args) => sign::run(args, &limits),
         Command::Verify(args) => verify::run(args, &limits),
         Command::Inspect(args) => inspect::run(args, &limits),
+        Command::Split(args) => volumes::split(args, &limits),
+        Command::Join(args) => volumes::join(args),
         Command::Trust(cmd) => trust::run(cmd, &data_dir(data)?),
         Command::Audit(cmd) => audit::run(cmd, &data_dir(data)?),
         other => registry::run(other, &data_dir(data)?),
