@@ -104,10 +104,21 @@ impl Bundle {
     fn open_tar(path: &Path, len: u64, limits: &Limits) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         let entries = tar::index(&mut file, len, limits)?;
-        if let Some(first) = entries.first()
-            && first.path.as_str() != SIGNATURE_FILE
-            && entries.iter().any(|e| e.path.as_str() == SIGNATURE_FILE)
-        {
+        Self::from_tar(path, Layout::Tar, Source::File(file), entries, false)
+    }
+
+    /// A bundle over an indexed tar. `model.sig` must come first when present (and with
+    /// `require_signature`, it must be present).
+    fn from_tar(
+        path: &Path,
+        layout: Layout,
+        source: Source,
+        entries: Vec<tar::TarEntry>,
+        require_signature: bool,
+    ) -> Result<Self> {
+        let first_is_sig = entries.first().map(|e| e.path.as_str()) == Some(SIGNATURE_FILE);
+        let has_sig = entries.iter().any(|e| e.path.as_str() == SIGNATURE_FILE);
+        if !first_is_sig && (has_sig || require_signature) {
             return Err(Error::MalformedTar { offset: 0, reason: "model.sig must be the first entry, so the signature is checked before any payload is read".into() });
         }
         let files = entries
@@ -125,8 +136,8 @@ impl Bundle {
             .collect();
         Ok(Self {
             path: path.to_owned(),
-            layout: Layout::Tar,
-            handles: vec![Source::File(file)],
+            layout,
+            handles: vec![source],
             files,
             hidden: Vec::new(),
         })
@@ -141,29 +152,7 @@ impl Bundle {
         let size = set.size();
         let span = set.span();
         let entries = tar::index(&mut span.cursor(), size, limits)?;
-        if entries.first().map(|e| e.path.as_str()) != Some(SIGNATURE_FILE) {
-            return Err(Error::MalformedTar { offset: 0, reason: "model.sig must be the first entry, so the signature is checked before any payload is read".into() });
-        }
-        let files = entries
-            .into_iter()
-            .map(|e| {
-                (
-                    e.path,
-                    Located {
-                        handle: 0,
-                        offset: e.data_offset,
-                        size: e.size,
-                    },
-                )
-            })
-            .collect();
-        let bundle = Self {
-            path: dir.to_owned(),
-            layout: Layout::Volumes,
-            handles: vec![Source::Volumes(span)],
-            files,
-            hidden: Vec::new(),
-        };
+        let bundle = Self::from_tar(dir, Layout::Volumes, Source::Volumes(span), entries, true)?;
         let signed = Sha256Digest::of(&bundle.signature(limits)?.payload()?);
         if signed != claimed {
             return Err(Error::Volume {

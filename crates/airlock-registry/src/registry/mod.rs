@@ -444,10 +444,15 @@ impl Registry {
                 .subject(format!("sha256:{current}"))
                 .detail("previous_sha256", recorded.unwrap_or_default()),
         )?;
+        self.record_policy_digest(&current)
+    }
+
+    /// Remembers the policy digest last recorded in the audit log.
+    pub(super) fn record_policy_digest(&self, digest: &str) -> Result<()> {
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES ('policy_digest', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![current],
+            params![digest],
         )?;
         Ok(())
     }

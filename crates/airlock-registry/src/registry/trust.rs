@@ -2,7 +2,6 @@
 
 use airlock_audit::{Entry, Outcome};
 use airlock_bundle::PublicKey;
-use rusqlite::params;
 
 use super::{Registry, TrustInfo};
 use crate::Result;
@@ -42,12 +41,7 @@ impl Registry {
         let digest = self.policy.digest.to_hex();
         self.audit
             .append(entry.detail("policy_sha256", digest.clone()))?;
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('policy_digest', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![digest],
-        )?;
-        Ok(())
+        self.record_policy_digest(&digest)
     }
 
     /// Trusted keys with their roles.
