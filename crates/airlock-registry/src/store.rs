@@ -318,11 +318,9 @@ pub(crate) fn fault_point(label: &str) {
         let _ = writeln!(std::io::stderr(), "airlock-fault-point {n} {label}");
     }
     if *kill_at == Some(n) {
-        let pid = std::process::id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status();
-        // Not reached once the signal lands; abort if `kill` could not be run.
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        // SIGKILL cannot be caught or ignored; this line is not reached.
         std::process::abort();
     }
 }
