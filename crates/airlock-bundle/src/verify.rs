@@ -382,7 +382,7 @@ impl Bundle {
         progress.begin("verifying", bytes);
         let result = self.run_jobs(&jobs, progress);
         progress.end();
-        result.map_err(|e| self.name_volume(e))?;
+        result.map_err(|e| self.explain_mismatch(e))?;
         Ok(Verified {
             files: manifest.files.len(),
             manifest,
@@ -470,11 +470,12 @@ impl Bundle {
         })
     }
 
-    /// For volumes: turns a content mismatch into a fault of the volume holding the bad
-    /// bytes. A chunk may span several volumes: then the one whose payload no longer matches
+    /// For volumes: turns a content mismatch ([`Error::ChunkMismatch`],
+    /// [`Error::HashMismatch`]) into a fault of the volume holding the bad bytes; any other
+    /// error, or a bundle that is not volumes, is returned unchanged. A chunk may span several volumes: then the one whose payload no longer matches
     /// its header is named, and if every header is consistent (a forged volume) the range of
     /// volumes the chunk covers is.
-    fn name_volume(&self, err: Error) -> Error {
+    pub fn explain_mismatch(&self, err: Error) -> Error {
         let Some(Source::Volumes(span)) = self.handles.first() else {
             return err;
         };

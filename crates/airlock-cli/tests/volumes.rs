@@ -207,5 +207,5 @@ fn a_forged_volume_with_a_consistent_header_is_caught_by_the_signed_hashes() {
     );
     let listing = site.ls();
     let imported = site.import(&dir);
-    site.assert_refused(&imported, "import", "chunk_mismatch", &listing);
+    site.assert_refused(&imported, "import", "volume_corrupt", &listing);
 }

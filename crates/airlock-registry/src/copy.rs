@@ -25,6 +25,10 @@ const BLOCK: usize = 1 << 20;
 /// Sync the staging file after about this many bytes have been written.
 const SYNC_EVERY: u64 = 128 << 20;
 
+/// Turns a content mismatch into the clearest error the source can give (for volumes: which
+/// volume holds the bad bytes).
+pub(crate) type Explain<'a> = dyn Fn(airlock_bundle::Error) -> airlock_bundle::Error + Sync + 'a;
+
 /// One hashing assignment: a byte range of the file and the digest it must have.
 struct Job {
     start: u64,
@@ -38,6 +42,10 @@ struct Job {
 /// the signed digests in `expected`: per chunk where the manifest has chunk digests,
 /// whole-file otherwise. `dest` is synced before this returns. On a mismatch the error
 /// names the file and chunk, and `dest` is left for the caller's staging cleanup.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one caller; the source range, its signed digests and the destination belong together"
+)]
 pub(crate) fn copy_verified(
     source: &Source,
     offset: u64,
@@ -45,6 +53,7 @@ pub(crate) fn copy_verified(
     name: &str,
     expected: &ManifestFile,
     dest: &Path,
+    explain: &Explain<'_>,
     progress: &dyn Progress,
 ) -> Result<()> {
     let jobs = plan(size, name, expected)?;
@@ -73,7 +82,11 @@ pub(crate) fn copy_verified(
                         if failed.load(Ordering::Relaxed) {
                             return Ok(());
                         }
-                        let r = copy_job(source, offset, out, dest, name, job, &mut buf, progress);
+                        let r = copy_job(source, offset, out, dest, name, job, &mut buf, progress)
+                            .map_err(|e| match e {
+                                CopyFault::Mismatch(m) => Error::from(explain(m)),
+                                CopyFault::Other(e) => e,
+                            });
                         if let Err(e) = r {
                             failed.store(true, Ordering::Relaxed);
                             return Err(e);
@@ -136,7 +149,7 @@ fn copy_job(
     job: &Job,
     buf: &mut [u8],
     progress: &dyn Progress,
-) -> Result<()> {
+) -> std::result::Result<(), CopyFault> {
     let mut hasher = Sha256::new();
     let mut done = 0;
     while done < job.len {
@@ -159,7 +172,7 @@ fn copy_job(
     if actual == job.digest {
         return Ok(());
     }
-    Err(match job.index {
+    Err(CopyFault::Mismatch(match job.index {
         Some(index) => airlock_bundle::Error::ChunkMismatch {
             path: name.to_owned(),
             index,
@@ -172,8 +185,19 @@ fn copy_job(
             expected: job.digest.to_hex(),
             actual: actual.to_hex(),
         },
+    }))
+}
+
+/// Why copying one range failed: its bytes do not match, or something else went wrong.
+enum CopyFault {
+    Mismatch(airlock_bundle::Error),
+    Other(Error),
+}
+
+impl From<Error> for CopyFault {
+    fn from(e: Error) -> Self {
+        Self::Other(e)
     }
-    .into())
 }
 
 /// The hashing jobs for one file, after checking the manifest entry is self-consistent.
@@ -262,6 +286,7 @@ mod tests {
             "w",
             &manifest_entry(&data),
             &dest,
+            &|e| e,
             &NoProgress,
         )
         .unwrap();
@@ -284,6 +309,7 @@ mod tests {
             "w",
             &expected,
             &dest,
+            &|e| e,
             &NoProgress,
         )
         .unwrap_err();
@@ -301,8 +327,17 @@ mod tests {
             sha256: Sha256Digest::of(b"hellO"),
             chunked: None,
         };
-        let err =
-            copy_verified(&src, 0, 5, "w", &whole, &dir.path().join("a"), &NoProgress).unwrap_err();
+        let err = copy_verified(
+            &src,
+            0,
+            5,
+            "w",
+            &whole,
+            &dir.path().join("a"),
+            &|e| e,
+            &NoProgress,
+        )
+        .unwrap_err();
         assert!(matches!(
             err,
             Error::Refused {
@@ -318,8 +353,17 @@ mod tests {
         let src = source(dir.path(), b"", b"hello");
         let mut entry = manifest_entry(b"hello");
         entry.sha256 = Sha256Digest::of(b"other");
-        let err =
-            copy_verified(&src, 0, 5, "w", &entry, &dir.path().join("a"), &NoProgress).unwrap_err();
+        let err = copy_verified(
+            &src,
+            0,
+            5,
+            "w",
+            &entry,
+            &dir.path().join("a"),
+            &|e| e,
+            &NoProgress,
+        )
+        .unwrap_err();
         assert!(matches!(
             err,
             Error::Refused {

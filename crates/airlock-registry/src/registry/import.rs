@@ -72,6 +72,7 @@ impl Registry {
                     file.as_str(),
                     expected,
                     &dest,
+                    &|e| bundle.explain_mismatch(e),
                     progress,
                 )?;
                 fault_point("import.file_staged");
