@@ -60,7 +60,7 @@ step "isolated side: init a registry, trust the publisher and the approver"
 step "import: verify against the policy, copy once while hashing; arrives quarantined"
 "$airlock" import "$work/smollm2_1.0.0.airlock"
 
-step "four-eyes: the publisher cannot approve its own bundle"
+step "the publisher's key cannot approve: it is no approver (and approvers must not have signed)"
 if "$airlock" approve smollm2:1.0.0 --key "$work/keys/publisher.key"; then
   echo "unexpected: the publisher approved its own bundle" >&2; exit 1
 fi
