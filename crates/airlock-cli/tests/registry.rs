@@ -390,6 +390,12 @@ fn export_writes_an_approved_version_read_only_and_verifiable() {
         .mode();
     assert_eq!(mode & 0o222, 0, "exported files are read-only");
     site.ws.verify(&out, &[]).ok();
+    let shipped = site.ws.unpack(&bundle, "shipped");
+    assert_eq!(
+        std::fs::read(out.join("model.sig")).unwrap(),
+        std::fs::read(shipped.join("model.sig")).unwrap(),
+        "the signature comes back byte for byte"
+    );
 }
 
 #[test]

@@ -106,33 +106,27 @@ pub(crate) fn copy_verified(
             })
             .collect();
         drop(sync_tx);
-        // Report the first fault in file order, whichever thread met it first.
-        let mut errors: Vec<(u64, Error)> = Vec::new();
+        // A content mismatch (a refusal) explains a failure better than the error the
+        // other thread met when it was told to stop, so it is reported first.
+        let mut errors: Vec<Error> = Vec::new();
         for handle in workers {
             match handle.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => errors.push((error_offset(&e), e)),
-                Err(_) => errors.push((u64::MAX, Error::Usage("copy thread failed".into()))),
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push(Error::Usage("copy thread failed".into())),
             }
         }
         let synced = syncer
             .join()
             .unwrap_or_else(|_| Err(Error::Usage("sync thread failed".into())));
-        errors.sort_by_key(|(o, _)| *o);
+        errors.sort_by_key(|e| !e.is_refusal());
         match errors.into_iter().next() {
-            Some((_, e)) => Err(e),
+            Some(e) => Err(e),
             None => synced,
         }
     })?;
     out.sync_data().map_err(|e| Error::io(dest, e))?;
     Ok(())
-}
-
-fn error_offset(e: &Error) -> u64 {
-    match e {
-        Error::Refused { .. } => 0,
-        _ => u64::MAX,
-    }
 }
 
 /// Copies one range block by block, hashing each block before writing it.

@@ -11,6 +11,8 @@ use rusqlite::{OptionalExtension as _, params};
 use super::{ImportReport, Registry, VersionRow, highest_in, history_digest, now};
 use crate::records::{self, DowngradeException, EXCEPTION_TYPE};
 use crate::reference;
+use airlock_bundle::manifest::SIGNATURE_FILE;
+
 use crate::store::{self, DirLock, Staging, fault_point};
 use crate::{Error, Result, copy};
 
@@ -48,10 +50,18 @@ impl Registry {
             .check_policy(&manifest, &bundle)
             .map_err(|e| self.refuse("import", subject, e))?;
         let version = facts.version.to_string();
-        if let Some(existing) = self
-            .check_history(&facts.name, &facts.version, &manifest.digest)
-            .map_err(|e| self.refuse("import", subject, e))?
-        {
+        let rollback_allowed = !self.policy.rollback_protection
+            || self.valid_exception(&facts.name, &version)?.is_some();
+        // Checked now to refuse before copying, and again under the write lock below.
+        let seen = history_rule(
+            &self.conn,
+            &facts.name,
+            &facts.version,
+            &manifest.digest,
+            rollback_allowed,
+        )
+        .map_err(|e| self.refuse("import", subject, e))?;
+        if seen && let Some(existing) = self.find_version(&facts.name, &version)? {
             return self.already_present(existing, &manifest, &signers);
         }
 
@@ -82,7 +92,10 @@ impl Registry {
         })();
         progress.end();
         copied.map_err(|e| self.refuse("import", subject, e))?;
-        let sig_bytes = signature.to_bytes()?;
+        // The signature file exactly as signed and shipped, so `export` gives it back as is.
+        let sig_bytes = bundle
+            .read_small(SIGNATURE_FILE, self.limits.max_signature_bytes)?
+            .ok_or(airlock_bundle::Error::Unsigned)?;
         let sig_digest = Sha256Digest::of(&sig_bytes);
         let sig_path = staging.path(manifest.files.len());
         store::write_secret(&sig_path, &sig_bytes)?;
@@ -108,17 +121,15 @@ impl Registry {
         let (name, policy_digest) = (facts.name.clone(), self.policy.digest.to_hex());
         let actor = self.actor.clone();
         let manifest_digest = manifest.digest;
-        let rollback_allowed =
-            !self.policy.rollback_protection || self.valid_exception(&name, &version)?.is_some();
         let result = self.commit_audited(|tx| {
             // Re-checked under the write lock: another import may have committed meanwhile.
-            if let Some(existing) = history_digest(tx, &name, &version)? {
-                if existing != manifest_digest.to_hex() {
-                    return Err(Error::refused(
-                        "version_conflict",
-                        format!("{name}:{version} was imported as sha256:{existing}; a version is never reused for different bytes"),
-                    ));
-                }
+            if history_rule(
+                tx,
+                &name,
+                &facts.version,
+                &manifest_digest,
+                rollback_allowed,
+            )? {
                 let state: Option<String> = tx
                     .query_row(
                         "SELECT state FROM versions WHERE name = ?1 AND version = ?2",
@@ -135,14 +146,6 @@ impl Registry {
                         .detail("already_present", true);
                     return Ok((Some(state), entry));
                 }
-            } else if !rollback_allowed
-                && let Some(highest) = highest_in(tx, &name)?
-                && facts.version < highest
-            {
-                return Err(Error::refused(
-                    "rollback",
-                    format!("{name}:{version} is older than {highest}, the highest version imported; a downgrade needs an approver's `airlock allow-downgrade {name}:{version}`"),
-                ));
             }
             tx.execute(
                 "INSERT INTO versions (name, version, digest, state, kind, format, license, size,
@@ -313,49 +316,6 @@ impl Registry {
         })
     }
 
-    /// Rollback and immutability: `Ok(Some(row))` if this exact bundle is already here,
-    /// `Ok(None)` to go ahead, a refusal otherwise.
-    fn check_history(
-        &self,
-        name: &str,
-        version: &semver::Version,
-        digest: &Sha256Digest,
-    ) -> Result<Option<VersionRow>> {
-        let text = version.to_string();
-        if let Some(existing) = history_digest(&self.conn, name, &text)? {
-            if existing != digest.to_hex() {
-                return Err(Error::refused(
-                    "version_conflict",
-                    format!(
-                        "{name}:{text} was imported as sha256:{existing}; a version is never reused for different bytes"
-                    ),
-                ));
-            }
-            return match self.find_version(name, &text)? {
-                Some(row) => Ok(Some(row)),
-                None => Ok(None),
-            };
-        }
-        if !self.policy.rollback_protection {
-            return Ok(None);
-        }
-        let Some(highest) = highest_in(&self.conn, name)? else {
-            return Ok(None);
-        };
-        if *version >= highest {
-            return Ok(None);
-        }
-        if self.valid_exception(name, &text)?.is_some() {
-            return Ok(None);
-        }
-        Err(Error::refused(
-            "rollback",
-            format!(
-                "{name}:{text} is older than {highest}, the highest version imported; a downgrade needs an approver's `airlock allow-downgrade {name}:{text}`"
-            ),
-        ))
-    }
-
     /// An unexpired exception for `name:version` whose signature verifies with an approver
     /// the policy still trusts.
     pub(super) fn valid_exception(
@@ -394,4 +354,42 @@ struct Facts {
     format: String,
     license: Option<String>,
     bytes: u64,
+}
+
+/// Immutability and rollback protection, against the version history: `Ok(true)` if this
+/// exact bundle's version was imported before (it may have been removed since), `Ok(false)`
+/// for a new version that may go in, and a refusal for a version number already used by
+/// other bytes, or an older version than the highest ever imported unless
+/// `rollback_allowed`.
+fn history_rule(
+    conn: &rusqlite::Connection,
+    name: &str,
+    version: &semver::Version,
+    digest: &Sha256Digest,
+    rollback_allowed: bool,
+) -> Result<bool> {
+    let text = version.to_string();
+    if let Some(existing) = history_digest(conn, name, &text)? {
+        if existing != digest.to_hex() {
+            return Err(Error::refused(
+                "version_conflict",
+                format!(
+                    "{name}:{text} was imported as sha256:{existing}; a version is never reused for different bytes"
+                ),
+            ));
+        }
+        return Ok(true);
+    }
+    if !rollback_allowed
+        && let Some(highest) = highest_in(conn, name)?
+        && *version < highest
+    {
+        return Err(Error::refused(
+            "rollback",
+            format!(
+                "{name}:{text} is older than {highest}, the highest version imported; a downgrade needs an approver's `airlock allow-downgrade {name}:{text}`"
+            ),
+        ));
+    }
+    Ok(false)
 }

@@ -51,7 +51,9 @@ impl Registry {
             }
             Ok(())
         };
-        check().map_err(|e| self.refuse_as(&format!("key:{approver}"), "approve", &subject, e))?;
+        check().map_err(|e| {
+            self.refuse_as(&format!("key:{approver}"), "approve", Some(&subject), e)
+        })?;
         let record = Approval {
             name: row.name.clone(),
             version: row.version.clone(),
@@ -79,21 +81,6 @@ impl Registry {
             Ok(((), entry))
         })?;
         Ok(approver)
-    }
-
-    fn refuse_as(&self, actor: &str, action: &str, subject: &str, err: Error) -> Error {
-        let Error::Refused { kind, reason } = &err else {
-            return err;
-        };
-        let entry = Entry::new(actor, action, Outcome::Refused)
-            .subject(subject)
-            .reason(reason.clone())
-            .detail("rule", *kind)
-            .detail("user", self.actor.clone());
-        match self.audit.append(entry) {
-            Ok(_) => err,
-            Err(audit) => Error::Audit(audit),
-        }
     }
 
     /// Rejects a version that is not tagged, with a reason.
@@ -256,7 +243,7 @@ impl Registry {
             return Err(self.refuse_as(
                 &format!("key:{approver}"),
                 "allow_downgrade",
-                &subject,
+                Some(&subject),
                 Error::refused(
                     "unknown_approver",
                     format!("key {approver} is not a trusted approver in policy.toml"),

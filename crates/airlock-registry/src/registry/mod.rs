@@ -370,13 +370,28 @@ impl Registry {
     /// Appends a refusal to the audit log and returns the error to pass on. If the audit
     /// append itself fails, that failure is returned instead: a refusal is never silent.
     pub(super) fn refuse(&self, action: &str, subject: Option<&str>, err: Error) -> Error {
+        self.refuse_as(&self.actor, action, subject, err)
+    }
+
+    /// [`Self::refuse`] for an action taken with a key (`key:<id>`): the local user who ran
+    /// the command is kept in the entry's details.
+    pub(super) fn refuse_as(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: Option<&str>,
+        err: Error,
+    ) -> Error {
         let Error::Refused { kind, reason } = &err else {
             return err;
         };
-        let mut entry = Entry::new(&self.actor, action, Outcome::Refused)
+        let mut entry = Entry::new(actor, action, Outcome::Refused)
             .reason(reason.clone())
             .detail("rule", *kind)
             .detail("policy_sha256", self.policy.digest.to_hex());
+        if actor != self.actor {
+            entry = entry.detail("user", self.actor.clone());
+        }
         if let Some(s) = subject {
             entry = entry.subject(s);
         }
