@@ -443,9 +443,14 @@ impl VolumeSet {
 
     /// The volume holding byte `offset` of the bundle.
     pub fn volume_at(&self, offset: u64) -> Option<&Volume> {
+        // Volumes tile the bundle in order (checked by `open`), so a binary search finds the
+        // one volume whose range holds `offset`; every block read goes through here.
+        let i = self
+            .volumes
+            .partition_point(|v| v.header.offset + v.header.length <= offset);
         self.volumes
-            .iter()
-            .find(|v| offset >= v.header.offset && offset < v.header.offset + v.header.length)
+            .get(i)
+            .filter(|v| offset >= v.header.offset && offset < v.header.offset + v.header.length)
     }
 
     /// The volumes as one readable span.

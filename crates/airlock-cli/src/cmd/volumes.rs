@@ -19,9 +19,9 @@ pub(crate) fn split(args: SplitArgs, limits: &Limits) -> anyhow::Result<ExitCode
             args.bundle.display()
         );
     }
-    let signature = bundle.signature(limits)?;
-    let digest = Sha256Digest::of(&signature.payload()?);
-    let manifest = airlock_bundle::Manifest::parse(signature.payload()?, limits)?;
+    let payload = bundle.signature(limits)?.payload()?;
+    let digest = Sha256Digest::of(&payload);
+    let manifest = airlock_bundle::Manifest::parse(payload, limits)?;
     let stem = match manifest.airlock() {
         Some(a) => format!("{}_{}.airlock", a.name, a.version),
         None => args.bundle.file_name().map_or_else(
