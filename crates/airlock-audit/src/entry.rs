@@ -188,12 +188,15 @@ impl Prepared {
         push_json_str(&mut a, &entry.actor)?;
         if !entry.details.is_empty() {
             a.extend_from_slice(b",\"details\":");
-            let details = Value::Object(entry.details.clone());
-            if plainly_canonical(&details) {
-                serde_json::to_writer(&mut a, &details)
+            let details = &entry.details;
+            if details
+                .iter()
+                .all(|(k, v)| k.is_ascii() && plainly_canonical(v))
+            {
+                serde_json::to_writer(&mut a, details)
                     .map_err(|e| Error::BadEntry(e.to_string()))?;
             } else {
-                let bytes = serde_json_canonicalizer::to_vec(&details)
+                let bytes = serde_json_canonicalizer::to_vec(details)
                     .map_err(|e| Error::BadEntry(e.to_string()))?;
                 a.extend_from_slice(&bytes);
             }
