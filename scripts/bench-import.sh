@@ -16,26 +16,9 @@ gib="${AIRLOCK_BENCH_GIB:-2}"
 dir="${AIRLOCK_BENCH_DIR:-${AIRLOCK_CACHE:-$HOME/.cache/airlock}/bench-import}"
 cargo build --release --locked --quiet
 airlock="$PWD/target/release/airlock"
-rm -rf "$dir" && mkdir -p "$dir/src"
+rm -rf "$dir" && mkdir -p "$dir"
 trap 'chmod -R u+w "$dir" 2>/dev/null; rm -rf "$dir"' EXIT
-
-python3 - "$dir/src/model.safetensors" "$gib" <<'PY'
-import json, os, struct, sys
-path, gib = sys.argv[1], int(sys.argv[2])
-n = gib << 30
-header = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
-header += b" " * (-len(header) % 8)
-block = os.urandom(1 << 20)
-with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(header)) + header)
-    for i in range(n >> 20):
-        f.write(block[i % 256:] + block[:i % 256])
-PY
-echo '{"architectures":["Bench"]}' > "$dir/src/config.json"
-"$airlock" keygen -o "$dir/keys" --name publisher >/dev/null 2>&1
-"$airlock" pack "$dir/src" --name bench --version 1.0.0 --license Apache-2.0 \
-  --key "$dir/keys/publisher.key" -o "$dir/bench.airlock" >/dev/null
-rm -rf "$dir/src"
+bash scripts/make-bench-bundle.sh "$airlock" "$dir" "$gib"
 
 python3 - "$airlock" "$dir" "$check" <<'PY'
 import os, shutil, subprocess, sys, time

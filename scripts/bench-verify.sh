@@ -14,29 +14,12 @@ gib="${AIRLOCK_BENCH_GIB:-4}"
 dir="${AIRLOCK_BENCH_DIR:-${AIRLOCK_CACHE:-$HOME/.cache/airlock}/bench}"
 cargo build --release --locked --quiet
 airlock="$PWD/target/release/airlock"
-rm -rf "$dir" && mkdir -p "$dir/src"
+rm -rf "$dir" && mkdir -p "$dir"
 [ -n "${AIRLOCK_BENCH_KEEP:-}" ] || trap 'rm -rf "$dir"' EXIT
-
-# A safetensors model with one U8 tensor of $gib GiB.
-python3 - "$dir/src/model.safetensors" "$gib" <<'PY'
-import json, struct, sys
-path, gib = sys.argv[1], int(sys.argv[2])
-n = gib << 30
-header = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
-header += b" " * (-len(header) % 8)
-block = bytes(range(256)) * 4096  # 1 MiB, not all zeros
-with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(header)) + header)
-    for _ in range(n >> 20):
-        f.write(block)
-PY
-echo '{"architectures":["Bench"]}' > "$dir/src/config.json"
-"$airlock" keygen -o "$dir/keys" --name bench >/dev/null 2>&1
-"$airlock" pack "$dir/src" --name bench --version 1.0.0 --key "$dir/keys/bench.key" -o "$dir/bench.airlock" >/dev/null
-rm -rf "$dir/src"
+bash scripts/make-bench-bundle.sh "$airlock" "$dir" "$gib"
 bundle="$dir/bench.airlock"
 
-python3 - "$airlock" "$bundle" "$dir/keys/bench.pub" "$check" <<'PY'
+python3 - "$airlock" "$bundle" "$dir/keys/publisher.pub" "$check" <<'PY'
 import os, resource, subprocess, sys, time
 airlock, bundle, pub, check = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 size = os.path.getsize(bundle)
