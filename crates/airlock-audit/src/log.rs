@@ -671,8 +671,15 @@ pub struct LogView {
 
 impl LogView {
     /// Reads and verifies the log in `dir` with `verifier`: any edit, deletion, insertion,
-    /// reordering, torn or unsealed end, or checkpoint not signed by the key is an error.
+    /// reordering, torn or unsealed end, checkpoint not signed by the key, or a log shorter
+    /// than the checkpoint kept in `head` is an error.
     pub fn load(dir: &Path, verifier: &NoteVerifier) -> Result<Self> {
+        // `head` is read before the log: it is only ever written after the log bytes it
+        // describes, so a writer appending meanwhile cannot make a sound log look truncated.
+        let head = std::fs::read(dir.join(HEAD_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Head>(bytes.trim_ascii_end()).ok())
+            .map(|h| h.checkpoint);
         let path = dir.join(LOG_FILE);
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let mut scan = Scanner::new(&file, 0, &path)?;
@@ -748,11 +755,12 @@ impl LogView {
         if let Some((first, offset)) = unsealed {
             return Err(Error::UnsealedTail { first, offset });
         }
-        if let Ok(bytes) = std::fs::read(dir.join(HEAD_FILE))
-            && let Ok(head) = serde_json::from_slice::<Head>(bytes.trim_ascii_end())
-        {
-            view.head = Some(head.checkpoint);
+        // The latest checkpoint is also kept outside the log: cutting entries off the end
+        // of the log leaves it pointing past the end.
+        if let Some(head) = &head {
+            view.check_checkpoint(verifier, head)?;
         }
+        view.head = head;
         Ok(view)
     }
 
@@ -968,11 +976,7 @@ mod tests {
     }
 
     fn verify(dir: &Path, verifier: &NoteVerifier) -> Result<LogView> {
-        let view = LogView::load(dir, verifier)?;
-        if let Some(head) = view.head() {
-            view.check_checkpoint(verifier, head)?;
-        }
-        Ok(view)
+        LogView::load(dir, verifier)
     }
 
     #[test]
