@@ -665,8 +665,6 @@ pub struct LogView {
     /// holds 16 bytes per checkpoint, not the note.
     checkpoints: BTreeMap<u64, (u64, usize)>,
     path: PathBuf,
-    /// Latest checkpoint in `head`, if readable.
-    head: Option<String>,
 }
 
 impl LogView {
@@ -688,7 +686,6 @@ impl LogView {
             leaves: Vec::new(),
             checkpoints: BTreeMap::new(),
             path: path.clone(),
-            head: None,
         };
         let mut frontier = Frontier::new();
         let mut unsealed: Option<(u64, u64)> = None;
@@ -760,7 +757,6 @@ impl LogView {
         if let Some(head) = &head {
             view.check_checkpoint(verifier, head)?;
         }
-        view.head = head;
         Ok(view)
     }
 
@@ -836,11 +832,6 @@ impl LogView {
                 reason: format!("checkpoint at byte {offset} changed since verification: {e}"),
             })?;
         Ok(parsed.checkpoint)
-    }
-
-    /// The checkpoint in `head`, if there is one.
-    pub fn head(&self) -> Option<&str> {
-        self.head.as_deref()
     }
 
     /// Leaf hashes, in order.
