@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Makes the benchmarks' input: DIR/bench.airlock, a bundle whose one safetensors tensor holds
-# GIB GiB of incompressible bytes, signed with a fresh key pair DIR/keys/publisher.{key,pub}.
+# SIZE of incompressible bytes (GiB, or MiB with an M suffix: 200M), signed with a fresh key
+# pair DIR/keys/publisher.{key,pub}.
 #
-#   scripts/make-bench-bundle.sh AIRLOCK_BINARY DIR GIB
+#   scripts/make-bench-bundle.sh AIRLOCK_BINARY DIR SIZE
 set -euo pipefail
 airlock="$1" dir="$2" gib="$3"
 mkdir -p "$dir/src"
 python3 - "$dir/src/model.safetensors" "$gib" <<'PY'
 import json, os, struct, sys
-path, gib = sys.argv[1], int(sys.argv[2])
-n = gib << 30
+path, size = sys.argv[1], sys.argv[2]
+n = int(size[:-1]) << 20 if size.endswith("M") else int(size) << 30
 header = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
 header += b" " * (-len(header) % 8)
 block = os.urandom(1 << 20)

@@ -38,6 +38,9 @@ pub(crate) enum Command {
     Split(SplitArgs),
     /// Join a directory of volumes back into the bundle tar.
     Join(JoinArgs),
+    /// Send or receive a bundle through a one-way UDP link (data diode) with RaptorQ repair.
+    #[command(subcommand)]
+    Diode(DiodeCommand),
     /// Create a registry data directory: policy.toml template, database, audit log and key.
     Init(JsonArgs),
     /// Verify a bundle against the trust policy and add it to the registry, quarantined.
@@ -97,6 +100,130 @@ pub(crate) struct JoinArgs {
     /// The bundle file to write.
     #[arg(short, long, value_name = "BUNDLE")]
     pub(crate) out: PathBuf,
+}
+
+/// One-way transfer: no acknowledgement, no resend; loss is repaired by RaptorQ (RFC 6330)
+/// repair symbols and by repeating the stream (carousel passes).
+#[derive(Debug, Subcommand)]
+pub(crate) enum DiodeCommand {
+    /// Send a bundle: paced, RaptorQ-coded datagrams, manifest first, pass after pass.
+    ///
+    /// Example: airlock diode send smollm2_1.0.0.airlock --to 10.0.0.2:7700 --rate 800M --passes 3
+    Send(DiodeSendArgs),
+    /// Receive one bundle, write blocks as they decode, verify it, then name it.
+    ///
+    /// Decoded blocks are kept in OUT/.airlock-diode across restarts, so a receiver started
+    /// again (or started mid-stream) finishes without starting over. The bundle appears as
+    /// OUT/NAME_VERSION.airlock only after full verification; a session that fails or stalls
+    /// leaves OUT/NAME_VERSION.airlock.report.json instead.
+    Receive(DiodeReceiveArgs),
+    /// A lossy UDP link for tests and drills: drop, burst-drop, duplicate, reorder, corrupt.
+    ///
+    /// Forwards from --listen to --to and stops by itself (datagram count, time, or idle).
+    Relay(DiodeRelayArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DiodeSendArgs {
+    /// The bundle (.airlock tar).
+    #[arg(value_name = "BUNDLE")]
+    pub(crate) bundle: PathBuf,
+    /// The diode's input (or the receiver), HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) to: String,
+    /// Link rate in bits per second, IP and UDP headers included: 800M, 1G, 9.5G, or `max`.
+    #[arg(long, default_value = "800M", value_name = "RATE")]
+    pub(crate) rate: String,
+    /// Repair symbols per pass, as a share of the data: 5%, 20%, 0.1.
+    #[arg(long, default_value = "5%", value_name = "PERCENT")]
+    pub(crate) overhead: String,
+    /// Carousel passes; each pass resends the data with new repair symbols.
+    #[arg(long, default_value_t = 1, conflicts_with = "forever")]
+    pub(crate) passes: u32,
+    /// Repeat passes until stopped (Ctrl-C).
+    #[arg(long)]
+    pub(crate) forever: bool,
+    /// Link MTU in bytes (largest IP packet); sets the datagram size.
+    #[arg(long, default_value_t = 1500)]
+    pub(crate) mtu: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DiodeReceiveArgs {
+    /// Address and port to listen on, e.g. 0.0.0.0:7700.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Directory for received bundles (created if missing).
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// Refuse sessions announcing a larger bundle (K/M/G/T or KB/MB/GB/TB).
+    #[arg(long, default_value = "1T", value_name = "SIZE")]
+    pub(crate) max_size: String,
+    /// Require the bundle to be signed by these keys; checked on the announce, before
+    /// anything is written, and again at the end. Without it, integrity only.
+    #[arg(long = "trust", value_name = "PUB.pem", num_args = 1..)]
+    pub(crate) trust: Vec<PathBuf>,
+    /// How many distinct trusted keys must have signed.
+    #[arg(long, default_value_t = 1, requires = "trust")]
+    pub(crate) threshold: usize,
+    /// Give up (keeping decoded blocks) after this long without a useful datagram.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub(crate) idle_timeout: humantime::Duration,
+    /// Keep receiving bundle after bundle instead of exiting after the first.
+    #[arg(long)]
+    pub(crate) forever: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DiodeRelayArgs {
+    /// Address to listen on (port 0 picks one; it is printed on stderr).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Where to forward.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) to: std::net::SocketAddr,
+    /// Random loss: 1%, 0.01.
+    #[arg(long, default_value = "0%", value_name = "PERCENT")]
+    pub(crate) loss: String,
+    /// Drop --burst-len consecutive datagrams starting at this datagram (0-based).
+    #[arg(long, value_name = "N", requires = "burst_len")]
+    pub(crate) burst_at: Option<u64>,
+    /// Length of the burst.
+    #[arg(long, value_name = "N", requires = "burst_at")]
+    pub(crate) burst_len: Option<u64>,
+    /// Duplicate this share of datagrams.
+    #[arg(long, default_value = "0%", value_name = "PERCENT")]
+    pub(crate) duplicate: String,
+    /// Deliver this share of datagrams late, overtaken by up to --reorder-depth others.
+    #[arg(long, default_value = "0%", value_name = "PERCENT")]
+    pub(crate) reorder: String,
+    /// Most datagrams a late one is overtaken by.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) reorder_depth: usize,
+    /// Flip 1 to 4 random bits in this share of datagrams.
+    #[arg(long, default_value = "0%", value_name = "PERCENT")]
+    pub(crate) corrupt: String,
+    /// Seed of the random choices (the same seed replays the same faults).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Stop after this many datagrams in.
+    #[arg(long, default_value_t = 50_000_000)]
+    pub(crate) max_datagrams: u64,
+    /// Stop after this long.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    pub(crate) max_time: humantime::Duration,
+    /// Stop after this long without a datagram, once traffic has started.
+    #[arg(long, default_value = "3s", value_name = "DURATION")]
+    pub(crate) idle: humantime::Duration,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! One module per subcommand; each only wires library calls to output.
 
 mod audit;
+mod diode;
 mod inspect;
 mod keygen;
 mod pack;
@@ -30,6 +31,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(args, &limits),
         Command::Split(args) => volumes::split(args, &limits),
         Command::Join(args) => volumes::join(args),
+        Command::Diode(cmd) => diode::run(cmd, &limits),
         Command::Trust(cmd) => trust::run(cmd, &data_dir(data)?),
         Command::Audit(cmd) => audit::run(cmd, &data_dir(data)?),
         other => registry::run(other, &data_dir(data)?),

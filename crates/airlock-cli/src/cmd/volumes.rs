@@ -71,7 +71,7 @@ pub(crate) fn join(args: JoinArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `4G` (GiB), `700M` (MiB), `650MB` (10^6), `4GiB`, or plain bytes.
-fn parse_size(text: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_size(text: &str) -> anyhow::Result<u64> {
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(digits);
