@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust: the OpenSSF Model Signing reference tool
 # (model-signing with pyopenssl, from PyPI) in a virtual environment in the cache, and GNU tar,
-# sha256sum and OpenSSL from Debian when missing.
+# sha256sum, OpenSSL and udpcast (the diode benchmark's anchor) from Debian when missing.
 #
 #   AIRLOCK_CACHE  cache root (default: ~/.cache/airlock)
 set -euo pipefail
@@ -10,14 +10,14 @@ venv="$cache/tools-venv"
 mkdir -p "$cache"
 
 missing=()
-for tool in tar sha256sum openssl python3; do
+for tool in tar sha256sum openssl python3 udp-sender; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tools: installing ${missing[*]} from apt"
   pkgs=()
   for t in "${missing[@]}"; do
-    case "$t" in sha256sum) pkgs+=(coreutils) ;; python3) pkgs+=(python3 python3-venv) ;; *) pkgs+=("$t") ;; esac
+    case "$t" in sha256sum) pkgs+=(coreutils) ;; udp-sender) pkgs+=(udpcast) ;; python3) pkgs+=(python3 python3-venv) ;; *) pkgs+=("$t") ;; esac
   done
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${pkgs[@]}" >/dev/null

@@ -12,6 +12,7 @@ mod support;
 
 mod audit;
 mod crash;
+mod diode;
 mod hostile;
 mod interop;
 mod pack_verify;

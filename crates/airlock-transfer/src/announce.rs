@@ -95,7 +95,8 @@ impl Geometry {
 
     /// Source symbols of a block (RFC 6330's K); its bytes are zero-padded to K symbols.
     pub fn source_symbols(&self, block: u32) -> u32 {
-        self.block_len(block).div_ceil(usize::from(self.symbol_size)) as u32
+        self.block_len(block)
+            .div_ceil(usize::from(self.symbol_size)) as u32
     }
 }
 
@@ -233,13 +234,25 @@ mod tests {
         assert!(Announce::decode(&bytes).unwrap_err().contains("hash"));
         let mut bad = a.clone();
         bad.geometry.symbol_size = 1441;
-        assert!(Announce::decode(&bad.encode()).unwrap_err().contains("symbol size"));
+        assert!(
+            Announce::decode(&bad.encode())
+                .unwrap_err()
+                .contains("symbol size")
+        );
         let mut bad = a.clone();
         bad.geometry.block_size = MAX_BLOCK_SIZE + 1;
-        assert!(Announce::decode(&bad.encode()).unwrap_err().contains("block size"));
+        assert!(
+            Announce::decode(&bad.encode())
+                .unwrap_err()
+                .contains("block size")
+        );
         let mut bad = a;
         bad.geometry.size = 0;
-        assert!(Announce::decode(&bad.encode()).unwrap_err().contains("zero"));
+        assert!(
+            Announce::decode(&bad.encode())
+                .unwrap_err()
+                .contains("zero")
+        );
     }
 
     proptest! {

@@ -123,7 +123,8 @@ impl BlockAssembly {
             return Ok(self.buffer);
         }
         let padded = self.buffer.len();
-        let mut decoder = SourceBlockDecoder::new(0, &config(padded, self.symbol_size), padded as u64);
+        let mut decoder =
+            SourceBlockDecoder::new(0, &config(padded, self.symbol_size), padded as u64);
         let symbol_size = self.symbol_size;
         let sources = self
             .have_source
@@ -196,7 +197,10 @@ mod tests {
         for (esi, s) in &repairs {
             asm.add(*esi, s);
         }
-        assert!(!asm.add(repairs[0].0, &repairs[0].1), "duplicates are refused");
+        assert!(
+            !asm.add(repairs[0].0, &repairs[0].1),
+            "duplicates are refused"
+        );
         assert!(asm.ready_to_decode());
         assert_eq!(asm.finish().ok().unwrap(), data);
     }

@@ -138,10 +138,11 @@ impl RecvBatch {
             .iter_mut()
             .map(|b| IoSliceMut::new(b.as_mut_slice()))
             .collect();
-        match socket
-            .state
-            .recv(UdpSockRef::from(&socket.socket), &mut slices, &mut self.meta)
-        {
+        match socket.state.recv(
+            UdpSockRef::from(&socket.socket),
+            &mut slices,
+            &mut self.meta,
+        ) {
             Ok(n) => self.filled = n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.filled = 0,
             Err(e) => return Err(e),

@@ -195,10 +195,7 @@ pub fn read_hash_table(symbol: &[u8]) -> Option<impl Iterator<Item = (u32, [u8; 
     }
     Some((0..count).map(move |i| {
         let at = 2 + i * HASH_ENTRY_LEN;
-        (
-            u32::from_be_bytes(field(symbol, at)),
-            field(symbol, at + 4),
-        )
+        (u32::from_be_bytes(field(symbol, at)), field(symbol, at + 4))
     }))
 }
 
@@ -236,7 +233,10 @@ mod tests {
     #[test]
     fn each_malformation_has_its_own_reason() {
         let good = sample(128);
-        assert_eq!(Header::open(&good[..HEADER_LEN + 10]), Err(Malformed::TooShort));
+        assert_eq!(
+            Header::open(&good[..HEADER_LEN + 10]),
+            Err(Malformed::TooShort)
+        );
         assert_eq!(
             Header::open(&vec![0; HEADER_LEN + MAX_SYMBOL_SIZE + 1]),
             Err(Malformed::TooLong)

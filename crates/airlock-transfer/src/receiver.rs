@@ -216,7 +216,10 @@ impl Receiving<'_> {
             self.report.drop("refused_session");
             return Ok(false);
         }
-        let is_active = self.active.as_ref().is_some_and(|a| a.session == header.session);
+        let is_active = self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.session == header.session);
         match header.kind {
             Kind::Announce if is_active => {
                 self.report.drop("announce_repeat");
@@ -248,7 +251,11 @@ impl Receiving<'_> {
             self.report.drop("bad_announce_geometry");
             return Ok(false);
         }
-        let at = match self.candidates.iter().position(|c| c.session == header.session) {
+        let at = match self
+            .candidates
+            .iter()
+            .position(|c| c.session == header.session)
+        {
             Some(at) => {
                 let c = &self.candidates[at];
                 if c.len != len || c.symbol_size != t {
@@ -261,7 +268,11 @@ impl Receiving<'_> {
                 let asm = BlockAssembly::new(k as u32, t);
                 // Bounded: the oldest unfinished announce makes room for the new one.
                 while !self.candidates.is_empty()
-                    && self.candidates.iter().map(|c| c.asm.footprint()).sum::<usize>()
+                    && self
+                        .candidates
+                        .iter()
+                        .map(|c| c.asm.footprint())
+                        .sum::<usize>()
                         + asm.footprint()
                         > ANNOUNCE_BUDGET
                 {
@@ -363,11 +374,16 @@ impl Receiving<'_> {
                 return Ok(());
             }
         }
-        let finished = self.state_root.join(format!("{}.done", hex(&announce.digest)));
+        let finished = self
+            .state_root
+            .join(format!("{}.done", hex(&announce.digest)));
         if finished.exists() {
             self.refuse(
                 announce.session,
-                format!("bundle sha256:{} was already received", hex(&announce.digest)),
+                format!(
+                    "bundle sha256:{} was already received",
+                    hex(&announce.digest)
+                ),
             );
             return Ok(());
         }
@@ -379,7 +395,8 @@ impl Receiving<'_> {
         self.report.digest = Some(hex(&active.announce.digest));
         self.report.size = active.announce.geometry.size;
         self.report.blocks = active.announce.geometry.blocks();
-        self.progress.begin("receiving", active.announce.geometry.size);
+        self.progress
+            .begin("receiving", active.announce.geometry.size);
         self.progress.advance(active.done_bytes());
         self.active = Some(active);
         Ok(())
@@ -391,7 +408,9 @@ impl Receiving<'_> {
         self.report.status = status.into();
         self.report.error = Some(why.into());
         self.report.report = Some(path.clone());
-        self.report.seconds = self.first_datagram.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.report.seconds = self
+            .first_datagram
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
         let text = serde_json::to_vec_pretty(&self.report).map_err(std::io::Error::other);
         write_atomically(&path, &text.map_err(Error::io(&path))?)?;
         Ok(path)
@@ -407,7 +426,10 @@ impl Receiving<'_> {
             ),
             None => format!(
                 "every session was refused; last: {}",
-                self.report.refused_sessions.last().map_or("", String::as_str)
+                self.report
+                    .refused_sessions
+                    .last()
+                    .map_or("", String::as_str)
             ),
             Some(a) => format!(
                 "stream stopped with {} of {} blocks; decoded blocks are kept for the next run",
@@ -422,7 +444,10 @@ impl Receiving<'_> {
             let stem = active.stem.clone();
             active.stop()?;
             let path = self.save_report(&stem, "incomplete", &why)?;
-            return Err(Error::Incomplete(format!("{why} (report: {})", path.display())));
+            return Err(Error::Incomplete(format!(
+                "{why} (report: {})",
+                path.display()
+            )));
         }
         Err(Error::Incomplete(why))
     }
@@ -481,7 +506,9 @@ impl Receiving<'_> {
         let _ = std::fs::remove_file(self.options.out.join(format!("{stem}.report.json")));
         self.report.status = "received".into();
         self.report.bundle = Some(target);
-        self.report.seconds = self.first_datagram.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.report.seconds = self
+            .first_datagram
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
         Ok(self.report)
     }
 }
@@ -626,7 +653,12 @@ impl Active {
         self.in_flight_bytes = 0;
     }
 
-    fn symbol(&mut self, header: &Header, symbol: &[u8], report: &mut ReceiveReport) -> Result<bool> {
+    fn symbol(
+        &mut self,
+        header: &Header,
+        symbol: &[u8],
+        report: &mut ReceiveReport,
+    ) -> Result<bool> {
         if header.digest_tag != self.tag {
             report.drop("wrong_digest");
             return Ok(false);
@@ -660,7 +692,11 @@ impl Active {
             }
             if self.hashes.insert(block, hash) != Some(hash) {
                 useful = true;
-                if self.in_flight.get(&block).is_some_and(|f| f.asm.ready_to_decode()) {
+                if self
+                    .in_flight
+                    .get(&block)
+                    .is_some_and(|f| f.asm.ready_to_decode())
+                {
                     ready.push(block);
                 }
             }
@@ -691,7 +727,13 @@ impl Active {
                 usize::from(self.geometry().symbol_size),
             );
             self.in_flight_bytes += asm.footprint();
-            self.in_flight.insert(block, InFlight { asm, last_fed: self.tick });
+            self.in_flight.insert(
+                block,
+                InFlight {
+                    asm,
+                    last_fed: self.tick,
+                },
+            );
             self.evict_over_budget(block, report);
         }
         let Some(entry) = self.in_flight.get_mut(&block) else {
@@ -746,7 +788,11 @@ impl Active {
     }
 
     /// Takes what the writer finished.
-    fn collect_results(&mut self, report: &mut ReceiveReport, progress: &dyn Progress) -> Result<()> {
+    fn collect_results(
+        &mut self,
+        report: &mut ReceiveReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         while let Ok(outcome) = self.results.try_recv() {
             match outcome {
                 Outcome::Written { block, repaired } => {
@@ -765,7 +811,13 @@ impl Active {
                     report.drop("decode_retry");
                     self.in_flight_bytes += asm.footprint();
                     self.tick += 1;
-                    self.in_flight.insert(block, InFlight { asm, last_fed: self.tick });
+                    self.in_flight.insert(
+                        block,
+                        InFlight {
+                            asm,
+                            last_fed: self.tick,
+                        },
+                    );
                 }
                 Outcome::HashMismatch { block } => {
                     // Corrupted symbols got through; the block comes again next pass.
@@ -891,8 +943,7 @@ fn stem_of(announce: &Announce) -> String {
         !s.is_empty()
             && s.len() <= 100
             && !s.starts_with('.')
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
     };
     match manifest.airlock() {

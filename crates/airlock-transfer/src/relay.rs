@@ -127,7 +127,9 @@ pub fn relay(
         {
             continue;
         }
-        batch.recv(socket).map_err(Error::net("relay cannot read"))?;
+        batch
+            .recv(socket)
+            .map_err(Error::net("relay cannot read"))?;
         for (_, datagram) in batch.datagrams() {
             last = Some(Instant::now());
             let index = report.received;
@@ -206,7 +208,11 @@ impl Outgoing<'_> {
     }
 
     /// Counts down the held datagrams and sends those whose turn has come.
-    fn release_due(&mut self, held: &mut VecDeque<(u64, Vec<u8>)>, report: &mut RelayReport) -> Result<()> {
+    fn release_due(
+        &mut self,
+        held: &mut VecDeque<(u64, Vec<u8>)>,
+        report: &mut RelayReport,
+    ) -> Result<()> {
         for entry in held.iter_mut() {
             entry.0 = entry.0.saturating_sub(1);
         }

@@ -69,7 +69,11 @@ impl SendOptions {
     }
 
     fn ip_overhead(&self) -> usize {
-        if self.to.is_ipv4() { IPV4_UDP } else { IPV6_UDP }
+        if self.to.is_ipv4() {
+            IPV4_UDP
+        } else {
+            IPV6_UDP
+        }
     }
 
     /// The symbol size that fills one datagram of the MTU.
@@ -144,14 +148,14 @@ pub fn bundle_identity(path: &Path, limits: &Limits) -> Result<(Vec<u8>, Sha256D
             path.display()
         )));
     }
-    let limit = limits.max_signature_bytes.min(MAX_ANNOUNCE_LEN as u64 - 4096);
+    let limit = limits
+        .max_signature_bytes
+        .min(MAX_ANNOUNCE_LEN as u64 - 4096);
     let signature = bundle
         .read_small("model.sig", limit)?
         .ok_or(airlock_bundle::Error::Unsigned)?;
     let payload = SigstoreBundle::parse(&signature, limits)?.payload()?;
-    let size = std::fs::metadata(path)
-        .map_err(Error::io(path))?
-        .len();
+    let size = std::fs::metadata(path).map_err(Error::io(path))?.len();
     Ok((signature, Sha256Digest::of(&payload), size))
 }
 
@@ -178,7 +182,8 @@ pub fn send(
         signature,
     };
     let file = File::open(path).map_err(Error::io(path))?;
-    let socket = Socket::for_sending_to(options.to).map_err(Error::net("cannot open a UDP socket"))?;
+    let socket =
+        Socket::for_sending_to(options.to).map_err(Error::net("cannot open a UDP socket"))?;
 
     let plan = Plan::new(&announce, options);
     let workers = std::thread::available_parallelism()
@@ -337,7 +342,9 @@ impl Plan {
             let span = u64::from(MAX_SYMBOL_ID - k - r.max(1)).max(1);
             let first = (pass * u64::from(r) % span) as u32;
             let mut repair = Vec::with_capacity(r as usize);
-            fec::repair_symbols(&padded, t, first, r, |esi, s| repair.push((esi, s.to_vec())));
+            fec::repair_symbols(&padded, t, first, r, |esi, s| {
+                repair.push((esi, s.to_vec()))
+            });
             bytes += len as u64;
             blocks.push(CodedBlock {
                 block,
@@ -348,9 +355,16 @@ impl Plan {
             });
         }
         let hashes: Vec<(u32, [u8; 32])> = blocks.iter().map(|b| (b.block, b.hash)).collect();
-        let rounds = blocks.iter().map(|b| b.k as usize + b.repair.len()).max().unwrap_or(0);
+        let rounds = blocks
+            .iter()
+            .map(|b| b.k as usize + b.repair.len())
+            .max()
+            .unwrap_or(0);
         let tables = hashes.len().div_ceil((t - 2) / HASH_ENTRY_LEN);
-        let total: usize = blocks.iter().map(|b| b.k as usize + b.repair.len()).sum::<usize>()
+        let total: usize = blocks
+            .iter()
+            .map(|b| b.k as usize + b.repair.len())
+            .sum::<usize>()
             + tables * HASH_COPIES as usize;
         let segment = HEADER_LEN + t;
         let mut out = vec![0u8; total * segment];
@@ -382,9 +396,13 @@ impl Plan {
                 let round = round as u32;
                 if round < b.k {
                     let s = &b.padded[round as usize * t..(round as usize + 1) * t];
-                    emit(self.header(Kind::Data, b.block, round), &|d| d.copy_from_slice(s));
+                    emit(self.header(Kind::Data, b.block, round), &|d| {
+                        d.copy_from_slice(s)
+                    });
                 } else if let Some((esi, s)) = b.repair.get((round - b.k) as usize) {
-                    emit(self.header(Kind::Data, b.block, *esi), &|d| d.copy_from_slice(s));
+                    emit(self.header(Kind::Data, b.block, *esi), &|d| {
+                        d.copy_from_slice(s)
+                    });
                 }
             }
         }

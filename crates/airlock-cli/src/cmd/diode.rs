@@ -64,12 +64,16 @@ fn receive(args: DiodeReceiveArgs, limits: &Limits) -> anyhow::Result<ExitCode> 
             .collect::<Result<Vec<_>, _>>()?;
         options.trust = Some(TrustPolicy::new(keys, args.threshold)?);
     }
-    let socket = Socket::bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let socket =
+        Socket::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = socket.local_addr()?;
     let granted = socket.recv_buffer_size();
     let mut stderr = std::io::stderr();
-    writeln!(stderr, "airlock: receiving on {local} into {}", args.out.display())?;
+    writeln!(
+        stderr,
+        "airlock: receiving on {local} into {}",
+        args.out.display()
+    )?;
     if granted < 8 << 20 {
         writeln!(
             stderr,
@@ -86,7 +90,10 @@ fn receive(args: DiodeReceiveArgs, limits: &Limits) -> anyhow::Result<ExitCode> 
                 } else {
                     output::out(&format!(
                         "received {} (sha256:{}), verified: {} blocks ({} kept from an earlier run, {} repaired by RaptorQ) in {:.2}s ({:.0} MB/s)\n",
-                        report.bundle.as_ref().map_or(String::new(), |p| p.display().to_string()),
+                        report
+                            .bundle
+                            .as_ref()
+                            .map_or(String::new(), |p| p.display().to_string()),
                         report.digest.as_deref().unwrap_or(""),
                         report.blocks,
                         report.resumed_blocks,
@@ -172,7 +179,9 @@ fn parse_rate(text: &str) -> anyhow::Result<Option<u64>> {
     if t.eq_ignore_ascii_case("max") {
         return Ok(None);
     }
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let n: f64 = number
         .parse()
