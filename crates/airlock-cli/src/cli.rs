@@ -188,6 +188,10 @@ pub(crate) struct DiodeRelayArgs {
     /// Where to forward.
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) to: std::net::SocketAddr,
+    /// Send forwarded datagrams from this address (for receivers that accept data only from
+    /// the sender's port, such as udpcast's); default: any free port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) from: Option<std::net::SocketAddr>,
     /// Random loss: 1%, 0.01.
     #[arg(long, default_value = "0%", value_name = "PERCENT")]
     pub(crate) loss: String,

@@ -87,14 +87,20 @@ pub struct RelayReport {
     pub stopped: String,
 }
 
-/// Forwards from `socket` to `to` under `impairments` until `bounds` stop it.
+/// Forwards from `socket` to `to` under `impairments` until `bounds` stop it. Forwarded
+/// datagrams leave from `from` when given (some receivers, udpcast's among them, accept data
+/// only from the sender's own port), else from any free port.
 pub fn relay(
     socket: &Socket,
     to: SocketAddr,
+    from: Option<SocketAddr>,
     impairments: &Impairments,
     bounds: &Bounds,
 ) -> Result<RelayReport> {
-    let out = Socket::for_sending_to(to).map_err(Error::net("cannot open a UDP socket"))?;
+    let out = match from {
+        Some(addr) => Socket::bind(addr).map_err(Error::net(format!("cannot bind {addr}")))?,
+        None => Socket::for_sending_to(to).map_err(Error::net("cannot open a UDP socket"))?,
+    };
     let mut rng = SmallRng::seed_from_u64(impairments.seed);
     let mut report = RelayReport::default();
     let mut batch = RecvBatch::default();

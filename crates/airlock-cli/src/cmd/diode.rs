@@ -147,7 +147,7 @@ fn relay(args: DiodeRelayArgs) -> anyhow::Result<ExitCode> {
         socket.local_addr()?,
         args.to
     )?;
-    let report = relay::relay(&socket, args.to, &impairments, &bounds)?;
+    let report = relay::relay(&socket, args.to, args.from, &impairments, &bounds)?;
     if args.json {
         output::json(&serde_json::to_value(&report)?)?;
     } else {
