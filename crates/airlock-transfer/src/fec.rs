@@ -57,10 +57,21 @@ pub struct BlockAssembly {
 impl BlockAssembly {
     /// An empty assembly for a block of `source_symbols` symbols.
     pub fn new(source_symbols: u32, symbol_size: usize) -> BlockAssembly {
+        Self::with_buffer(source_symbols, symbol_size, Vec::new())
+    }
+
+    /// As [`BlockAssembly::new`], reusing `buffer`'s allocation. Its old contents need no
+    /// clearing: every source symbol's bytes are overwritten before they are read.
+    pub fn with_buffer(
+        source_symbols: u32,
+        symbol_size: usize,
+        mut buffer: Vec<u8>,
+    ) -> BlockAssembly {
+        buffer.resize(source_symbols as usize * symbol_size, 0);
         BlockAssembly {
             symbol_size,
             source_symbols,
-            buffer: vec![0; source_symbols as usize * symbol_size],
+            buffer,
             have_source: vec![false; source_symbols as usize],
             source_count: 0,
             repair: Vec::new(),

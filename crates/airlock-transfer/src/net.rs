@@ -28,9 +28,11 @@ impl Socket {
     pub fn bind(addr: SocketAddr) -> io::Result<Socket> {
         let socket = UdpSocket::bind(addr)?;
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
-        let sock = socket2::SockRef::from(&socket);
-        // Forcing past rmem_max needs CAP_NET_ADMIN; fall back to what is allowed.
-        if sock.set_recv_buffer_size(SOCKET_BUFFER).is_err() {
+        // A one-way receiver cannot slow the sender down: the buffer is what absorbs the
+        // moments it is not scheduled. Forcing past net.core.rmem_max needs CAP_NET_ADMIN;
+        // without it, take what rmem_max allows.
+        if rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, SOCKET_BUFFER).is_err()
+        {
             let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), SOCKET_BUFFER);
         }
         let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), SOCKET_BUFFER);

@@ -169,12 +169,26 @@ fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
     out
 }
 
-/// One entry of a block-hash table: the block index and the SHA-256 of its bytes.
-pub const HASH_ENTRY_LEN: usize = 4 + 32;
+/// A block's check value: XXH3-128 of its bytes, big-endian.
+///
+/// It catches what slipped past the datagram checksums (and any decoding fault) so one bad
+/// block is dropped and received again, instead of failing the whole bundle at the end. It is
+/// not what makes the bundle trustworthy: the receiver's final verification checks every byte
+/// against the SHA-256 hashes in the signed manifest. A non-cryptographic hash keeps this
+/// per-block check off the critical path of both ends.
+pub type BlockHash = [u8; 16];
 
-/// Writes a hash table into a symbol: a 2-byte count, then `(block u32, sha256)` entries,
+/// The check value of a block's bytes.
+pub fn block_hash(bytes: &[u8]) -> BlockHash {
+    xxhash_rust::xxh3::xxh3_128(bytes).to_be_bytes()
+}
+
+/// One entry of a block-hash table: the block index and its [`BlockHash`].
+pub const HASH_ENTRY_LEN: usize = 4 + 16;
+
+/// Writes a hash table into a symbol: a 2-byte count, then `(block u32, hash)` entries,
 /// then zeros. Returns how many entries fitted.
-pub fn write_hash_table(symbol: &mut [u8], entries: &[(u32, [u8; 32])]) -> usize {
+pub fn write_hash_table(symbol: &mut [u8], entries: &[(u32, BlockHash)]) -> usize {
     let fit = ((symbol.len() - 2) / HASH_ENTRY_LEN).min(entries.len());
     symbol.fill(0);
     symbol[0..2].copy_from_slice(&(fit as u16).to_be_bytes());
@@ -188,7 +202,7 @@ pub fn write_hash_table(symbol: &mut [u8], entries: &[(u32, [u8; 32])]) -> usize
 
 /// Reads a hash table written by [`write_hash_table`]; `None` when the count overruns the
 /// symbol.
-pub fn read_hash_table(symbol: &[u8]) -> Option<impl Iterator<Item = (u32, [u8; 32])> + '_> {
+pub fn read_hash_table(symbol: &[u8]) -> Option<impl Iterator<Item = (u32, BlockHash)> + '_> {
     let count = usize::from(u16::from_be_bytes(field(symbol, 0)));
     if 2 + count * HASH_ENTRY_LEN > symbol.len() {
         return None;
@@ -268,7 +282,7 @@ mod tests {
     #[test]
     fn hash_tables_round_trip_and_refuse_an_overrunning_count() {
         let mut symbol = vec![0u8; 200];
-        let entries: Vec<(u32, [u8; 32])> = (0..10).map(|i| (i, [i as u8; 32])).collect();
+        let entries: Vec<(u32, BlockHash)> = (0..10).map(|i| (i, [i as u8; 16])).collect();
         let fit = write_hash_table(&mut symbol, &entries);
         assert_eq!(fit, (200 - 2) / HASH_ENTRY_LEN);
         let read: Vec<_> = read_hash_table(&symbol).unwrap().collect();

@@ -22,12 +22,14 @@ use std::time::{Duration, Instant};
 
 use airlock_bundle::signature::SigstoreBundle;
 use airlock_bundle::{Bundle, Limits, Manifest, NoProgress, Progress, Sha256Digest, TrustPolicy};
-use sha2::{Digest as _, Sha256};
 
 use crate::announce::{Announce, Geometry, MAX_ANNOUNCE_LEN, MAX_SYMBOLS_PER_BLOCK};
 use crate::fec::BlockAssembly;
 use crate::net::{RecvBatch, Socket};
-use crate::packet::{HEADER_LEN, Header, Kind, MIN_SYMBOL_SIZE, SYMBOL_ALIGNMENT, read_hash_table};
+use crate::packet::{
+    BlockHash, HEADER_LEN, Header, Kind, MIN_SYMBOL_SIZE, SYMBOL_ALIGNMENT, block_hash,
+    read_hash_table,
+};
 use crate::{Error, Result};
 
 /// Name of the directory under OUT that holds sessions in progress.
@@ -170,12 +172,21 @@ pub fn receive_on(
         batch
             .recv(socket)
             .map_err(Error::net("cannot read datagrams"))?;
+        let mut useful = false;
         for (_, datagram) in batch.datagrams() {
-            rx.first_datagram.get_or_insert_with(Instant::now);
             rx.report.datagrams += 1;
             if rx.handle(datagram)? {
                 rx.report.accepted += 1;
-                rx.last_useful = Instant::now();
+                useful = true;
+            }
+        }
+        // One clock read per batch, not per datagram.
+        let now = Instant::now();
+        rx.first_datagram.get_or_insert(now);
+        if useful {
+            rx.last_useful = now;
+            if let Some(active) = rx.active.as_mut() {
+                active.last_accepted = now;
             }
         }
     }
@@ -522,12 +533,14 @@ struct Active {
     dir: PathBuf,
     done: Vec<u8>,
     done_count: u64,
-    hashes: HashMap<u32, [u8; 32]>,
+    hashes: HashMap<u32, BlockHash>,
     in_flight: HashMap<u32, InFlight>,
     in_flight_bytes: usize,
     budget: usize,
     /// Blocks handed to the writer and not yet reported back.
     writing: HashMap<u32, ()>,
+    /// Block buffers the writer is done with, reused so blocks cost no page faults.
+    spare_buffers: Vec<Vec<u8>>,
     tick: u64,
     jobs: Sender<Job>,
     results: Receiver<Outcome>,
@@ -546,14 +559,23 @@ enum Job {
     Block {
         block: u32,
         asm: BlockAssembly,
-        hash: [u8; 32],
+        hash: BlockHash,
     },
 }
 
 enum Outcome {
-    Written { block: u32, repaired: bool },
-    Undecodable { block: u32, asm: BlockAssembly },
-    HashMismatch { block: u32 },
+    Written {
+        block: u32,
+        repaired: bool,
+        buffer: Vec<u8>,
+    },
+    Undecodable {
+        block: u32,
+        asm: BlockAssembly,
+    },
+    HashMismatch {
+        block: u32,
+    },
 }
 
 impl Active {
@@ -617,6 +639,7 @@ impl Active {
             in_flight_bytes: 0,
             budget,
             writing: HashMap::new(),
+            spare_buffers: Vec::new(),
             tick: 0,
             jobs,
             results,
@@ -704,9 +727,6 @@ impl Active {
         for block in ready {
             self.dispatch(block);
         }
-        if useful {
-            self.last_accepted = Instant::now();
-        }
         Ok(useful)
     }
 
@@ -722,9 +742,10 @@ impl Active {
         }
         self.tick += 1;
         if !self.in_flight.contains_key(&block) {
-            let asm = BlockAssembly::new(
+            let asm = BlockAssembly::with_buffer(
                 self.geometry().source_symbols(block),
                 usize::from(self.geometry().symbol_size),
+                self.spare_buffers.pop().unwrap_or_default(),
             );
             self.in_flight_bytes += asm.footprint();
             self.in_flight.insert(
@@ -749,7 +770,6 @@ impl Active {
         if entry.asm.ready_to_decode() && self.hashes.contains_key(&block) {
             self.dispatch(block);
         }
-        self.last_accepted = Instant::now();
         Ok(true)
     }
 
@@ -795,7 +815,14 @@ impl Active {
     ) -> Result<()> {
         while let Ok(outcome) = self.results.try_recv() {
             match outcome {
-                Outcome::Written { block, repaired } => {
+                Outcome::Written {
+                    block,
+                    repaired,
+                    buffer,
+                } => {
+                    if self.spare_buffers.len() < 32 {
+                        self.spare_buffers.push(buffer);
+                    }
                     self.writing.remove(&block);
                     self.hashes.remove(&block);
                     if !self.is_done(block) {
@@ -871,7 +898,7 @@ impl Writer {
                         Err(asm) => Outcome::Undecodable { block, asm },
                         Ok(bytes) => {
                             let len = self.geometry.block_len(block);
-                            if Sha256::digest(&bytes[..len]).as_slice() != hash {
+                            if block_hash(&bytes[..len]) != hash {
                                 Outcome::HashMismatch { block }
                             } else {
                                 let at = self.geometry.block_offset(block);
@@ -879,7 +906,11 @@ impl Writer {
                                     .write_all_at(&bytes[..len], at)
                                     .map_err(Error::io(&self.part_path))?;
                                 self.unsynced.push(block);
-                                Outcome::Written { block, repaired }
+                                Outcome::Written {
+                                    block,
+                                    repaired,
+                                    buffer: bytes,
+                                }
                             }
                         }
                     };

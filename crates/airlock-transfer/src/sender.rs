@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 use airlock_bundle::signature::SigstoreBundle;
 use airlock_bundle::{Bundle, Layout, Limits, Progress, Sha256Digest};
 use rand_core::{OsRng, RngCore as _};
-use sha2::{Digest as _, Sha256};
 
 use crate::announce::{Announce, Geometry, MAX_ANNOUNCE_LEN};
 use crate::fec;
 use crate::net::Socket;
 use crate::packet::{
-    HASH_ENTRY_LEN, HEADER_LEN, Header, Kind, MAX_SYMBOL_ID, MAX_SYMBOL_SIZE, MIN_SYMBOL_SIZE,
-    SYMBOL_ALIGNMENT, write_hash_table,
+    BlockHash, HASH_ENTRY_LEN, HEADER_LEN, Header, Kind, MAX_SYMBOL_ID, MAX_SYMBOL_SIZE,
+    MIN_SYMBOL_SIZE, SYMBOL_ALIGNMENT, block_hash, write_hash_table,
 };
 use crate::{Error, Result};
 
@@ -203,11 +202,14 @@ pub fn send(
     };
     let result = std::thread::scope(|scope| -> Result<()> {
         let mut queues: Vec<Receiver<Result<Group>>> = Vec::new();
+        let mut recycle: Vec<SyncSender<Vec<u8>>> = Vec::new();
         for worker in 0..workers {
             let (tx, rx) = sync_channel(1);
+            let (give_back, take_back) = sync_channel(2);
             queues.push(rx);
+            recycle.push(give_back);
             let (plan, file) = (&plan, &file);
-            scope.spawn(move || encode_jobs(plan, file, worker, workers, &tx));
+            scope.spawn(move || encode_jobs(plan, file, worker, workers, &tx, &take_back));
         }
         let mut link = Link {
             socket: &socket,
@@ -231,13 +233,15 @@ pub fn send(
                 announces += 1;
                 since_announce = 0;
             }
-            let queue = &queues[(job % workers as u64) as usize];
-            let built = queue
+            let worker = (job % workers as u64) as usize;
+            let built = queues[worker]
                 .recv()
                 .map_err(|_| Error::Usage("an encoder thread stopped".into()))??;
             link.send(&built.datagrams)?;
+            // The buffer goes back to its encoder, which refills it without zeroing.
             progress.advance(built.bytes);
             since_announce += (built.datagrams.len() / link.segment) as u64;
+            let _ = recycle[worker].try_send(built.datagrams);
             if since_announce >= plan.announce_every {
                 link.send(&plan.announce_datagrams(announces))?;
                 announces += 1;
@@ -249,6 +253,7 @@ pub fn send(
             }
         }
         drop(queues);
+        drop(recycle);
         Ok(())
     });
     report.seconds = start.elapsed().as_secs_f64();
@@ -324,7 +329,14 @@ impl Plan {
     }
 
     /// Codes one group of blocks for one pass into ready-to-send datagrams.
-    fn build_group(&self, file: &File, pass: u64, group: u64) -> std::io::Result<Group> {
+    fn build_group(
+        &self,
+        file: &File,
+        pass: u64,
+        group: u64,
+        mut out: Vec<u8>,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> std::io::Result<Group> {
         let t = usize::from(self.geometry.symbol_size);
         let first_block = group * u64::from(self.interleave);
         let last_block = (first_block + u64::from(self.interleave)).min(self.geometry.blocks());
@@ -334,9 +346,12 @@ impl Plan {
             let block = block as u32;
             let len = self.geometry.block_len(block);
             let k = self.geometry.source_symbols(block);
-            let mut padded = vec![0u8; k as usize * t];
+            // Reused buffers: only the tail past the block's bytes must be zero.
+            let mut padded = spare.pop().unwrap_or_default();
+            padded.resize(k as usize * t, 0);
+            padded[len..].fill(0);
             file.read_exact_at(&mut padded[..len], self.geometry.block_offset(block))?;
-            let hash: [u8; 32] = Sha256::digest(&padded[..len]).into();
+            let hash = block_hash(&padded[..len]);
             let r = self.repair_count(k);
             // New repair ids each pass; wrap long before the 24-bit limit.
             let span = u64::from(MAX_SYMBOL_ID - k - r.max(1)).max(1);
@@ -354,7 +369,7 @@ impl Plan {
                 hash,
             });
         }
-        let hashes: Vec<(u32, [u8; 32])> = blocks.iter().map(|b| (b.block, b.hash)).collect();
+        let hashes: Vec<(u32, BlockHash)> = blocks.iter().map(|b| (b.block, b.hash)).collect();
         let rounds = blocks
             .iter()
             .map(|b| b.k as usize + b.repair.len())
@@ -367,7 +382,8 @@ impl Plan {
             .sum::<usize>()
             + tables * HASH_COPIES as usize;
         let segment = HEADER_LEN + t;
-        let mut out = vec![0u8; total * segment];
+        // Every byte is written below, so a recycled buffer needs no zeroing.
+        out.resize(total * segment, 0);
         let mut at = 0;
         let mut emit = |header: Header, fill: &dyn Fn(&mut [u8])| {
             let datagram = &mut out[at * segment..(at + 1) * segment];
@@ -408,6 +424,7 @@ impl Plan {
         }
         emit_hashes(2, &mut emit);
         debug_assert_eq!(at, total);
+        spare.extend(blocks.into_iter().map(|b| b.padded));
         Ok(Group {
             datagrams: out,
             bytes,
@@ -420,7 +437,7 @@ struct CodedBlock {
     k: u32,
     padded: Vec<u8>,
     repair: Vec<(u32, Vec<u8>)>,
-    hash: [u8; 32],
+    hash: BlockHash,
 }
 
 /// One group's datagrams, ready to send.
@@ -437,12 +454,15 @@ fn encode_jobs(
     worker: usize,
     workers: usize,
     tx: &SyncSender<Result<Group>>,
+    recycled: &Receiver<Vec<u8>>,
 ) {
     let groups = plan.groups();
     let mut job = worker as u64;
+    let mut spare = Vec::new();
     loop {
+        let buffer = recycled.try_recv().unwrap_or_default();
         let built = plan
-            .build_group(file, job / groups, job % groups)
+            .build_group(file, job / groups, job % groups, buffer, &mut spare)
             .map_err(|e| Error::Net {
                 what: "cannot read the bundle".into(),
                 source: e,
