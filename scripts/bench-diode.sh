@@ -101,7 +101,7 @@ def run_udpcast(rate, lossy):
     return rc == 0 and vrc == 0, elapsed, tx_cpu + rx_cpu + v_cpu
 
 ladders = {
-    "airlock": ["1G", "4G"] if check else ["2G", "4G", "6G", "8G"],
+    "airlock": ["1G", "2G"] if check else ["1G", "2G", "4G", "6G", "8G"],
     "udpcast": ["200m", "400m"] if check else ["200m", "400m", "600m", "800m", "1000m"],
 }
 runners = {"airlock": run_airlock, "udpcast": run_udpcast}

@@ -42,6 +42,8 @@ const SYNC_EVERY: Duration = Duration::from_millis(500);
 const ANNOUNCE_BUDGET: usize = 40 << 20;
 /// Sessions refused are remembered (and their datagrams dropped unread) up to this many.
 const REFUSED_REMEMBERED: usize = 64;
+/// Symbols kept per block while it is being decoded, in case decoding fails.
+const LATE_SYMBOLS_KEPT: usize = 64;
 /// A session with no accepted datagram for this long may be replaced by another bundle.
 const SESSION_STALE: Duration = Duration::from_secs(5);
 
@@ -537,8 +539,9 @@ struct Active {
     in_flight: HashMap<u32, InFlight>,
     in_flight_bytes: usize,
     budget: usize,
-    /// Blocks handed to the writer and not yet reported back.
-    writing: HashMap<u32, ()>,
+    /// Blocks handed to the writer and not yet reported back, with symbols that arrived
+    /// meanwhile: if decoding fails they are what lets the next attempt succeed.
+    writing: HashMap<u32, Vec<(u32, Vec<u8>)>>,
     /// Block buffers the writer is done with, reused so blocks cost no page faults.
     spare_buffers: Vec<Vec<u8>>,
     tick: u64,
@@ -736,9 +739,18 @@ impl Active {
             report.drop("block_out_of_range");
             return Ok(false);
         }
-        if self.is_done(block) || self.writing.contains_key(&block) {
+        if self.is_done(block) {
             report.drop("block_already_decoded");
             return Ok(false);
+        }
+        if let Some(late) = self.writing.get_mut(&block) {
+            if late.len() >= LATE_SYMBOLS_KEPT || late.iter().any(|(esi, _)| *esi == header.symbol)
+            {
+                report.drop("block_being_decoded");
+                return Ok(false);
+            }
+            late.push((header.symbol, symbol.to_vec()));
+            return Ok(true);
         }
         self.tick += 1;
         if !self.in_flight.contains_key(&block) {
@@ -797,7 +809,7 @@ impl Active {
             return;
         };
         self.in_flight_bytes -= f.asm.footprint();
-        self.writing.insert(block, ());
+        self.writing.insert(block, Vec::new());
         // The writer only stops when this side drops its sender, so the send cannot fail
         // while `self` lives.
         let _ = self.jobs.send(Job::Block {
@@ -833,8 +845,10 @@ impl Active {
                         progress.advance(self.geometry().block_len(block) as u64);
                     }
                 }
-                Outcome::Undecodable { block, asm } => {
-                    self.writing.remove(&block);
+                Outcome::Undecodable { block, mut asm } => {
+                    for (esi, symbol) in self.writing.remove(&block).unwrap_or_default() {
+                        asm.add(esi, &symbol);
+                    }
                     report.drop("decode_retry");
                     self.in_flight_bytes += asm.footprint();
                     self.tick += 1;
@@ -845,6 +859,13 @@ impl Active {
                             last_fed: self.tick,
                         },
                     );
+                    if self
+                        .in_flight
+                        .get(&block)
+                        .is_some_and(|f| f.asm.ready_to_decode())
+                    {
+                        self.dispatch(block);
+                    }
                 }
                 Outcome::HashMismatch { block } => {
                     // Corrupted symbols got through; the block comes again next pass.
