@@ -5,8 +5,11 @@
 # SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2 (safetensors), verify both bundles,
 # inspect one, and check an unpacked copy with sha256sum and the OpenSSF reference verifier.
 #
+# Across the gap: send the SmolLM2 bundle one way over UDP on loopback, through a relay that
+# loses 2 % of the datagrams and reorders some; the receiver rebuilds and verifies it.
+#
 # Isolated side: create a registry, trust the publisher and a second person's approver key,
-# import the SmolLM2 bundle (quarantined), approve it with the second key, tag it prod,
+# import the SmolLM2 bundle that came through the diode (quarantined), approve it with the second key, tag it prod,
 # show it, and verify the audit log that recorded every step.
 #
 #   AIRLOCK_DEMO_DIR  where keys and bundles go (default: a new temporary directory)
@@ -49,6 +52,20 @@ tar -xf "$work/all-minilm-l6-v2_1.0.0.airlock" -C "$work/unpacked"
 "${AIRLOCK_CACHE:-$HOME/.cache/airlock}/tools-venv/bin/model_signing" verify key "$work/unpacked" \
   --signature "$work/unpacked/model.sig" --public_key "$work/keys/publisher.pub"
 
+step "across the gap: one-way UDP with RaptorQ through a link losing 2 % and reordering 2 %"
+rm -rf "$work/incoming"
+exec 3< <("$airlock" diode receive --listen 127.0.0.1:0 -o "$work/incoming" \
+  --trust "$work/keys/publisher.pub" --idle-timeout 30s 2>&1)
+read -r line <&3 && echo "$line"
+receiver="${line#*on }"; receiver="${receiver%% *}"
+exec 4< <("$airlock" diode relay --listen 127.0.0.1:0 --to "$receiver" --loss 2% --reorder 2% --idle 2s 2>&1)
+read -r line <&4 && echo "$line"
+relay="${line#*listening on }"; relay="${relay%% *}"
+"$airlock" diode send "$work/smollm2_1.0.0.airlock" --to "$relay" --rate 1G --passes 2
+cat <&3   # the receiver's result: verified, then named
+cat <&4   # what the link did
+test -f "$work/incoming/smollm2_1.0.0.airlock"
+
 export AIRLOCK_DATA="$work/registry"
 rm -rf "$AIRLOCK_DATA"
 
@@ -58,7 +75,7 @@ step "isolated side: init a registry, trust the publisher and the approver"
 "$airlock" trust add --approver "$work/keys/approver.pub" --label second-person
 
 step "import: verify against the policy, copy once while hashing; arrives quarantined"
-"$airlock" import "$work/smollm2_1.0.0.airlock"
+"$airlock" import "$work/incoming/smollm2_1.0.0.airlock"
 
 step "the publisher's key cannot approve: it is no approver (and approvers must not have signed)"
 if "$airlock" approve smollm2:1.0.0 --key "$work/keys/publisher.key"; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs, fetches the pinned
-# default models, then runs formatting and lint checks, every Rust test, and the verify and
-# import benchmarks (which also check that memory stays bounded).
+# default models, then runs formatting and lint checks, every Rust test, the verify and import
+# benchmarks (which also check that memory stays bounded) and the diode benchmark's delivery
+# check.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 2; }
@@ -19,3 +20,5 @@ echo "== benchmark: airlock verify beside sha256sum and openssl (2 GiB), memory 
 bash scripts/bench-verify.sh --check
 echo "== benchmark: airlock import beside cp and sha256sum, audit appends with group commit"
 bash scripts/bench-import.sh --check
+echo "== benchmark: airlock diode beside udpcast on loopback, 0 % and 1 % loss"
+bash scripts/bench-diode.sh --check

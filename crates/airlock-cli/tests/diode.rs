@@ -335,7 +335,7 @@ fn a_receiver_killed_mid_transfer_keeps_its_decoded_blocks_and_finishes_without_
     }
     rx.kill();
     let kept = blocks_on_disk(&out);
-    assert!(kept >= 8 && kept < 49, "{kept} blocks on disk at the kill");
+    assert!((8..49).contains(&kept), "{kept} blocks on disk at the kill");
     assert!(!out.join("tiny_1.0.0.airlock").exists());
 
     let rx = receiver(&out, &port.to_string(), "20s");
@@ -410,7 +410,7 @@ fn hostile_datagrams_are_counted_and_dropped_and_memory_stays_bounded() {
     let to = rx.addr;
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let pace = |i: usize| {
-        if i % 256 == 0 {
+        if i.is_multiple_of(256) {
             std::thread::sleep(Duration::from_millis(1));
         }
     };

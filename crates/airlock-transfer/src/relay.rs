@@ -140,11 +140,11 @@ pub fn relay(
             last = Some(Instant::now());
             let index = report.received;
             report.received += 1;
-            if let Some((at, len)) = impairments.burst {
-                if (at..at + len).contains(&index) {
-                    report.lost_burst += 1;
-                    continue;
-                }
+            if let Some((at, len)) = impairments.burst
+                && (at..at + len).contains(&index)
+            {
+                report.lost_burst += 1;
+                continue;
             }
             if rng.gen_bool(impairments.loss.clamp(0.0, 1.0)) {
                 report.lost_random += 1;

@@ -79,8 +79,7 @@ impl SendOptions {
     pub fn symbol_size(&self) -> Result<usize> {
         let room = self
             .mtu
-            .checked_sub(self.ip_overhead() + HEADER_LEN)
-            .unwrap_or(0)
+            .saturating_sub(self.ip_overhead() + HEADER_LEN)
             .min(MAX_SYMBOL_SIZE);
         let symbol = room - room % SYMBOL_ALIGNMENT;
         if symbol < MIN_SYMBOL_SIZE {
@@ -384,46 +383,38 @@ impl Plan {
         let segment = HEADER_LEN + t;
         // Every byte is written below, so a recycled buffer needs no zeroing.
         out.resize(total * segment, 0);
-        let mut at = 0;
-        let mut emit = |header: Header, fill: &dyn Fn(&mut [u8])| {
-            let datagram = &mut out[at * segment..(at + 1) * segment];
-            fill(&mut datagram[HEADER_LEN..]);
-            header.seal(datagram);
-            at += 1;
+        let mut datagrams = out.chunks_exact_mut(segment);
+        let mut emit = |header: Header, symbol: &[u8]| {
+            if let Some(datagram) = datagrams.next() {
+                datagram[HEADER_LEN..].copy_from_slice(symbol);
+                header.seal(datagram);
+            }
         };
-        let emit_hashes = |copy: u32, emit: &mut dyn FnMut(Header, &dyn Fn(&mut [u8]))| {
-            let mut rest = &hashes[..];
-            while !rest.is_empty() {
-                let first = rest[0].0;
-                let fit = (t - 2) / HASH_ENTRY_LEN;
-                let (now, later) = rest.split_at(fit.min(rest.len()));
-                emit(self.header(Kind::Hashes, first, copy), &|s| {
-                    write_hash_table(s, now);
-                });
-                rest = later;
+        let mut table = vec![0u8; t];
+        let mut emit_hashes = |copy: u32, emit: &mut dyn FnMut(Header, &[u8])| {
+            for entries in hashes.chunks((t - 2) / HASH_ENTRY_LEN) {
+                write_hash_table(&mut table, entries);
+                emit(self.header(Kind::Hashes, entries[0].0, copy), &table);
             }
         };
         emit_hashes(0, &mut emit);
-        for round in 0..rounds {
-            if round == rounds / 2 {
+        for round in 0..rounds as u32 {
+            if round == rounds as u32 / 2 {
                 emit_hashes(1, &mut emit);
             }
             for b in &blocks {
-                let round = round as u32;
                 if round < b.k {
-                    let s = &b.padded[round as usize * t..(round as usize + 1) * t];
-                    emit(self.header(Kind::Data, b.block, round), &|d| {
-                        d.copy_from_slice(s)
-                    });
+                    let r = round as usize;
+                    emit(
+                        self.header(Kind::Data, b.block, round),
+                        &b.padded[r * t..(r + 1) * t],
+                    );
                 } else if let Some((esi, s)) = b.repair.get((round - b.k) as usize) {
-                    emit(self.header(Kind::Data, b.block, *esi), &|d| {
-                        d.copy_from_slice(s)
-                    });
+                    emit(self.header(Kind::Data, b.block, *esi), s);
                 }
             }
         }
         emit_hashes(2, &mut emit);
-        debug_assert_eq!(at, total);
         spare.extend(blocks.into_iter().map(|b| b.padded));
         Ok(Group {
             datagrams: out,

@@ -194,7 +194,7 @@ fn parse_rate(text: &str) -> anyhow::Result<Option<u64>> {
         _ => bail!("rate {text:?}: unknown unit {unit:?} (use k, M, G, or max)"),
     };
     let bits = n * factor;
-    if !(bits >= 1e3 && bits <= 1e12) {
+    if !(1e3..=1e12).contains(&bits) {
         bail!("rate {text:?} is outside 1k..1000G bits per second");
     }
     Ok(Some(bits as u64))
