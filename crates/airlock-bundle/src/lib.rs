@@ -23,6 +23,7 @@
 
 mod cosign;
 pub mod digest;
+pub mod durable;
 mod error;
 pub mod inspect;
 pub mod keys;

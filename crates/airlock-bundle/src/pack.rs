@@ -240,9 +240,7 @@ pub fn pack(
 
 /// Best effort: make the rename durable. Not every filesystem supports syncing a directory.
 pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    let _ = crate::durable::sync_dir(dir);
 }
 
 fn digest_bytes(bytes: &[u8]) -> FileDigests {

@@ -59,6 +59,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A file error from the bundle crate's helpers, kept as this crate's `Io`.
+    pub(crate) fn from_bundle_io(e: airlock_bundle::Error) -> Self {
+        match e {
+            airlock_bundle::Error::Io { path, source } => Self::Io { path, source },
+            other => Self::Bundle(other),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

@@ -102,30 +102,12 @@ pub fn default_data_dir() -> Option<PathBuf> {
 
 /// fsyncs a directory, making renames and creations in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+    airlock_bundle::durable::sync_dir(dir).map_err(Error::from_bundle_io)
 }
 
 /// Replaces `path` with `bytes` atomically and durably: temp file, fsync, rename, fsync dir.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map_or_else(Default::default, |n| n.to_string_lossy());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    airlock_bundle::durable::write_atomic(path, bytes).map_err(Error::from_bundle_io)
 }
 
 /// Writes a new secret file with mode 0600, refusing to overwrite.

@@ -13,13 +13,13 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
+use airlock_bundle::durable::{sync_dir, write_atomic};
 use airlock_bundle::signature::SigstoreBundle;
 use airlock_bundle::{Bundle, Limits, Manifest, NoProgress, Progress, Sha256Digest, TrustPolicy};
 
@@ -425,7 +425,7 @@ impl Receiving<'_> {
             .first_datagram
             .map_or(0.0, |t| t.elapsed().as_secs_f64());
         let text = serde_json::to_vec_pretty(&self.report).map_err(std::io::Error::other);
-        write_atomically(&path, &text.map_err(Error::io(&path))?)?;
+        write_atomic(&path, &text.map_err(Error::io(&path))?)?;
         Ok(path)
     }
 
@@ -517,7 +517,7 @@ impl Receiving<'_> {
         })?;
         sync_dir(&self.options.out)?;
         let marker = self.state_root.join(format!("{}.done", hex(&digest)));
-        write_atomically(&marker, stem.as_bytes())?;
+        write_atomic(&marker, stem.as_bytes())?;
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(self.options.out.join(format!("{stem}.report.json")));
         self.report.status = "received".into();
@@ -1009,19 +1009,4 @@ fn stem_of(announce: &Announce) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io(dir))
 }
