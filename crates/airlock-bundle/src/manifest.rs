@@ -119,6 +119,22 @@ pub struct AirlockPredicate {
     pub files: Vec<FileEntry>,
 }
 
+impl AirlockPredicate {
+    /// `NAME_VERSION.airlock`, the bundle's conventional file name; `None` when the signed
+    /// name or version could not be one safe path component (a signature says who, not what).
+    pub fn file_name(&self) -> Option<String> {
+        let safe = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && !s.starts_with('.')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+        };
+        (safe(&self.name) && safe(&self.version))
+            .then(|| format!("{}_{}.airlock", self.name, self.version))
+    }
+}
+
 /// Facts about the model read from its files at pack time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelFacts {
@@ -468,6 +484,16 @@ pub(crate) mod tests {
         assert_eq!(m.statement, s);
         assert_eq!(m.digest, Sha256Digest::of(&s.canonical_bytes().unwrap()));
         assert_eq!(m.files.len(), 2);
+    }
+
+    #[test]
+    fn the_conventional_file_name_refuses_names_that_are_not_one_safe_component() {
+        let mut a = sample(&[("a", b"x")]).predicate.airlock.unwrap();
+        assert_eq!(a.file_name().as_deref(), Some("m_1.0.0.airlock"));
+        for bad in ["../etc", "a/b", ".hidden", ""] {
+            a.name = bad.into();
+            assert_eq!(a.file_name(), None, "{bad:?}");
+        }
     }
 
     #[test]

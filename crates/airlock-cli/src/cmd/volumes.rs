@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use airlock_bundle::volume::{self, VolumeSet};
-use airlock_bundle::{Bundle, Layout, Limits, Sha256Digest};
+use airlock_bundle::{Bundle, Layout, Limits};
 use anyhow::{Context as _, bail};
 use serde_json::json;
 
@@ -20,10 +20,10 @@ pub(crate) fn split(args: SplitArgs, limits: &Limits) -> anyhow::Result<ExitCode
         );
     }
     let payload = bundle.signature(limits)?.payload()?;
-    let digest = Sha256Digest::of(&payload);
     let manifest = airlock_bundle::Manifest::parse(payload, limits)?;
-    let stem = match manifest.airlock() {
-        Some(a) => format!("{}_{}.airlock", a.name, a.version),
+    let digest = manifest.digest;
+    let stem = match manifest.airlock().and_then(|a| a.file_name()) {
+        Some(name) => name,
         None => args.bundle.file_name().map_or_else(
             || "bundle.airlock".into(),
             |n| n.to_string_lossy().into_owned(),
