@@ -50,8 +50,6 @@ const SESSION_STALE: Duration = Duration::from_secs(5);
 /// How to receive.
 #[derive(Clone)]
 pub struct ReceiveOptions {
-    /// Address to listen on.
-    pub listen: SocketAddr,
     /// Where finished bundles, reports and state go.
     pub out: PathBuf,
     /// Largest bundle accepted.
@@ -69,9 +67,8 @@ pub struct ReceiveOptions {
 
 impl ReceiveOptions {
     /// Defaults: 1 TiB largest bundle, 60 s idle timeout, 256 MiB for blocks in flight.
-    pub fn new(listen: SocketAddr, out: PathBuf) -> ReceiveOptions {
+    pub fn new(out: PathBuf) -> ReceiveOptions {
         ReceiveOptions {
-            listen,
             out,
             max_size: 1 << 40,
             trust: None,
@@ -127,16 +124,9 @@ impl ReceiveReport {
     }
 }
 
-/// Receives one bundle: returns when it is verified and in place, or when nothing useful
-/// arrived for the idle timeout (an `Incomplete` error, with the report written).
-pub fn receive(options: &ReceiveOptions, progress: &dyn Progress) -> Result<ReceiveReport> {
-    let socket = Socket::bind(options.listen)
-        .map_err(Error::net(format!("cannot listen on {}", options.listen)))?;
-    receive_on(&socket, options, progress)
-}
-
-/// As [`receive`], on a socket the caller bound (tests bind port 0 and read the port).
-pub fn receive_on(
+/// Receives one bundle on `socket`: returns when it is verified and in place, or when nothing
+/// useful arrived for the idle timeout (an `Incomplete` error, with the report written).
+pub fn receive(
     socket: &Socket,
     options: &ReceiveOptions,
     progress: &dyn Progress,
@@ -144,6 +134,9 @@ pub fn receive_on(
     let state_root = options.out.join(STATE_DIR);
     std::fs::create_dir_all(&state_root).map_err(Error::io(&state_root))?;
     let mut rx = Receiving {
+        listen: socket
+            .local_addr()
+            .map_err(Error::net("cannot read the socket's address"))?,
         options,
         state_root,
         report: ReceiveReport::default(),
@@ -195,6 +188,7 @@ pub fn receive_on(
 }
 
 struct Receiving<'a> {
+    listen: SocketAddr,
     options: &'a ReceiveOptions,
     state_root: PathBuf,
     report: ReceiveReport,
@@ -225,31 +219,23 @@ impl Receiving<'_> {
             }
         };
         let symbol = &datagram[HEADER_LEN..];
+        // The active session first: nearly every datagram is one of its symbols.
+        if let Some(active) = self.active.as_mut().filter(|a| a.session == header.session) {
+            if header.kind == Kind::Announce {
+                self.report.drop("announce_repeat");
+                return Ok(false);
+            }
+            return active.symbol(&header, symbol, &mut self.report);
+        }
         if self.refused.contains(&header.session) {
             self.report.drop("refused_session");
             return Ok(false);
         }
-        let is_active = self
-            .active
-            .as_ref()
-            .is_some_and(|a| a.session == header.session);
-        match header.kind {
-            Kind::Announce if is_active => {
-                self.report.drop("announce_repeat");
-                Ok(false)
-            }
-            Kind::Announce => self.announce_symbol(&header, symbol),
-            _ if !is_active => {
-                self.report.drop("unknown_session");
-                Ok(false)
-            }
-            _ => {
-                let Some(active) = self.active.as_mut() else {
-                    return Ok(false);
-                };
-                active.symbol(&header, symbol, &mut self.report)
-            }
+        if header.kind == Kind::Announce {
+            return self.announce_symbol(&header, symbol);
         }
+        self.report.drop("unknown_session");
+        Ok(false)
     }
 
     fn announce_symbol(&mut self, header: &Header, symbol: &[u8]) -> Result<bool> {
@@ -319,7 +305,7 @@ impl Receiving<'_> {
             Ok(mut body) => {
                 body.truncate(candidate.len as usize);
                 match self.accept_announce(header, &body) {
-                    Ok(announce) => self.activate(announce, header.digest_tag)?,
+                    Ok((announce, stem)) => self.activate(announce, stem, header.digest_tag)?,
                     Err(reason) => self.refuse(header.session, reason),
                 }
                 Ok(true)
@@ -327,8 +313,9 @@ impl Receiving<'_> {
         }
     }
 
-    /// Checks an announce completely before anything is written for it.
-    fn accept_announce(&self, header: &Header, body: &[u8]) -> Result<Announce, String> {
+    /// Checks an announce completely before anything is written for it; returns it with the
+    /// file name the bundle will get.
+    fn accept_announce(&self, header: &Header, body: &[u8]) -> Result<(Announce, String), String> {
         let announce = Announce::decode(body)?;
         if announce.session != header.session {
             return Err("announce names another session".into());
@@ -346,13 +333,18 @@ impl Receiving<'_> {
         let signature =
             SigstoreBundle::parse(&announce.signature, limits).map_err(|e| e.to_string())?;
         let payload = signature.payload().map_err(|e| e.to_string())?;
-        if Sha256Digest::of(&payload).0 != announce.digest {
+        let manifest = Manifest::parse(payload, limits).map_err(|e| e.to_string())?;
+        if manifest.digest.0 != announce.digest {
             return Err("announced digest is not the digest of the signed manifest".into());
         }
         if let Some(trust) = &self.options.trust {
             signature.verify(trust, limits).map_err(|e| e.to_string())?;
         }
-        Ok(announce)
+        let stem = manifest
+            .airlock()
+            .and_then(|a| a.file_name())
+            .unwrap_or_else(|| format!("{}.airlock", &manifest.digest.to_hex()[..16]));
+        Ok((announce, stem))
     }
 
     fn refuse(&mut self, session: u64, reason: String) {
@@ -369,7 +361,7 @@ impl Receiving<'_> {
         }
     }
 
-    fn activate(&mut self, announce: Announce, tag: [u8; 8]) -> Result<()> {
+    fn activate(&mut self, announce: Announce, stem: String, tag: [u8; 8]) -> Result<()> {
         if let Some(active) = self.active.as_mut() {
             let same_bundle = active.announce.digest == announce.digest
                 && active.announce.geometry.size == announce.geometry.size
@@ -387,25 +379,26 @@ impl Receiving<'_> {
                 return Ok(());
             }
         }
-        let finished = self
-            .state_root
-            .join(format!("{}.done", hex(&announce.digest)));
-        if finished.exists() {
+        let digest = Sha256Digest(announce.digest);
+        if self.state_root.join(format!("{digest}.done")).exists() {
             self.refuse(
                 announce.session,
-                format!(
-                    "bundle sha256:{} was already received",
-                    hex(&announce.digest)
-                ),
+                format!("bundle sha256:{digest} was already received"),
             );
             return Ok(());
         }
         if let Some(old) = self.active.take() {
             old.stop()?;
         }
-        let active = Active::open(&self.state_root, announce, tag, self.options.memory_budget)?;
+        let active = Active::open(
+            &self.state_root,
+            announce,
+            stem,
+            tag,
+            self.options.memory_budget,
+        )?;
         self.report.resumed_blocks = active.done_count;
-        self.report.digest = Some(hex(&active.announce.digest));
+        self.report.digest = Some(digest.to_hex());
         self.report.size = active.announce.geometry.size;
         self.report.blocks = active.announce.geometry.blocks();
         self.progress
@@ -434,7 +427,7 @@ impl Receiving<'_> {
         let why = match &self.active {
             None if self.report.refused_sessions.is_empty() => format!(
                 "no session announced on {} within {}s",
-                self.options.listen,
+                self.listen,
                 self.options.idle_timeout.as_secs()
             ),
             None => format!(
@@ -488,7 +481,7 @@ impl Receiving<'_> {
             Ok(v) => Some(format!(
                 "received bundle has digest sha256:{}, announced sha256:{}",
                 v.manifest.digest,
-                hex(&digest)
+                Sha256Digest(digest)
             )),
             Err(e) => Some(e.to_string()),
         };
@@ -516,7 +509,9 @@ impl Receiving<'_> {
             source: std::io::Error::from(e),
         })?;
         sync_dir(&self.options.out)?;
-        let marker = self.state_root.join(format!("{}.done", hex(&digest)));
+        let marker = self
+            .state_root
+            .join(format!("{}.done", Sha256Digest(digest)));
         write_atomic(&marker, stem.as_bytes())?;
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(self.options.out.join(format!("{stem}.report.json")));
@@ -585,9 +580,19 @@ enum Outcome {
 }
 
 impl Active {
-    fn open(root: &Path, announce: Announce, tag: [u8; 8], budget: usize) -> Result<Active> {
+    fn open(
+        root: &Path,
+        announce: Announce,
+        stem: String,
+        tag: [u8; 8],
+        budget: usize,
+    ) -> Result<Active> {
         let g = announce.geometry;
-        let dir = root.join(format!("{}-{}", hex(&announce.digest), g.block_size));
+        let dir = root.join(format!(
+            "{}-{}",
+            Sha256Digest(announce.digest),
+            g.block_size
+        ));
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         let part_path = dir.join("bundle.part");
         let part = OpenOptions::new()
@@ -616,7 +621,6 @@ impl Active {
         }
         std::fs::write(dir.join("announce"), announce.encode()).map_err(Error::io(&dir))?;
         let done_count = done.iter().map(|b| u64::from(b.count_ones())).sum();
-        let stem = stem_of(&announce);
         let (jobs, job_rx) = channel();
         let (result_tx, results) = channel();
         let writer_state = Writer {
@@ -978,35 +982,4 @@ impl Writer {
         self.last_sync = Instant::now();
         Ok(())
     }
-}
-
-/// `name_version.airlock` from the signed manifest, or the digest when the names are not
-/// safe as a file name.
-fn stem_of(announce: &Announce) -> String {
-    let fallback = format!("{}.airlock", &hex(&announce.digest)[..16]);
-    let limits = Limits::default();
-    let Ok(signature) = SigstoreBundle::parse(&announce.signature, &limits) else {
-        return fallback;
-    };
-    let Ok(manifest) = signature
-        .payload()
-        .and_then(|p| Manifest::parse(p, &limits))
-    else {
-        return fallback;
-    };
-    let safe = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 100
-            && !s.starts_with('.')
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
-    };
-    match manifest.airlock() {
-        Some(a) if safe(&a.name) && safe(&a.version) => format!("{}_{}.airlock", a.name, a.version),
-        _ => fallback,
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

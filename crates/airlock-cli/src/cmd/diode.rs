@@ -52,7 +52,7 @@ fn send(args: DiodeSendArgs, limits: &Limits) -> anyhow::Result<ExitCode> {
 }
 
 fn receive(args: DiodeReceiveArgs, limits: &Limits) -> anyhow::Result<ExitCode> {
-    let mut options = ReceiveOptions::new(args.listen, args.out.clone());
+    let mut options = ReceiveOptions::new(args.out.clone());
     options.max_size = parse_size(&args.max_size)?;
     options.idle_timeout = args.idle_timeout.into();
     options.limits = limits.clone();
@@ -82,7 +82,7 @@ fn receive(args: DiodeReceiveArgs, limits: &Limits) -> anyhow::Result<ExitCode> 
         )?;
     }
     loop {
-        let report = receiver::receive_on(&socket, &options, &Bars::new());
+        let report = receiver::receive(&socket, &options, &Bars::new());
         match report {
             Ok(report) => {
                 if args.json {
