@@ -20,22 +20,26 @@ fn config(padded_len: usize, symbol_size: usize) -> ObjectTransmissionInformatio
     )
 }
 
-/// Repair symbols `first..first + count` of a block padded to a whole number of symbols;
-/// `out` receives each symbol with its encoding symbol id.
+/// Repair symbols `first..first + count` of a block padded to a whole number of symbols,
+/// each with its encoding symbol id.
 pub fn repair_symbols(
     padded: &[u8],
     symbol_size: usize,
     first: u32,
     count: u32,
-    mut out: impl FnMut(u32, &[u8]),
-) {
+) -> Vec<(u32, Vec<u8>)> {
     if count == 0 {
-        return;
+        return Vec::new();
     }
     let encoder = SourceBlockEncoder::new(0, &config(padded.len(), symbol_size), padded);
-    for packet in encoder.repair_packets(first, count) {
-        out(packet.payload_id().encoding_symbol_id(), packet.data());
-    }
+    encoder
+        .repair_packets(first, count)
+        .into_iter()
+        .map(|packet| {
+            let (id, data) = packet.split();
+            (id.encoding_symbol_id(), data)
+        })
+        .collect()
 }
 
 /// Collects the symbols of one block until it can be rebuilt.
@@ -180,9 +184,7 @@ pub fn encode_object(
         .enumerate()
         .map(|(i, s)| (i as u32, s.to_vec()))
         .collect();
-    repair_symbols(&padded, symbol_size, first_repair, repair, |esi, s| {
-        out.push((esi, s.to_vec()))
-    });
+    out.extend(repair_symbols(&padded, symbol_size, first_repair, repair));
     out
 }
 
@@ -198,8 +200,7 @@ mod tests {
     fn a_block_missing_source_symbols_is_rebuilt_from_repair_symbols() {
         let (k, t) = (100usize, 64usize);
         let data = block(k, t);
-        let mut repairs = Vec::new();
-        repair_symbols(&data, t, 0, 10, |esi, s| repairs.push((esi, s.to_vec())));
+        let repairs = repair_symbols(&data, t, 0, 10);
         assert_eq!(repairs[0].0, k as u32, "repair ids follow the source ids");
         let mut asm = BlockAssembly::new(k as u32, t);
         for i in (0..k).filter(|i| i % 10 != 3) {

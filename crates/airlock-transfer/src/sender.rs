@@ -355,10 +355,7 @@ impl Plan {
             // New repair ids each pass; wrap long before the 24-bit limit.
             let span = u64::from(MAX_SYMBOL_ID - k - r.max(1)).max(1);
             let first = (pass * u64::from(r) % span) as u32;
-            let mut repair = Vec::with_capacity(r as usize);
-            fec::repair_symbols(&padded, t, first, r, |esi, s| {
-                repair.push((esi, s.to_vec()))
-            });
+            let repair = fec::repair_symbols(&padded, t, first, r);
             bytes += len as u64;
             blocks.push(CodedBlock {
                 block,
