@@ -5,7 +5,7 @@
 //! checks by arithmetic that each tensor lies inside the file, is aligned, and overlaps no
 //! other. Tensor data is never read.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read};
 
 use crate::{Error, Limits, Result};
@@ -29,6 +29,12 @@ pub struct GgufInfo {
     pub tensors: u64,
     /// Total number of weights.
     pub parameters: u64,
+    /// Every integer metadata value, by key (hyperparameters such as head counts).
+    pub integers: BTreeMap<String, u64>,
+    /// The element count of every array metadata value, by key.
+    pub array_lengths: BTreeMap<String, u64>,
+    /// Every tensor's shape, by name.
+    pub tensor_shapes: BTreeMap<String, Vec<u64>>,
 }
 
 /// Block size (elements) and block bytes of each ggml tensor type, by type id.
@@ -232,7 +238,7 @@ impl<R: Read> Reader<'_, R> {
                         }
                     }
                 }
-                Value::Other
+                Value::Array(count)
             }
             other => return Err(self.bad(format!("{key}: unknown metadata value type {other}"))),
         })
@@ -248,6 +254,7 @@ const WANTED_STRINGS: [&str; 3] = [
 enum Value {
     Int(u64),
     Str(String),
+    Array(u64),
     Other,
 }
 
@@ -299,7 +306,6 @@ pub fn validate(name: &str, reader: &mut impl Read, len: u64, limits: &Limits) -
     };
     let mut alignment = 32u64;
     let mut file_type = None;
-    let mut ints = Vec::new();
     let mut keys = HashSet::new();
     for _ in 0..kv_count {
         let key = r.string("metadata key")?;
@@ -320,13 +326,18 @@ pub fn validate(name: &str, reader: &mut impl Read, len: u64, limits: &Limits) -
                 alignment = v;
             }
             (Value::Int(v), "general.file_type") => file_type = Some(v),
-            (Value::Int(v), _) => ints.push((key, v)),
+            (Value::Int(v), _) => {
+                info.integers.insert(key, v);
+            }
+            (Value::Array(count), _) => {
+                info.array_lengths.insert(key, count);
+            }
             _ => {}
         }
     }
     if let Some(arch) = &info.architecture {
         let wanted = format!("{arch}.context_length");
-        info.context_length = ints.iter().find(|(k, _)| *k == wanted).map(|(_, v)| *v);
+        info.context_length = info.integers.get(&wanted).copied();
     }
     let mut spans = Vec::with_capacity(tensor_count as usize);
     let mut names = HashSet::new();
@@ -367,6 +378,7 @@ pub fn validate(name: &str, reader: &mut impl Read, len: u64, limits: &Limits) -
             return Err(r.bad(format!("tensor {tensor:?} appears twice")));
         }
         info.parameters = info.parameters.saturating_add(elements);
+        info.tensor_shapes.insert(tensor.clone(), shape);
         *bytes_by_type.entry(type_name).or_default() += nbytes;
         spans.push((offset, nbytes, tensor));
     }

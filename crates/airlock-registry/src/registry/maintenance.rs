@@ -7,7 +7,7 @@ use airlock_audit::{Entry, Outcome};
 use airlock_bundle::{Progress, Sha256Digest};
 use rusqlite::params;
 
-use super::{FsckReport, GcReport, Registry, VersionRow, row_to_version};
+use super::{ApprovedModel, FsckReport, GcReport, Registry, VersionRow, row_to_version};
 use crate::reference::Reference;
 use crate::store::{self, DirLock};
 use crate::{Error, Result};
@@ -282,6 +282,66 @@ impl Registry {
                 .detail("to", out.display().to_string()),
         )?;
         Ok(files)
+    }
+
+    /// An approved version's files for an engine to load, each blob re-hashed against its
+    /// recorded digest just now. Refuses (and audits the refusal) a version that is not
+    /// approved, whose approval no longer verifies, or whose blobs were altered on disk.
+    /// `purpose` says who loads it (e.g. `run`, `serve`) in the audit entry.
+    pub fn open_approved(&self, reference: &Reference, purpose: &str) -> Result<ApprovedModel> {
+        let row = self.resolve(reference)?;
+        let subject = format!("sha256:{}", row.digest);
+        let opened = self
+            .check_approved(&row)
+            .and_then(|_| self.approved_files(&row))
+            .map_err(|e| self.refuse("load", Some(&subject), e))?;
+        self.audit.append(
+            Entry::new(&self.actor, "load", Outcome::Ok)
+                .subject(subject.clone())
+                .detail("name", row.name.clone())
+                .detail("version", row.version.clone())
+                .detail("purpose", purpose.to_owned()),
+        )?;
+        Ok(opened)
+    }
+
+    fn approved_files(&self, row: &VersionRow) -> Result<ApprovedModel> {
+        let (kind, format): (String, String) = self.conn.query_row(
+            "SELECT kind, format FROM versions WHERE id = ?1",
+            params![row.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, blob FROM files WHERE version_id = ?1 ORDER BY path")?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map(params![row.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut files = BTreeMap::new();
+        for (path, blob) in rows {
+            let digest = Sha256Digest::from_hex(&blob)
+                .ok_or_else(|| Error::Usage(format!("corrupt blob name {blob}")))?;
+            let file = self.layout.blob(&digest);
+            let actual = hash_blob(&file, None, &airlock_bundle::NoProgress)?;
+            if actual != digest {
+                return Err(Error::refused(
+                    "blob_altered",
+                    format!(
+                        "{path} of {}:{} has been altered on disk (blob sha256:{digest} hashes to sha256:{actual}); run `airlock fsck`",
+                        row.name, row.version
+                    ),
+                ));
+            }
+            files.insert(path, file);
+        }
+        Ok(ApprovedModel {
+            name: row.name.clone(),
+            version: row.version.clone(),
+            digest: format!("sha256:{}", row.digest),
+            kind,
+            format,
+            files,
+        })
     }
 
     fn export_into(&self, row: &VersionRow, dir: &Path) -> Result<usize> {

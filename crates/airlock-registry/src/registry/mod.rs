@@ -8,6 +8,7 @@ mod lifecycle;
 mod maintenance;
 mod trust;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -140,6 +141,23 @@ pub struct FileInfo {
     pub size: u64,
     /// `sha256:<hex>` of the blob.
     pub sha256: String,
+}
+
+/// An approved version's files, re-hashed when it was opened, for an engine to load.
+#[derive(Debug, Clone)]
+pub struct ApprovedModel {
+    /// Model name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// `sha256:<hex>` of the bundle.
+    pub digest: String,
+    /// `llm`, `embedding`.
+    pub kind: String,
+    /// Weight format (`gguf`, `safetensors`).
+    pub format: String,
+    /// Bundle path → verified blob on disk.
+    pub files: BTreeMap<String, PathBuf>,
 }
 
 /// What `gc` removed.

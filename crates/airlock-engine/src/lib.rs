@@ -1,0 +1,21 @@
+//! In-process inference on the isolated side.
+//!
+//! Chat models are GGUF files run by llama.cpp (through `llama-cpp-2`) with continuous
+//! batching ([`chat`]); embedding models are safetensors BERT-family models run by a small
+//! Rust implementation ([`embed`]). Both load only from [`ModelFiles`] the registry has
+//! re-verified, and both treat everything in a model file as untrusted: hyperparameters are
+//! checked before llama.cpp sees them, chat templates run in a sandbox ([`template`]).
+
+pub mod chat;
+pub mod embed;
+mod error;
+pub mod files;
+mod gguf_check;
+pub mod template;
+pub mod text;
+
+pub use chat::{ChatConfig, ChatModel, Completion, Event, FinishReason, GenerateParams, Generation, SamplingParams, Usage};
+pub use embed::EmbeddingModel;
+pub use error::{Error, Result};
+pub use files::ModelFiles;
+pub use template::{ChatTemplate, Message, Role};
