@@ -73,6 +73,79 @@ pub(crate) enum Command {
     /// Inspect and prove the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Ask an approved chat model (GGUF) and stream its answer to stdout.
+    ///
+    /// The version's files are re-hashed against the registry before loading; the prompt is
+    /// rendered with the model's own chat template. Greedy (temperature 0) by default, so the
+    /// same question gets the same answer.
+    Run(Box<RunArgs>),
+    /// Embed texts with an approved embedding model (safetensors, sentence-transformers).
+    Embed(EmbedArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// NAME:TAG, NAME:VERSION or NAME@sha256:HEX of an approved chat model.
+    #[arg(value_name = "REF")]
+    pub(crate) reference: String,
+    /// The user's message.
+    #[arg(value_name = "PROMPT")]
+    pub(crate) prompt: String,
+    /// A system message before it.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) system: Option<String>,
+    /// Send PROMPT as plain text, without the chat template.
+    #[arg(long, conflicts_with = "system")]
+    pub(crate) raw: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub(crate) max_tokens: usize,
+    /// Sampling temperature, 0 to 2 (0: always the most likely token).
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    pub(crate) temperature: f32,
+    /// Nucleus sampling: keep the likeliest tokens up to this total probability.
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub(crate) top_p: f32,
+    /// Keep only the K likeliest tokens (0: all).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub(crate) top_k: u32,
+    /// Drop tokens less likely than this fraction of the likeliest.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub(crate) min_p: f32,
+    /// Penalty for repeating any of the last 64 tokens (1: none).
+    #[arg(long, default_value_t = 1.0, value_name = "X")]
+    pub(crate) repeat_penalty: f32,
+    /// Seed for sampling: the same seed gives the same answer [default: random].
+    #[arg(long, value_name = "N")]
+    pub(crate) seed: Option<u32>,
+    /// Stop when this text appears (repeatable; the text is not printed).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) stop: Vec<String>,
+    /// Context window in tokens [default: the model's, at most 4096].
+    #[arg(long, value_name = "N")]
+    pub(crate) context: Option<usize>,
+    /// CPU threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<usize>,
+    /// Print one JSON object (text, token ids, finish reason, usage) instead of streaming.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EmbedArgs {
+    /// NAME:TAG, NAME:VERSION or NAME@sha256:HEX of an approved embedding model.
+    #[arg(value_name = "REF")]
+    pub(crate) reference: String,
+    /// Texts to embed.
+    #[arg(value_name = "TEXT", required = true)]
+    pub(crate) texts: Vec<String>,
+    /// CPU threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<usize>,
+    /// Print one JSON object (model, digest, dimension, vectors, tokens).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

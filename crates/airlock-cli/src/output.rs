@@ -37,6 +37,8 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> ExitCode {
                 .is_some_and(airlock_audit::Error::is_integrity_failure)
             || e.downcast_ref::<airlock_transfer::Error>()
                 .is_some_and(airlock_transfer::Error::is_transfer_failure)
+            || e.downcast_ref::<airlock_engine::Error>()
+                .is_some_and(airlock_engine::Error::is_model_failure)
     });
     ExitCode::from(if refused { 1 } else { 2 })
 }

@@ -54,6 +54,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the model's own files are at fault (inconsistent, hostile or unsupported),
+    /// as opposed to the request or the machine.
+    pub fn is_model_failure(&self) -> bool {
+        matches!(self, Self::Model { .. } | Self::Template(_))
+    }
+
     pub(crate) fn model(model: &str, reason: impl Into<String>) -> Self {
         Self::Model {
             model: model.to_owned(),

@@ -6,6 +6,7 @@ mod inspect;
 mod keygen;
 mod pack;
 mod registry;
+mod run;
 mod sign;
 mod trust;
 mod verify;
@@ -34,6 +35,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diode(cmd) => diode::run(cmd, &limits),
         Command::Trust(cmd) => trust::run(cmd, &data_dir(data)?),
         Command::Audit(cmd) => audit::run(cmd, &data_dir(data)?),
+        Command::Run(args) => run::chat(*args, &data_dir(data)?),
+        Command::Embed(args) => run::embed(args, &data_dir(data)?),
         other => registry::run(other, &data_dir(data)?),
     }
 }

@@ -31,11 +31,12 @@ pub(super) fn linear(out: &mut [f32], x: &[f32], w: &[f32], bias: &[f32], m: usi
 
 /// Self-attention of one sequence of `len` tokens: `q`, `k`, `v` and `out` are that
 /// sequence's rows (`len × hidden`, row-major), split into `heads` heads.
-pub(super) fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], len: usize, hidden: usize, heads: usize, scores: &mut Vec<f32>) {
+pub(super) fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], len: usize, hidden: usize, heads: usize, scratch: &mut Vec<f32>) {
     let dh = hidden / heads;
     let scale = 1.0 / (dh as f32).sqrt();
-    scores.clear();
-    scores.resize(len * len, 0.0);
+    scratch.clear();
+    scratch.resize(len * len + len * dh, 0.0);
+    let (scores, head_out) = scratch.split_at_mut(len * len);
     // A head's columns of `len` rows: from its first element to its last.
     let span = (len - 1) * hidden + dh;
     for h in 0..heads {
@@ -52,13 +53,16 @@ pub(super) fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], len: u
             softmax(row);
         }
         matmul(
-            MatMut::from_row_major_slice_with_stride_mut(&mut out[at..at + span], len, dh, hidden),
+            MatMut::from_row_major_slice_mut(head_out, len, dh),
             Accum::Replace,
             MatRef::from_row_major_slice(scores, len, len),
             MatRef::from_row_major_slice_with_stride(&v[at..at + span], len, dh, hidden),
             1.0,
             Par::Seq,
         );
+        for (dst, src) in out.chunks_exact_mut(hidden).zip(head_out.chunks_exact(dh)) {
+            dst[at..at + dh].copy_from_slice(src);
+        }
     }
 }
 

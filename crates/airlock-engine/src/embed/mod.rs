@@ -239,6 +239,14 @@ impl EmbeddingModel {
         Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
+    /// The text of `ids`, special tokens left out (BERT tokenizers normalise: lower case,
+    /// accents stripped, so this is not always the original text).
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Request(format!("cannot decode: {e}")))
+    }
+
     /// Embeds `texts`, one vector each.
     pub fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
         if texts.is_empty() {

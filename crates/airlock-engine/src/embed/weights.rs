@@ -1,7 +1,7 @@
 //! Reading named tensors out of a safetensors file.
 //!
-//! The header is parsed (and checked) by the `safetensors` crate; each tensor the model
-//! needs is then read straight into an `f32` buffer, converting F16 and BF16 as it goes.
+//! The JSON header is parsed into a table of tensors; each tensor the model needs is then
+//! read straight into an `f32` buffer, converting F16 and BF16 as it goes.
 //! Nothing else of the file is read, and every offset is checked against the file's length
 //! before it is used.
 
@@ -9,18 +9,27 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+use std::collections::HashMap;
+
+use serde::Deserialize;
 
 use crate::{Error, Result};
 
 /// Headers above this are refused before being read (the `safetensors` crate's own limit).
 const MAX_HEADER: u64 = 100 << 20;
 
+#[derive(Deserialize)]
+struct TensorInfo {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
 /// An open safetensors file and its parsed header.
 pub(super) struct Weights<'a> {
     label: &'a str,
     file: File,
-    metadata: Metadata,
+    tensors: HashMap<String, TensorInfo>,
     data_start: u64,
     file_len: u64,
 }
@@ -43,15 +52,23 @@ impl<'a> Weights<'a> {
                 format!("model.safetensors claims a {header_len}-byte header"),
             ));
         }
-        let mut header = vec![0u8; 8 + header_len as usize];
-        header[..8].copy_from_slice(&len);
-        file.read_exact(&mut header[8..]).map_err(io)?;
-        let (_, metadata) = SafeTensors::read_metadata(&header)
-            .map_err(|e| Error::model(label, format!("model.safetensors: {e}")))?;
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let mut table: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+            .map_err(|e| Error::model(label, format!("model.safetensors header: {e}")))?;
+        table.remove("__metadata__");
+        let tensors = table
+            .into_iter()
+            .map(|(name, value)| {
+                serde_json::from_value::<TensorInfo>(value)
+                    .map(|info| (name.clone(), info))
+                    .map_err(|e| Error::model(label, format!("model.safetensors tensor {name}: {e}")))
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             label,
             file,
-            metadata,
+            tensors,
             data_start: 8 + header_len,
             file_len,
         })
@@ -59,15 +76,15 @@ impl<'a> Weights<'a> {
 
     /// Whether the file has tensor `name`.
     pub(super) fn has(&self, name: &str) -> bool {
-        self.metadata.info(name).is_some()
+        self.tensors.contains_key(name)
     }
 
     /// Reads tensor `name`, which must have `shape`, as `f32`s.
     pub(super) fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let label = self.label;
         let info = self
-            .metadata
-            .info(name)
+            .tensors
+            .get(name)
             .ok_or_else(|| Error::model(label, format!("model.safetensors has no tensor {name}")))?;
         if info.shape != shape {
             return Err(Error::model(
@@ -76,21 +93,20 @@ impl<'a> Weights<'a> {
             ));
         }
         let count: usize = shape.iter().product();
-        let width = match info.dtype {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::BF16 => 2,
+        let width = match info.dtype.as_str() {
+            "F32" => 4,
+            "F16" | "BF16" => 2,
             other => {
                 return Err(Error::model(
                     label,
-                    format!("tensor {name} is {other:?}; F32, F16 and BF16 are supported"),
+                    format!("tensor {name} is {other}; F32, F16 and BF16 are supported"),
                 ));
             }
         };
         let (begin, end) = info.data_offsets;
-        let (begin, end) = (begin as u64, end as u64);
         if end < begin
-            || end - begin != (count * width) as u64
-            || self.data_start + end > self.file_len
+            || Some(end - begin) != count.checked_mul(width).map(|n| n as u64)
+            || self.data_start.saturating_add(end) > self.file_len
         {
             return Err(Error::model(
                 label,
@@ -113,7 +129,7 @@ impl<'a> Weights<'a> {
             self.file
                 .read_exact(bytemuck::cast_slice_mut(&mut raw))
                 .map_err(|e| Error::model(label, format!("reading {name}: {e}")))?;
-            let bf16 = info.dtype == Dtype::BF16;
+            let bf16 = info.dtype == "BF16";
             for (o, r) in out.iter_mut().zip(raw) {
                 let bits = u16::from_le(r);
                 *o = if bf16 {

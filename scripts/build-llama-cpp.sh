@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's own tools from the llama_cpp_python sdist on PyPI (which carries
+# llama.cpp's full source): llama-bench (the engine benchmark's anchor) and libllama.so (which
+# the sdist's Python bindings load, for reference outputs). Cached; prints the build directory.
+#
+# Built for the same CPU baseline as airlock's embedded llama.cpp (.cargo/config.toml):
+# AVX2/FMA/F16C, GGML_NATIVE off (a native build picks up AMX where the host advertises it
+# without being able to run it), OpenMP on.
+#
+#   AIRLOCK_CACHE  cache root (default: ~/.cache/airlock)
+set -euo pipefail
+cache="${AIRLOCK_CACHE:-$HOME/.cache/airlock}"
+version=0.3.36
+sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+url="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-$version.tar.gz"
+root="$cache/llama-cpp-python-$version"
+build="$root/build"
+
+if [ -x "$build/bin/llama-bench" ] && [ -f "$build/bin/libllama.so" ]; then
+  echo "$root"
+  exit 0
+fi
+command -v cmake >/dev/null || { echo "llama.cpp: installing cmake from apt" >&2; sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd=sudo; $sudo_cmd apt-get install -y -qq cmake >/dev/null; }
+mkdir -p "$cache/dl"
+sdist="$cache/dl/llama_cpp_python-$version.tar.gz"
+if [ ! -f "$sdist" ] || [ "$(sha256sum "$sdist" | cut -d' ' -f1)" != "$sha256" ]; then
+  echo "llama.cpp: downloading llama_cpp_python $version (sdist) from PyPI" >&2
+  curl -fsSL -o "$sdist.part" "$url"
+  mv "$sdist.part" "$sdist"
+fi
+got="$(sha256sum "$sdist" | cut -d' ' -f1)"
+[ "$got" = "$sha256" ] || { echo "llama.cpp: $sdist has SHA-256 $got, pinned $sha256" >&2; exit 1; }
+rm -rf "$root"
+mkdir -p "$root"
+tar -xzf "$sdist" -C "$root" --strip-components=1
+echo "llama.cpp: building llama-bench and libllama.so (several minutes on 2 cores)" >&2
+cmake -S "$root/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+  -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+  -DGGML_SSE42=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >"$root/cmake.log" 2>&1
+cmake --build "$build" --target llama-bench llama -j "$(nproc)" >>"$root/cmake.log" 2>&1 \
+  || { tail -30 "$root/cmake.log" >&2; exit 1; }
+echo "$root"
