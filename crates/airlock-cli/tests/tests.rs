@@ -13,6 +13,7 @@ mod support;
 mod audit;
 mod crash;
 mod diode;
+mod engine;
 mod hostile;
 mod interop;
 mod pack_verify;

@@ -226,6 +226,162 @@ pub mod gguf {
     }
 }
 
+pub mod gguf_edit {
+    //! Rewrites the metadata of a real GGUF file, keeping its tensors: for model files that
+    //! are well formed but hostile (a looping chat template, head counts that do not divide).
+
+    use std::fs::File;
+    use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+    use std::path::Path;
+
+    use super::gguf::MetaValue;
+
+    fn read_u32(r: &mut impl Read) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn read_u64(r: &mut impl Read) -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn read_string(r: &mut impl Read) -> io::Result<Vec<u8>> {
+        let len = read_u64(r)?;
+        let mut b = vec![0u8; len as usize];
+        r.read_exact(&mut b)?;
+        Ok(b)
+    }
+
+    /// Reads one value of `ty`, appending its raw bytes to `raw`; returns it if it is a u32.
+    fn read_value(r: &mut impl Read, ty: u32, raw: &mut Vec<u8>) -> io::Result<Option<u64>> {
+        let fixed = match ty {
+            0 | 1 | 7 => Some(1),
+            2 | 3 => Some(2),
+            4..=6 => Some(4),
+            10..=12 => Some(8),
+            _ => None,
+        };
+        if let Some(n) = fixed {
+            let mut b = vec![0u8; n];
+            r.read_exact(&mut b)?;
+            raw.extend_from_slice(&b);
+            let mut v = [0u8; 8];
+            v[..n].copy_from_slice(&b);
+            return Ok(Some(u64::from_le_bytes(v)));
+        }
+        match ty {
+            8 => {
+                let s = read_string(r)?;
+                raw.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                raw.extend_from_slice(&s);
+            }
+            9 => {
+                let elem = read_u32(r)?;
+                let count = read_u64(r)?;
+                raw.extend_from_slice(&elem.to_le_bytes());
+                raw.extend_from_slice(&count.to_le_bytes());
+                for _ in 0..count {
+                    read_value(r, elem, raw)?;
+                }
+            }
+            _ => return Err(io::Error::other(format!("unknown GGUF type {ty}"))),
+        }
+        Ok(None)
+    }
+
+    fn encode(key: &str, value: &MetaValue) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        out.extend_from_slice(key.as_bytes());
+        match value {
+            MetaValue::U32(v) => {
+                out.extend_from_slice(&4u32.to_le_bytes());
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            MetaValue::Str(s) => {
+                out.extend_from_slice(&8u32.to_le_bytes());
+                out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            MetaValue::StrArray(items) => {
+                out.extend_from_slice(&9u32.to_le_bytes());
+                out.extend_from_slice(&8u32.to_le_bytes());
+                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                for s in items {
+                    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    /// Copies the GGUF `src` to `dst` with each `(key, value)` of `edits` replacing the
+    /// metadata pair of that key (or added if absent). Tensor data is copied unchanged.
+    pub fn rewrite(src: &Path, dst: &Path, edits: &[(&str, MetaValue)]) -> io::Result<()> {
+        let mut r = BufReader::new(File::open(src)?);
+        let mut magic = [0u8; 4];
+        r.read_exact(&mut magic)?;
+        let version = read_u32(&mut r)?;
+        let tensors = read_u64(&mut r)?;
+        let kvs = read_u64(&mut r)?;
+        let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut alignment = 32u64;
+        for _ in 0..kvs {
+            let key = String::from_utf8(read_string(&mut r)?).map_err(io::Error::other)?;
+            let ty = read_u32(&mut r)?;
+            let mut raw = Vec::new();
+            raw.extend_from_slice(&(key.len() as u64).to_le_bytes());
+            raw.extend_from_slice(key.as_bytes());
+            raw.extend_from_slice(&ty.to_le_bytes());
+            let value = read_value(&mut r, ty, &mut raw)?;
+            if key == "general.alignment" {
+                alignment = value.unwrap_or(32);
+            }
+            entries.push((key, raw));
+        }
+        let mut infos = Vec::new();
+        for _ in 0..tensors {
+            let name = read_string(&mut r)?;
+            infos.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            infos.extend_from_slice(&name);
+            let dims = read_u32(&mut r)?;
+            infos.extend_from_slice(&dims.to_le_bytes());
+            for _ in 0..dims {
+                infos.extend_from_slice(&read_u64(&mut r)?.to_le_bytes());
+            }
+            infos.extend_from_slice(&read_u32(&mut r)?.to_le_bytes());
+            infos.extend_from_slice(&read_u64(&mut r)?.to_le_bytes());
+        }
+        let data_start = r.stream_position()?.div_ceil(alignment) * alignment;
+        for (key, value) in edits {
+            let raw = encode(key, value);
+            match entries.iter_mut().find(|(k, _)| k == key) {
+                Some(entry) => entry.1 = raw,
+                None => entries.push(((*key).to_owned(), raw)),
+            }
+        }
+        let mut w = BufWriter::new(File::create(dst)?);
+        let mut header = Vec::new();
+        header.extend_from_slice(&magic);
+        header.extend_from_slice(&version.to_le_bytes());
+        header.extend_from_slice(&tensors.to_le_bytes());
+        header.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for (_, raw) in &entries {
+            header.extend_from_slice(raw);
+        }
+        header.extend_from_slice(&infos);
+        header.resize((header.len() as u64).div_ceil(alignment) as usize * alignment as usize, 0);
+        w.write_all(&header)?;
+        r.seek(SeekFrom::Start(data_start))?;
+        io::copy(&mut r, &mut w)?;
+        w.flush()
+    }
+}
+
 pub mod tar {
     //! Hand-made tar entries, including the hostile kinds a bundle reader must refuse.
 
