@@ -21,7 +21,15 @@ fn pack_and_import(site: &Site, src: &Path, name: &str, extra: &[&str]) -> Strin
     run(airlock()
         .arg("pack")
         .arg(src)
-        .args(["--name", name, "--version", "1.0.0", "--license", "Apache-2.0", "--key"])
+        .args([
+            "--name",
+            name,
+            "--version",
+            "1.0.0",
+            "--license",
+            "Apache-2.0",
+            "--key",
+        ])
         .arg(site.ws.key("publisher"))
         .arg("-o")
         .arg(&bundle)
@@ -48,13 +56,18 @@ fn run_answers_paris_only_from_an_approved_version() {
     let answer = ask(&site, "smollm2:prod", &[]).ok();
     assert!(answer.stdout.contains("Paris"), "{}", answer.stdout);
 
-    let json = ask(&site, "smollm2:prod", &["--json", "--max-tokens", "32"]).ok().json();
+    let json = ask(&site, "smollm2:prod", &["--json", "--max-tokens", "32"])
+        .ok()
+        .json();
     assert!(json["text"].as_str().unwrap().contains("Paris"));
     assert_eq!(json["finish_reason"], "stop");
     assert!(json["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
     assert!(json["digest"].as_str().unwrap().starts_with("sha256:"));
 
-    let log = site.cmd(&["audit", "tail", "-n", "20", "--json"]).ok().stdout;
+    let log = site
+        .cmd(&["audit", "tail", "-n", "20", "--json"])
+        .ok()
+        .stdout;
     assert!(log.contains("\"load\""), "loading is audited: {log}");
 }
 
@@ -70,8 +83,16 @@ fn a_blob_altered_after_import_is_refused_at_load() {
         .iter()
         .max_by_key(|f| f["size"].as_u64().unwrap())
         .unwrap();
-    let digest = weights["sha256"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
-    let blob = site.data.join("blobs/sha256").join(&digest[..2]).join(&digest);
+    let digest = weights["sha256"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let blob = site
+        .data
+        .join("blobs/sha256")
+        .join(&digest[..2])
+        .join(&digest);
     std::fs::set_permissions(&blob, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     crate::support::flip_byte(&blob, 1 << 20);
     assert_failed_with(&ask(&site, &reference, &[]), "has been altered on disk");
@@ -106,16 +127,36 @@ fn embed_prints_normalised_vectors_and_refuses_the_wrong_kind() {
     let src = models_dir().join("all-minilm-l6-v2");
     let reference = pack_and_import(&site, &src, "minilm", &["--kind", "embedding"]);
     site.approve(&reference, "approver").ok();
-    let json = site.cmd(&["embed", &reference, "hello world", "The cat sits outside.", "--json"]).ok().json();
+    let json = site
+        .cmd(&[
+            "embed",
+            &reference,
+            "hello world",
+            "The cat sits outside.",
+            "--json",
+        ])
+        .ok()
+        .json();
     assert_eq!(json["dimension"], 384);
     let vectors = json["embeddings"].as_array().unwrap();
     assert_eq!(vectors.len(), 2);
-    let first: Vec<f64> = vectors[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let first: Vec<f64> = vectors[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     // sentence-transformers' all-MiniLM-L6-v2 embedding of "hello world" begins so.
     for (got, want) in first.iter().zip([-0.034477, 0.031023, 0.006735, 0.026109]) {
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     }
     let wrong = ask(&site, &reference, &[]);
     assert_eq!(wrong.code, 2, "a usage error: {}", wrong.stderr);
-    assert!(wrong.stderr.contains("is an embedding model; use `airlock embed`"), "{}", wrong.stderr);
+    assert!(
+        wrong
+            .stderr
+            .contains("is an embedding model; use `airlock embed`"),
+        "{}",
+        wrong.stderr
+    );
 }

@@ -21,8 +21,8 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -115,7 +115,11 @@ impl SamplingParams {
             return bad("min_p", self.min_p, "0 to 1");
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
-            return bad("repetition_penalty", self.repetition_penalty, "above 0 and at most 10");
+            return bad(
+                "repetition_penalty",
+                self.repetition_penalty,
+                "above 0 and at most 10",
+            );
         }
         Ok(())
     }
@@ -123,7 +127,13 @@ impl SamplingParams {
     fn sampler(&self, vocabulary: i32) -> LlamaSampler {
         let mut chain = Vec::new();
         if self.repetition_penalty != 1.0 {
-            chain.push(LlamaSampler::penalties(vocabulary, 64, self.repetition_penalty, 0.0, 0.0));
+            chain.push(LlamaSampler::penalties(
+                vocabulary,
+                64,
+                self.repetition_penalty,
+                0.0,
+                0.0,
+            ));
         }
         if self.temperature == 0.0 {
             chain.push(LlamaSampler::greedy());
@@ -158,6 +168,8 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Token choice.
     pub sampling: SamplingParams,
+    /// Keep generating past end-of-turn tokens (for benchmarks that need an exact length).
+    pub ignore_eos: bool,
 }
 
 /// Why a generation ended.
@@ -241,7 +253,9 @@ impl Generation {
                 }
             }
         }
-        Err(Error::Stopped("the generation ended without finishing".into()))
+        Err(Error::Stopped(
+            "the generation ended without finishing".into(),
+        ))
     }
 }
 
@@ -300,7 +314,9 @@ pub struct ChatModel {
 
 impl std::fmt::Debug for ChatModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatModel").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("ChatModel")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -458,7 +474,10 @@ impl ChatModel {
             return Err(Error::Request("the conversation has no messages".into()));
         }
         let template = self.template.as_ref().ok_or_else(|| {
-            Error::model(&self.info.label, "has no chat template; use a plain text prompt")
+            Error::model(
+                &self.info.label,
+                "has no chat template; use a plain text prompt",
+            )
         })?;
         let segments = template.render(messages, true)?;
         let mut tokens = Vec::new();
@@ -741,7 +760,7 @@ fn worker(
             let Some(at) = slot.logits_at else { continue };
             let token = slot.sampler.sample(&ctx, at);
             slot.generated += 1;
-            if vocab.is_eog(token) {
+            if vocab.is_eog(token) && !slot.job.params.ignore_eos {
                 slot.generated -= 1;
                 slot.finish(FinishReason::Stop);
                 finished.push(index);
@@ -754,7 +773,11 @@ fn worker(
                 Release::Stopped(t) => (t, true),
             };
             let _ = slot.job.events.send(Ok(Event::Token { id: token.0, text }));
-            let at_limit = slot.job.params.max_tokens.is_some_and(|m| slot.generated >= m);
+            let at_limit = slot
+                .job
+                .params
+                .max_tokens
+                .is_some_and(|m| slot.generated >= m);
             let context_full = slot.fed + slot.generated >= context_per_slot;
             if stopped {
                 slot.finish(FinishReason::Stop);

@@ -63,7 +63,10 @@ pub(crate) fn consistent(model: &str, info: &GgufInfo) -> Result<GgufFacts> {
     let embedding = require("embedding_length", MAX_EMBEDDING)?;
     let context_length = require("context_length", MAX_CONTEXT)?;
     // Per-layer head counts arrive as arrays; llama.cpp checks those itself.
-    if info.array_lengths.contains_key(&format!("{arch}.attention.head_count")) {
+    if info
+        .array_lengths
+        .contains_key(&format!("{arch}.attention.head_count"))
+    {
         return Ok(GgufFacts {
             architecture: arch,
             context_length,
@@ -167,7 +170,8 @@ mod tests {
         ] {
             info.integers.insert(k.into(), v);
         }
-        info.array_lengths.insert("tokenizer.ggml.tokens".into(), 100);
+        info.array_lengths
+            .insert("tokenizer.ggml.tokens".into(), 100);
         info.tensor_shapes = BTreeMap::from([
             ("token_embd.weight".into(), vec![64, 100]),
             ("blk.0.attn_q.weight".into(), vec![64, 64]),
@@ -191,24 +195,60 @@ mod tests {
 
     #[test]
     fn inconsistent_hyperparameters_are_refused_with_the_reason() {
-        let int = |k: &'static str, v: u64| move |i: &mut GgufInfo| {
-            i.integers.insert(k.into(), v);
+        let int = |k: &'static str, v: u64| {
+            move |i: &mut GgufInfo| {
+                i.integers.insert(k.into(), v);
+            }
         };
         for (edit, expect) in [
-            (Box::new(int("llama.attention.head_count", 5)) as Box<dyn FnOnce(&mut GgufInfo)>, "not a multiple of head_count_kv"),
-            (Box::new(int("llama.attention.head_count_kv", 3)), "not a multiple of head_count_kv"),
-            (Box::new(int("llama.attention.head_count_kv", 8)), "must be 1 to head_count"),
-            (Box::new(|i: &mut GgufInfo| {
-                i.integers.insert("llama.attention.head_count".into(), 6);
-                i.integers.insert("llama.attention.head_count_kv".into(), 6);
-            }), "embedding_length (64) is not a multiple"),
-            (Box::new(int("llama.attention.head_count", 0)), "must be 1 to"),
-            (Box::new(int("llama.block_count", 3)), "layer 2 has no tensors"),
+            (
+                Box::new(int("llama.attention.head_count", 5)) as Box<dyn FnOnce(&mut GgufInfo)>,
+                "not a multiple of head_count_kv",
+            ),
+            (
+                Box::new(int("llama.attention.head_count_kv", 3)),
+                "not a multiple of head_count_kv",
+            ),
+            (
+                Box::new(int("llama.attention.head_count_kv", 8)),
+                "must be 1 to head_count",
+            ),
+            (
+                Box::new(|i: &mut GgufInfo| {
+                    i.integers.insert("llama.attention.head_count".into(), 6);
+                    i.integers.insert("llama.attention.head_count_kv".into(), 6);
+                }),
+                "embedding_length (64) is not a multiple",
+            ),
+            (
+                Box::new(int("llama.attention.head_count", 0)),
+                "must be 1 to",
+            ),
+            (
+                Box::new(int("llama.block_count", 3)),
+                "layer 2 has no tensors",
+            ),
             (Box::new(int("llama.block_count", 1)), "does not belong"),
-            (Box::new(int("llama.embedding_length", 32)), "token_embd.weight"),
-            (Box::new(int("tokenizer.ggml.eos_token_id", 100)), "outside the 100-token vocabulary"),
-            (Box::new(|i: &mut GgufInfo| { i.integers.remove("llama.context_length"); }), "no llama.context_length"),
-            (Box::new(|i: &mut GgufInfo| { i.array_lengths.insert("tokenizer.ggml.scores".into(), 99); }), "99 entries"),
+            (
+                Box::new(int("llama.embedding_length", 32)),
+                "token_embd.weight",
+            ),
+            (
+                Box::new(int("tokenizer.ggml.eos_token_id", 100)),
+                "outside the 100-token vocabulary",
+            ),
+            (
+                Box::new(|i: &mut GgufInfo| {
+                    i.integers.remove("llama.context_length");
+                }),
+                "no llama.context_length",
+            ),
+            (
+                Box::new(|i: &mut GgufInfo| {
+                    i.array_lengths.insert("tokenizer.ggml.scores".into(), 99);
+                }),
+                "99 entries",
+            ),
         ] {
             let err = refusal(edit);
             assert!(err.contains(expect), "{err} should mention {expect}");

@@ -14,7 +14,10 @@ mod gguf_check;
 pub mod template;
 pub mod text;
 
-pub use chat::{ChatConfig, ChatModel, Completion, Event, FinishReason, GenerateParams, Generation, SamplingParams, Usage};
+pub use chat::{
+    ChatConfig, ChatModel, Completion, Event, FinishReason, GenerateParams, Generation,
+    SamplingParams, Usage,
+};
 pub use embed::EmbeddingModel;
 pub use error::{Error, Result};
 pub use files::ModelFiles;

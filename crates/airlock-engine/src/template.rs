@@ -94,7 +94,10 @@ impl ChatTemplate {
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
         };
-        template.environment().template_from_str(source).map_err(template_error)?;
+        template
+            .environment()
+            .template_from_str(source)
+            .map_err(template_error)?;
         template.render(
             &[
                 Message::new(Role::System, "You are helpful."),
@@ -121,16 +124,25 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         env
     }
 
     /// Renders `messages`, ending with the assistant's turn opened when `add_generation_prompt`.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<Segment>> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<Segment>> {
         let env = self.environment();
-        let template = env.template_from_str(&self.source).map_err(template_error)?;
+        let template = env
+            .template_from_str(&self.source)
+            .map_err(template_error)?;
         let placeholders: Vec<TemplateMessage> = messages
             .iter()
             .enumerate()
@@ -204,7 +216,9 @@ fn split_segments(rendered: &str, messages: &[Message]) -> Result<Vec<Segment>> 
         rest = &after[close + MARK_CLOSE.len_utf8()..];
     }
     if rest.contains(MARK_CLOSE) {
-        return Err(Error::Template("chat template cut a message placeholder".into()));
+        return Err(Error::Template(
+            "chat template cut a message placeholder".into(),
+        ));
     }
     if !rest.is_empty() {
         segments.push(Segment::Template(rest.to_owned()));
@@ -260,8 +274,10 @@ mod tests {
 
     #[test]
     fn a_template_that_never_ends_runs_out_of_fuel() {
-        let err = render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
-            .unwrap_err();
+        let err = render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("instruction budget"), "{err}");
     }
 
@@ -281,7 +297,10 @@ mod tests {
             "{% import 'os' as os %}{{ os.system('id') }}",
         ] {
             let err = render(probe).unwrap_err();
-            assert!(err.to_string().starts_with("chat template"), "{probe}: {err}");
+            assert!(
+                err.to_string().starts_with("chat template"),
+                "{probe}: {err}"
+            );
         }
     }
 
@@ -294,7 +313,10 @@ mod tests {
     #[test]
     fn raise_exception_is_a_clear_error() {
         let err = render("{{ raise_exception('only user and assistant roles') }}").unwrap_err();
-        assert!(err.to_string().contains("only user and assistant roles"), "{err}");
+        assert!(
+            err.to_string().contains("only user and assistant roles"),
+            "{err}"
+        );
     }
 
     #[test]

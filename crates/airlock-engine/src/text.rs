@@ -53,8 +53,9 @@ impl TextStream {
     /// character become U+FFFD.
     pub fn finish(&mut self) -> String {
         if !self.undecoded.is_empty() {
-            self.held
-                .push_str(&String::from_utf8_lossy(&std::mem::take(&mut self.undecoded)));
+            self.held.push_str(&String::from_utf8_lossy(&std::mem::take(
+                &mut self.undecoded,
+            )));
         }
         std::mem::take(&mut self.held)
     }
@@ -92,7 +93,10 @@ impl TextStream {
     }
 
     fn first_stop(&self) -> Option<usize> {
-        self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min()
+        self.stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
     }
 
     /// Length of the longest suffix of `held` that some stop sequence starts with.

@@ -8,10 +8,20 @@ use airlock_engine::{ChatConfig, GenerateParams, Message, Role, SamplingParams};
 fn answers_paris() {
     let model = support::smollm2(&ChatConfig::default());
     let prompt = model
-        .chat_prompt(&[Message::new(Role::User, "What is the capital of France? Answer with one word.")])
+        .chat_prompt(&[Message::new(
+            Role::User,
+            "What is the capital of France? Answer with one word.",
+        )])
         .unwrap();
     let out = model
-        .generate(prompt, GenerateParams { max_tokens: Some(16), sampling: SamplingParams::greedy(), ..Default::default() })
+        .generate(
+            prompt,
+            GenerateParams {
+                max_tokens: Some(16),
+                sampling: SamplingParams::greedy(),
+                ..Default::default()
+            },
+        )
         .unwrap()
         .collect_blocking()
         .unwrap();
@@ -23,12 +33,28 @@ fn answers_paris() {
 /// batches; each must produce exactly what it produces alone.
 #[test]
 fn sixteen_concurrent_generations_each_equal_their_single_run() {
-    let model = support::smollm2(&ChatConfig { slots: 16, context_per_slot: Some(512), ..ChatConfig::default() });
-    let topics = ["France", "the ocean", "a cat", "Rust", "bread", "winter", "music", "the moon"];
+    let model = support::smollm2(&ChatConfig {
+        slots: 16,
+        context_per_slot: Some(512),
+        ..ChatConfig::default()
+    });
+    let topics = [
+        "France",
+        "the ocean",
+        "a cat",
+        "Rust",
+        "bread",
+        "winter",
+        "music",
+        "the moon",
+    ];
     let requests: Vec<(Vec<i32>, GenerateParams)> = (0..16)
         .map(|i| {
             let prompt = model
-                .chat_prompt(&[Message::new(Role::User, format!("Write one sentence about {}.", topics[i % 8]))])
+                .chat_prompt(&[Message::new(
+                    Role::User,
+                    format!("Write one sentence about {}.", topics[i % 8]),
+                )])
                 .unwrap();
             let sampling = SamplingParams {
                 temperature: if i % 4 == 0 { 0.0 } else { 0.8 },
@@ -37,26 +63,51 @@ fn sixteen_concurrent_generations_each_equal_their_single_run() {
                 seed: Some(1000 + i as u32),
                 ..SamplingParams::default()
             };
-            (prompt, GenerateParams { max_tokens: Some(40), sampling, ..Default::default() })
+            (
+                prompt,
+                GenerateParams {
+                    max_tokens: Some(40),
+                    sampling,
+                    ..Default::default()
+                },
+            )
         })
         .collect();
     let alone: Vec<_> = requests
         .iter()
-        .map(|(p, g)| model.generate(p.clone(), g.clone()).unwrap().collect_blocking().unwrap())
+        .map(|(p, g)| {
+            model
+                .generate(p.clone(), g.clone())
+                .unwrap()
+                .collect_blocking()
+                .unwrap()
+        })
         .collect();
     let running: Vec<_> = requests
         .iter()
         .map(|(p, g)| model.generate(p.clone(), g.clone()).unwrap())
         .collect();
     // Forty tokens each take far longer than sixteen submissions: they really run together.
-    assert!(model.running() + model.queued() >= 15, "{} running, {} queued", model.running(), model.queued());
+    assert!(
+        model.running() + model.queued() >= 15,
+        "{} running, {} queued",
+        model.running(),
+        model.queued()
+    );
     let together: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = running.into_iter().map(|g| s.spawn(move || g.collect_blocking().unwrap())).collect();
+        let handles: Vec<_> = running
+            .into_iter()
+            .map(|g| s.spawn(move || g.collect_blocking().unwrap()))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
         assert!(!a.tokens.is_empty());
-        assert_eq!(a.tokens, b.tokens, "request {i}: {:?} vs {:?}", a.text, b.text);
+        assert_eq!(
+            a.tokens, b.tokens,
+            "request {i}: {:?} vs {:?}",
+            a.text, b.text
+        );
         assert_eq!(a.text, b.text);
     }
 }

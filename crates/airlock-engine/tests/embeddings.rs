@@ -7,13 +7,27 @@ use airlock_engine::embed::cosine;
 use serde_json::Value;
 
 fn golden() -> (Vec<String>, Vec<Vec<f32>>) {
-    let golden: Value = serde_json::from_str(&std::fs::read_to_string(support::golden("minilm_embeddings.json")).unwrap()).unwrap();
-    let sentences = golden["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(support::golden("minilm_embeddings.json")).unwrap(),
+    )
+    .unwrap();
+    let sentences = golden["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
     let vectors = golden["embeddings"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .map(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
         .collect();
     (sentences, vectors)
 }
@@ -60,7 +74,19 @@ fn long_input_is_truncated_to_max_seq_length() {
 #[test]
 fn bad_requests_are_clear_errors() {
     let model = support::minilm();
-    assert!(model.embed(&[]).unwrap_err().to_string().contains("no input"));
+    assert!(
+        model
+            .embed(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("no input")
+    );
     let many = vec!["x"; 257];
-    assert!(model.embed(&many).unwrap_err().to_string().contains("at most 256"));
+    assert!(
+        model
+            .embed(&many)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 256")
+    );
 }

@@ -4,7 +4,9 @@
 
 mod support;
 
-use airlock_engine::{ChatConfig, ChatModel, GenerateParams, Message, ModelFiles, Role, SamplingParams};
+use airlock_engine::{
+    ChatConfig, ChatModel, GenerateParams, Message, ModelFiles, Role, SamplingParams,
+};
 use airlock_testkit::gguf::MetaValue;
 use airlock_testkit::gguf_edit::rewrite;
 
@@ -12,7 +14,9 @@ fn load_edited(dir: &std::path::Path, name: &str, edits: &[(&str, MetaValue)]) -
     let path = dir.join(format!("{name}.gguf"));
     rewrite(&support::smollm2_path(), &path, edits).unwrap();
     let files = ModelFiles::single(name, &format!("{name}.gguf"), &path);
-    ChatModel::load(&files, &ChatConfig::default()).unwrap_err().to_string()
+    ChatModel::load(&files, &ChatConfig::default())
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -22,7 +26,9 @@ fn hostile_model_files_are_clear_errors_and_the_process_keeps_running() {
     let cases: Vec<(&str, Vec<(&str, MetaValue)>, &str)> = vec![
         (
             "loops",
-            template("{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}"),
+            template(
+                "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
+            ),
             "instruction budget",
         ),
         (
@@ -32,7 +38,9 @@ fn hostile_model_files_are_clear_errors_and_the_process_keeps_running() {
         ),
         (
             "python-internals",
-            template("{{ messages.__class__.__mro__[1].__subclasses__()[40]('/etc/passwd').read() }}"),
+            template(
+                "{{ messages.__class__.__mro__[1].__subclasses__()[40]('/etc/passwd').read() }}",
+            ),
             "chat template failed",
         ),
         (
@@ -69,9 +77,20 @@ fn hostile_model_files_are_clear_errors_and_the_process_keeps_running() {
     // Still here: a good model loads and answers.
     let model = support::smollm2(&ChatConfig::default());
     let prompt = model
-        .chat_prompt(&[Message::new(Role::User, "What is the capital of France? Answer with one word.")])
+        .chat_prompt(&[Message::new(
+            Role::User,
+            "What is the capital of France? Answer with one word.",
+        )])
         .unwrap();
-    let params = GenerateParams { max_tokens: Some(8), sampling: SamplingParams::greedy(), ..Default::default() };
-    let out = model.generate(prompt, params).unwrap().collect_blocking().unwrap();
+    let params = GenerateParams {
+        max_tokens: Some(8),
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
+    let out = model
+        .generate(prompt, params)
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
     assert!(out.text.contains("Paris"), "{:?}", out.text);
 }

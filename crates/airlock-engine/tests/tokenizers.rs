@@ -8,7 +8,8 @@ use airlock_engine::ChatConfig;
 use serde_json::Value;
 
 fn cases(name: &str) -> Vec<(String, Vec<i64>, String)> {
-    let golden: Value = serde_json::from_str(&std::fs::read_to_string(support::golden(name)).unwrap()).unwrap();
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(support::golden(name)).unwrap()).unwrap();
     golden["cases"]
         .as_array()
         .unwrap()
@@ -16,7 +17,12 @@ fn cases(name: &str) -> Vec<(String, Vec<i64>, String)> {
         .map(|c| {
             (
                 c["text"].as_str().unwrap().to_owned(),
-                c["ids"].as_array().unwrap().iter().map(|i| i.as_i64().unwrap()).collect(),
+                c["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_i64().unwrap())
+                    .collect(),
                 c["decoded"].as_str().unwrap().to_owned(),
             )
         })
@@ -29,11 +35,19 @@ fn smollm2_plain_text_tokenises_as_the_reference_and_round_trips() {
     let cases = cases("smollm2_tokens.json");
     assert!(cases.len() >= 15);
     for (text, want, decoded) in cases {
-        let ids: Vec<i64> = model.tokenize(&text, false).into_iter().map(i64::from).collect();
+        let ids: Vec<i64> = model
+            .tokenize(&text, false)
+            .into_iter()
+            .map(i64::from)
+            .collect();
         assert_eq!(ids, want, "ids of {text:?}");
         assert_eq!(decoded, text, "the reference itself round-trips {text:?}");
         let ids: Vec<i32> = ids.into_iter().map(|i| i as i32).collect();
-        assert_eq!(model.detokenize(&ids, false), text, "round trip of {text:?}");
+        assert_eq!(
+            model.detokenize(&ids, false),
+            text,
+            "round trip of {text:?}"
+        );
     }
 }
 
@@ -42,7 +56,11 @@ fn smollm2_control_token_text_in_user_content_stays_plain_text() {
     let model = support::smollm2(&ChatConfig::default());
     let plain = model.tokenize("<|im_start|>", false);
     let special = model.tokenize("<|im_start|>", true);
-    assert_eq!(special.len(), 1, "with special parsing it is the control token");
+    assert_eq!(
+        special.len(),
+        1,
+        "with special parsing it is the control token"
+    );
     assert!(plain.len() > 1 && !plain.contains(&special[0]), "{plain:?}");
 }
 
@@ -54,6 +72,10 @@ fn minilm_tokenises_as_the_reference() {
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
         assert_eq!(ids, want, "ids of {text:?}");
         let ids: Vec<u32> = ids.into_iter().map(|i| i as u32).collect();
-        assert_eq!(model.detokenize(&ids).unwrap(), decoded, "decode of {text:?}");
+        assert_eq!(
+            model.detokenize(&ids).unwrap(),
+            decoded,
+            "decode of {text:?}"
+        );
     }
 }

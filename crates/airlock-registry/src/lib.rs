@@ -38,7 +38,7 @@ pub use error::{Error, Result};
 pub use policy::{Policy, Role};
 pub use reference::{Reference, Selector};
 pub use registry::{
-    ApprovalInfo, ApprovedModel, FileInfo, FsckReport, GcReport, ImportReport, InitReport, Registry, TrustInfo,
-    VersionDetail, VersionSummary,
+    ApprovalInfo, ApprovedModel, FileInfo, FsckReport, GcReport, ImportReport, InitReport,
+    Registry, TrustInfo, VersionDetail, VersionSummary,
 };
 pub use store::{FAULT_KILL_AT_ENV, FAULT_TRACE_ENV, Layout, default_data_dir};

@@ -374,7 +374,10 @@ pub mod gguf_edit {
             header.extend_from_slice(raw);
         }
         header.extend_from_slice(&infos);
-        header.resize((header.len() as u64).div_ceil(alignment) as usize * alignment as usize, 0);
+        header.resize(
+            (header.len() as u64).div_ceil(alignment) as usize * alignment as usize,
+            0,
+        );
         w.write_all(&header)?;
         r.seek(SeekFrom::Start(data_start))?;
         io::copy(&mut r, &mut w)?;

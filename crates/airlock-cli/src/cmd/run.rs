@@ -17,7 +17,12 @@ use crate::cli::{EmbedArgs, RunArgs};
 use crate::output;
 
 /// Opens an approved version (re-hashing its blobs) and checks it is of the wanted kind.
-fn approved(data: &Path, reference: &str, kind: &str, purpose: &str) -> anyhow::Result<ApprovedModel> {
+fn approved(
+    data: &Path,
+    reference: &str,
+    kind: &str,
+    purpose: &str,
+) -> anyhow::Result<ApprovedModel> {
     let registry = open_registry(data)?;
     let reference = Reference::parse(reference)?;
     let model = registry.open_approved(&reference, purpose)?;
@@ -37,7 +42,10 @@ fn approved(data: &Path, reference: &str, kind: &str, purpose: &str) -> anyhow::
 }
 
 fn files(model: &ApprovedModel) -> ModelFiles {
-    ModelFiles::new(format!("{}:{}", model.name, model.version), model.files.clone())
+    ModelFiles::new(
+        format!("{}:{}", model.name, model.version),
+        model.files.clone(),
+    )
 }
 
 pub(crate) fn chat(args: RunArgs, data: &Path) -> anyhow::Result<ExitCode> {

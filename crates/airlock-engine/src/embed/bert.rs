@@ -46,12 +46,22 @@ impl BertConfig {
     pub(super) fn check(&self, label: &str) -> Result<()> {
         let bad = |reason: String| Err(Error::model(label, format!("config.json: {reason}")));
         if self.model_type != "bert" {
-            return bad(format!("model_type {:?} is not supported (bert is)", self.model_type));
+            return bad(format!(
+                "model_type {:?} is not supported (bert is)",
+                self.model_type
+            ));
         }
         if self.hidden_act != "gelu" {
-            return bad(format!("hidden_act {:?} is not supported (gelu is)", self.hidden_act));
+            return bad(format!(
+                "hidden_act {:?} is not supported (gelu is)",
+                self.hidden_act
+            ));
         }
-        if self.position_embedding_type.as_deref().is_some_and(|t| t != "absolute") {
+        if self
+            .position_embedding_type
+            .as_deref()
+            .is_some_and(|t| t != "absolute")
+        {
             return bad("only absolute position embeddings are supported".into());
         }
         for (name, value, max) in [
@@ -59,7 +69,11 @@ impl BertConfig {
             ("num_hidden_layers", self.num_hidden_layers, 128),
             ("num_attention_heads", self.num_attention_heads, 256),
             ("intermediate_size", self.intermediate_size, 65_536),
-            ("max_position_embeddings", self.max_position_embeddings, 8_192),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                8_192,
+            ),
             ("type_vocab_size", self.type_vocab_size, 16),
             ("vocab_size", self.vocab_size, 1 << 20),
         ] {
@@ -74,7 +88,10 @@ impl BertConfig {
             ));
         }
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps < 1.0) {
-            return bad(format!("layer_norm_eps {} is out of range", self.layer_norm_eps));
+            return bad(format!(
+                "layer_norm_eps {} is out of range",
+                self.layer_norm_eps
+            ));
         }
         Ok(())
     }
@@ -113,12 +130,25 @@ impl Bert {
         let h = config.hidden_size;
         let i = config.intermediate_size;
         // sentence-transformers saves the bare encoder; transformers checkpoints prefix it.
-        let prefix = if w.has("embeddings.word_embeddings.weight") { "" } else { "bert." };
+        let prefix = if w.has("embeddings.word_embeddings.weight") {
+            ""
+        } else {
+            "bert."
+        };
         let mut t = |name: &str, shape: &[usize]| w.tensor(&format!("{prefix}{name}"), shape);
         let words = t("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
-        let positions = t("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?;
-        let token_type = t("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h])?;
-        let embed_norm = (t("embeddings.LayerNorm.weight", &[h])?, t("embeddings.LayerNorm.bias", &[h])?);
+        let positions = t(
+            "embeddings.position_embeddings.weight",
+            &[config.max_position_embeddings, h],
+        )?;
+        let token_type = t(
+            "embeddings.token_type_embeddings.weight",
+            &[config.type_vocab_size, h],
+        )?;
+        let embed_norm = (
+            t("embeddings.LayerNorm.weight", &[h])?,
+            t("embeddings.LayerNorm.bias", &[h])?,
+        );
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for n in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{n}.");
@@ -132,12 +162,18 @@ impl Bert {
                 v_bias: l("attention.self.value.bias", &[h])?,
                 out: l("attention.output.dense.weight", &[h, h])?,
                 out_bias: l("attention.output.dense.bias", &[h])?,
-                attn_norm: (l("attention.output.LayerNorm.weight", &[h])?, l("attention.output.LayerNorm.bias", &[h])?),
+                attn_norm: (
+                    l("attention.output.LayerNorm.weight", &[h])?,
+                    l("attention.output.LayerNorm.bias", &[h])?,
+                ),
                 up: l("intermediate.dense.weight", &[i, h])?,
                 up_bias: l("intermediate.dense.bias", &[i])?,
                 down: l("output.dense.weight", &[h, i])?,
                 down_bias: l("output.dense.bias", &[h])?,
-                ffn_norm: (l("output.LayerNorm.weight", &[h])?, l("output.LayerNorm.bias", &[h])?),
+                ffn_norm: (
+                    l("output.LayerNorm.weight", &[h])?,
+                    l("output.LayerNorm.bias", &[h])?,
+                ),
             });
         }
         Ok(Self {
@@ -170,7 +206,12 @@ impl Bert {
                 let dst = &mut x[row * h..(row + 1) * h];
                 let word = &self.words[id * h..(id + 1) * h];
                 let position = &self.positions[pos * h..(pos + 1) * h];
-                for (((d, a), b), c) in dst.iter_mut().zip(word).zip(position).zip(&self.token_type[..h]) {
+                for (((d, a), b), c) in dst
+                    .iter_mut()
+                    .zip(word)
+                    .zip(position)
+                    .zip(&self.token_type[..h])
+                {
                     *d = a + b + c;
                 }
                 row += 1;
@@ -198,16 +239,57 @@ impl Bert {
                 rest = tail;
                 start += seq.len() * h;
             }
-            parts.into_par_iter().for_each_init(Vec::new, |scores, (at, len, out)| {
-                let end = at + len * h;
-                attention(out, &q[at..end], &k[at..end], &v[at..end], len, h, heads, scores);
-            });
-            linear(&mut proj, &ctx, &layer.out, &layer.out_bias, rows, h, h, par);
-            add_layer_norm(&mut x, Some(&proj), &layer.attn_norm.0, &layer.attn_norm.1, eps);
+            parts
+                .into_par_iter()
+                .for_each_init(Vec::new, |scores, (at, len, out)| {
+                    let end = at + len * h;
+                    attention(
+                        out,
+                        &q[at..end],
+                        &k[at..end],
+                        &v[at..end],
+                        len,
+                        h,
+                        heads,
+                        scores,
+                    );
+                });
+            linear(
+                &mut proj,
+                &ctx,
+                &layer.out,
+                &layer.out_bias,
+                rows,
+                h,
+                h,
+                par,
+            );
+            add_layer_norm(
+                &mut x,
+                Some(&proj),
+                &layer.attn_norm.0,
+                &layer.attn_norm.1,
+                eps,
+            );
             linear(&mut up, &x, &layer.up, &layer.up_bias, rows, h, inter, par);
             gelu(&mut up);
-            linear(&mut proj, &up, &layer.down, &layer.down_bias, rows, inter, h, par);
-            add_layer_norm(&mut x, Some(&proj), &layer.ffn_norm.0, &layer.ffn_norm.1, eps);
+            linear(
+                &mut proj,
+                &up,
+                &layer.down,
+                &layer.down_bias,
+                rows,
+                inter,
+                h,
+                par,
+            );
+            add_layer_norm(
+                &mut x,
+                Some(&proj),
+                &layer.ffn_norm.0,
+                &layer.ffn_norm.1,
+                eps,
+            );
         }
         x
     }

@@ -12,7 +12,16 @@ use rayon::prelude::*;
 const ROWS_PER_TASK: usize = 16;
 
 /// `out[m×n] = x[m×k] · w[n×k]ᵀ + bias[n]`, all row-major (PyTorch's `Linear` layout).
-pub(super) fn linear(out: &mut [f32], x: &[f32], w: &[f32], bias: &[f32], m: usize, k: usize, n: usize, par: Par) {
+pub(super) fn linear(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    par: Par,
+) {
     debug_assert_eq!(out.len(), m * n);
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(w.len(), n * k);
@@ -31,7 +40,16 @@ pub(super) fn linear(out: &mut [f32], x: &[f32], w: &[f32], bias: &[f32], m: usi
 
 /// Self-attention of one sequence of `len` tokens: `q`, `k`, `v` and `out` are that
 /// sequence's rows (`len × hidden`, row-major), split into `heads` heads.
-pub(super) fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], len: usize, hidden: usize, heads: usize, scratch: &mut Vec<f32>) {
+pub(super) fn attention(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    len: usize,
+    hidden: usize,
+    heads: usize,
+    scratch: &mut Vec<f32>,
+) {
     let dh = hidden / heads;
     let scale = 1.0 / (dh as f32).sqrt();
     scratch.clear();
@@ -67,7 +85,13 @@ pub(super) fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], len: u
 }
 
 /// `x = LayerNorm(x + residual)` row by row (`residual` may be absent).
-pub(super) fn add_layer_norm(x: &mut [f32], residual: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) {
+pub(super) fn add_layer_norm(
+    x: &mut [f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
     let n = gamma.len();
     let body = |(i, rows): (usize, &mut [f32])| {
         for (j, row) in rows.chunks_exact_mut(n).enumerate() {
@@ -85,7 +109,9 @@ pub(super) fn add_layer_norm(x: &mut [f32], residual: Option<&[f32]>, gamma: &[f
             }
         }
     };
-    x.par_chunks_mut(n * ROWS_PER_TASK).enumerate().for_each(body);
+    x.par_chunks_mut(n * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(body);
 }
 
 /// Exact (erf-based) GELU, in place, as BERT's `hidden_act = "gelu"`.

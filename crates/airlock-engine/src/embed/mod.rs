@@ -128,7 +128,11 @@ fn read_small(label: &str, path: &Path, limit: u64) -> Result<Vec<u8>> {
     if meta.len() > limit {
         return Err(Error::model(
             label,
-            format!("{} is {} bytes; the limit is {limit}", path.display(), meta.len()),
+            format!(
+                "{} is {} bytes; the limit is {limit}",
+                path.display(),
+                meta.len()
+            ),
         ));
     }
     std::fs::read(path).map_err(|e| Error::Io {
@@ -158,9 +162,16 @@ impl EmbeddingModel {
         let pooling = match json_file::<PoolingConfig>(files, "1_Pooling/config.json")? {
             None => Pooling::Mean,
             Some(p) if p.pooling_mode_mean_sqrt_len_tokens => {
-                return Err(Error::model(&label, "mean_sqrt_len pooling is not supported"));
+                return Err(Error::model(
+                    &label,
+                    "mean_sqrt_len pooling is not supported",
+                ));
             }
-            Some(p) => match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token, p.pooling_mode_max_tokens) {
+            Some(p) => match (
+                p.pooling_mode_mean_tokens,
+                p.pooling_mode_cls_token,
+                p.pooling_mode_max_tokens,
+            ) {
                 (true, false, false) => Pooling::Mean,
                 (false, true, false) => Pooling::Cls,
                 (false, false, true) => Pooling::Max,
@@ -236,7 +247,10 @@ impl EmbeddingModel {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| Error::Request(format!("cannot tokenise: {e}")))?;
-        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
+        Ok(encodings
+            .into_iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
     }
 
     /// The text of `ids`, special tokens left out (BERT tokenizers normalise: lower case,
@@ -266,14 +280,26 @@ impl EmbeddingModel {
         let tokens = ids.iter().map(Vec::len).sum();
         let vectors = self.threads.install(|| {
             let hidden = self.bert.forward(&ids);
-            pool(&hidden, &ids, self.info.dimension, self.info.pooling, self.info.normalized)
+            pool(
+                &hidden,
+                &ids,
+                self.info.dimension,
+                self.info.pooling,
+                self.info.normalized,
+            )
         });
         Ok(Embeddings { vectors, tokens })
     }
 }
 
 /// Pools each sequence's rows of `hidden` (sequences packed one after another).
-fn pool(hidden: &[f32], ids: &[Vec<u32>], dim: usize, pooling: Pooling, normalize: bool) -> Vec<Vec<f32>> {
+fn pool(
+    hidden: &[f32],
+    ids: &[Vec<u32>],
+    dim: usize,
+    pooling: Pooling,
+    normalize: bool,
+) -> Vec<Vec<f32>> {
     let mut out = Vec::with_capacity(ids.len());
     let mut row = 0;
     for seq in ids {
@@ -313,7 +339,11 @@ fn pool(hidden: &[f32], ids: &[Vec<u32>], dim: usize, pooling: Pooling, normaliz
 
 /// Cosine similarity of two vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     (dot / (na * nb).max(1e-30)) as f32

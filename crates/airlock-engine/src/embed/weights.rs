@@ -62,7 +62,9 @@ impl<'a> Weights<'a> {
             .map(|(name, value)| {
                 serde_json::from_value::<TensorInfo>(value)
                     .map(|info| (name.clone(), info))
-                    .map_err(|e| Error::model(label, format!("model.safetensors tensor {name}: {e}")))
+                    .map_err(|e| {
+                        Error::model(label, format!("model.safetensors tensor {name}: {e}"))
+                    })
             })
             .collect::<Result<_>>()?;
         Ok(Self {
@@ -82,14 +84,16 @@ impl<'a> Weights<'a> {
     /// Reads tensor `name`, which must have `shape`, as `f32`s.
     pub(super) fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let label = self.label;
-        let info = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| Error::model(label, format!("model.safetensors has no tensor {name}")))?;
+        let info = self.tensors.get(name).ok_or_else(|| {
+            Error::model(label, format!("model.safetensors has no tensor {name}"))
+        })?;
         if info.shape != shape {
             return Err(Error::model(
                 label,
-                format!("tensor {name} is {:?}; the config needs {shape:?}", info.shape),
+                format!(
+                    "tensor {name} is {:?}; the config needs {shape:?}",
+                    info.shape
+                ),
             ));
         }
         let count: usize = shape.iter().product();
@@ -122,7 +126,8 @@ impl<'a> Weights<'a> {
                 .read_exact(bytemuck::cast_slice_mut(&mut out))
                 .map_err(|e| Error::model(label, format!("reading {name}: {e}")))?;
             if cfg!(target_endian = "big") {
-                out.iter_mut().for_each(|x| *x = f32::from_bits(x.to_bits().swap_bytes()));
+                out.iter_mut()
+                    .for_each(|x| *x = f32::from_bits(x.to_bits().swap_bytes()));
             }
         } else {
             let mut raw = vec![0u16; count];

@@ -13,19 +13,29 @@ pub(crate) fn models_dir() -> PathBuf {
         .unwrap_or_else(|| {
             std::env::var_os("AIRLOCK_CACHE")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/airlock"))
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/airlock")
+                })
                 .join("models")
         })
 }
 
 pub(crate) fn smollm2_path() -> PathBuf {
     let path = models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        path.display()
+    );
     path
 }
 
 pub(crate) fn smollm2(config: &ChatConfig) -> ChatModel {
-    let files = ModelFiles::single("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", &smollm2_path());
+    let files = ModelFiles::single(
+        "smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        &smollm2_path(),
+    );
     ChatModel::load(&files, config).expect("SmolLM2 loads")
 }
 
@@ -37,5 +47,7 @@ pub(crate) fn minilm() -> EmbeddingModel {
 
 /// `crates/airlock-engine/tests/golden/NAME`.
 pub(crate) fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
 }

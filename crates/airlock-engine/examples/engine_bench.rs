@@ -1,0 +1,164 @@
+//! Throughput of the embedded engine, for `scripts/bench-engine.sh` (which runs llama.cpp's
+//! llama-bench and onnxruntime beside it on the same files and threads).
+//!
+//!   engine_bench chat MODEL.gguf THREADS PROMPT_TOKENS GEN_TOKENS STREAMS,...
+//!   engine_bench embed MODEL_DIR THREADS BATCH SENTENCES_FILE ROUNDS
+//!
+//! Prints one JSON object per measurement.
+
+#![expect(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark tool"
+)]
+
+use std::time::{Duration, Instant};
+
+use airlock_engine::embed::EmbeddingConfig;
+use airlock_engine::{
+    ChatConfig, ChatModel, EmbeddingModel, Event, GenerateParams, ModelFiles, SamplingParams,
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("chat") => chat(&args[1..]),
+        Some("embed") => embed(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: engine_bench chat MODEL THREADS PROMPT GEN STREAMS | embed DIR THREADS BATCH FILE ROUNDS"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+/// A prompt of `n` ordinary tokens (what llama-bench feeds: arbitrary ids, no template).
+fn prompt(model: &ChatModel, n: usize, salt: usize) -> Vec<i32> {
+    let text = (0..n)
+        .map(|i| format!(" w{}", (i * 7919 + salt * 104_729) % 997))
+        .collect::<String>();
+    let mut ids = model.tokenize(&text, false);
+    ids.truncate(n);
+    ids
+}
+
+fn chat(args: &[String]) {
+    let path = std::path::Path::new(&args[0]);
+    let threads: usize = args[1].parse().unwrap();
+    let prompt_tokens: usize = args[2].parse().unwrap();
+    let gen_tokens: usize = args[3].parse().unwrap();
+    let streams: Vec<usize> = args[4].split(',').map(|s| s.parse().unwrap()).collect();
+    let max_streams = *streams.iter().max().unwrap();
+    let files = ModelFiles::single("bench", "model.gguf", path);
+    let config = ChatConfig {
+        threads,
+        slots: max_streams,
+        context_per_slot: Some((prompt_tokens + gen_tokens + 16).next_multiple_of(256)),
+        queue: max_streams,
+        batch_tokens: 512,
+    };
+    let model = ChatModel::load(&files, &config).unwrap();
+    let params = GenerateParams {
+        max_tokens: Some(gen_tokens),
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    // Warm-up, then single-stream prefill and decode rates.
+    model
+        .generate(prompt(&model, prompt_tokens, 99), params.clone())
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    let mut best_prefill = 0f64;
+    let mut best_decode = 0f64;
+    for round in 0..3 {
+        let p = prompt(&model, prompt_tokens, round);
+        let n_prompt = p.len();
+        let start = Instant::now();
+        let mut g = model.generate(p, params.clone()).unwrap();
+        let mut first = None;
+        let mut tokens = 0usize;
+        while let Some(event) = g.next_blocking() {
+            match event.unwrap() {
+                Event::Token { .. } => {
+                    tokens += 1;
+                    first.get_or_insert_with(Instant::now);
+                }
+                Event::Done { .. } => break,
+            }
+        }
+        let end = Instant::now();
+        let first = first.unwrap();
+        best_prefill = best_prefill.max(n_prompt as f64 / (first - start).as_secs_f64());
+        best_decode = best_decode.max((tokens - 1) as f64 / (end - first).as_secs_f64());
+    }
+    println!(
+        "{{\"kind\":\"single\",\"threads\":{threads},\"prompt_tokens\":{prompt_tokens},\"gen_tokens\":{gen_tokens},\"prefill_tok_s\":{best_prefill:.1},\"decode_tok_s\":{best_decode:.1}}}"
+    );
+    for &n in &streams {
+        let start = Instant::now();
+        let running: Vec<_> = (0..n)
+            .map(|i| {
+                model
+                    .generate(prompt(&model, prompt_tokens, 1000 + i), params.clone())
+                    .unwrap()
+            })
+            .collect();
+        let generated: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = running
+                .into_iter()
+                .map(|g| s.spawn(move || g.collect_blocking().unwrap().usage.completion_tokens))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        let wall = start.elapsed();
+        println!(
+            "{{\"kind\":\"aggregate\",\"streams\":{n},\"generated\":{generated},\"seconds\":{:.3},\"tok_s\":{:.1}}}",
+            wall.as_secs_f64(),
+            generated as f64 / wall.as_secs_f64()
+        );
+    }
+}
+
+fn embed(args: &[String]) {
+    let dir = std::path::Path::new(&args[0]);
+    let threads: usize = args[1].parse().unwrap();
+    let batch: usize = args[2].parse().unwrap();
+    let sentences: Vec<String> = std::fs::read_to_string(&args[3])
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let rounds: usize = args[4].parse().unwrap();
+    let files = ModelFiles::directory("bench", dir).unwrap();
+    let model = EmbeddingModel::load(
+        &files,
+        &EmbeddingConfig {
+            threads,
+            max_batch: batch,
+        },
+    )
+    .unwrap();
+    let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    model.embed(&texts[..batch]).unwrap();
+    let mut best = Duration::MAX;
+    let mut tokens = 0;
+    for _ in 0..rounds {
+        let start = Instant::now();
+        tokens = 0;
+        for chunk in texts.chunks(batch) {
+            tokens += model.embed(chunk).unwrap().tokens;
+        }
+        best = best.min(start.elapsed());
+    }
+    println!(
+        "{{\"kind\":\"embed\",\"threads\":{threads},\"batch\":{batch},\"sentences\":{},\"tokens_per_sentence\":{:.1},\"seconds\":{:.3},\"sentences_s\":{:.1}}}",
+        texts.len(),
+        tokens as f64 / texts.len() as f64,
+        best.as_secs_f64(),
+        texts.len() as f64 / best.as_secs_f64()
+    );
+}
