@@ -169,7 +169,7 @@ def smollm2_greedy(gguf_path, llama_root, template):
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     prompt = env.from_string(template).render(messages=CHAT, add_generation_prompt=True)
-    llm = Llama(model_path=gguf_path, n_ctx=2048, n_threads=2, n_batch=512, verbose=False)
+    llm = Llama(model_path=gguf_path, n_ctx=2048, n_threads=2, n_batch=512, flash_attn=True, verbose=False)
     add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
     prompt_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -177,7 +177,10 @@ def smollm2_greedy(gguf_path, llama_root, template):
     llm.eval(prompt_ids)
     out = []
     for _ in range(GREEDY_TOKENS):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        # The last decoded position's logits, straight from llama.cpp (Llama.scores is only
+        # filled with logits_all, which changes nothing here but costs memory).
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
+        token = int(np.argmax(logits))
         if llama_cpp.llama_vocab_is_eog(vocab, token):
             break
         out.append(token)
@@ -189,6 +192,10 @@ def smollm2_greedy(gguf_path, llama_root, template):
         "llama_cpp_python": llama_cpp.__version__,
         "prompt_rendering": "jinja2 ImmutableSandboxedEnvironment(trim_blocks, lstrip_blocks) on the GGUF's chat template",
         "n_threads": 2,
+        # The engine runs attention with llama.cpp's flash-attention kernels; the reference
+        # uses the same, as the two attention paths round differently and greedy decoding
+        # follows the rounding at near-ties.
+        "flash_attn": True,
     }
     return {"provenance": provenance(extra), "messages": CHAT, "prompt": prompt, "prompt_tokens": prompt_ids,
             "max_tokens": GREEDY_TOKENS, "tokens": out, "text": text}

@@ -111,3 +111,59 @@ fn sixteen_concurrent_generations_each_equal_their_single_run() {
         assert_eq!(a.text, b.text);
     }
 }
+
+/// The golden file is llama.cpp's own greedy continuation (argmax of its logits each step) of a
+/// fixed chat, made by `scripts/reference/make-goldens.sh`; our prompt and every generated token
+/// must be the same.
+#[test]
+fn greedy_output_equals_llama_cpp_token_for_token() {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(support::golden("smollm2_greedy.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = |key: &str| -> Vec<i32> {
+        golden[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| i32::try_from(t.as_i64().unwrap()).unwrap())
+            .collect()
+    };
+    let messages: Vec<Message> = golden["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let role = match m["role"].as_str().unwrap() {
+                "system" => Role::System,
+                "user" => Role::User,
+                other => panic!("golden role {other}"),
+            };
+            Message::new(role, m["content"].as_str().unwrap())
+        })
+        .collect();
+    let expected = ids("tokens");
+    assert!(!expected.is_empty(), "the golden file holds no tokens");
+
+    let model = support::smollm2(&ChatConfig::default());
+    let prompt = model.chat_prompt(&messages).unwrap();
+    assert_eq!(
+        prompt,
+        ids("prompt_tokens"),
+        "prompt tokens differ from llama.cpp's"
+    );
+    let out = model
+        .generate(
+            prompt,
+            GenerateParams {
+                max_tokens: Some(usize::try_from(golden["max_tokens"].as_u64().unwrap()).unwrap()),
+                sampling: SamplingParams::greedy(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert_eq!(out.tokens, expected, "ours: {:?}", out.text);
+    assert_eq!(out.text, golden["text"].as_str().unwrap());
+}
