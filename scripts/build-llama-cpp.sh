@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's own tools from the llama_cpp_python sdist on PyPI (which carries
-# llama.cpp's full source): llama-bench (the engine benchmark's anchor) and libllama.so (which
-# the sdist's Python bindings load, for reference outputs). Cached; prints the build directory.
+# llama.cpp's full source): llama-bench and llama-batched-bench (the engine benchmark's
+# anchors) and libllama.so (which the sdist's Python bindings load, for reference outputs). Cached; prints the build directory.
 #
 # Built for the same CPU baseline as airlock's embedded llama.cpp (.cargo/config.toml):
 # AVX2/FMA/F16C, GGML_NATIVE off (a native build picks up AMX where the host advertises it
@@ -16,7 +16,7 @@ url="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58
 root="$cache/llama-cpp-python-$version"
 build="$root/build"
 
-if [ -x "$build/bin/llama-bench" ] && [ -f "$build/bin/libllama.so" ]; then
+if [ -x "$build/bin/llama-bench" ] && [ -x "$build/bin/llama-batched-bench" ] && [ -f "$build/bin/libllama.so" ]; then
   echo "$root"
   exit 0
 fi
@@ -33,11 +33,11 @@ got="$(sha256sum "$sdist" | cut -d' ' -f1)"
 rm -rf "$root"
 mkdir -p "$root"
 tar -xzf "$sdist" -C "$root" --strip-components=1
-echo "llama.cpp: building llama-bench and libllama.so (several minutes on 2 cores)" >&2
+echo "llama.cpp: building llama-bench, llama-batched-bench and libllama.so (several minutes on 2 cores)" >&2
 cmake -S "$root/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
   -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
   -DGGML_SSE42=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >"$root/cmake.log" 2>&1
-cmake --build "$build" --target llama-bench llama -j "$(nproc)" >>"$root/cmake.log" 2>&1 \
+cmake --build "$build" --target llama-bench llama-batched-bench llama -j "$(nproc)" >>"$root/cmake.log" 2>&1 \
   || { tail -30 "$root/cmake.log" >&2; exit 1; }
 echo "$root"

@@ -98,23 +98,35 @@ fn chat(args: &[String]) {
     println!(
         "{{\"kind\":\"single\",\"threads\":{threads},\"prompt_tokens\":{prompt_tokens},\"gen_tokens\":{gen_tokens},\"prefill_tok_s\":{best_prefill:.1},\"decode_tok_s\":{best_decode:.1}}}"
     );
+    // Each concurrency twice, the faster counts (the same rule as the single stream's best
+    // of three): a shared machine's noise only ever slows a run down.
     for &n in &streams {
-        let start = Instant::now();
-        let running: Vec<_> = (0..n)
-            .map(|i| {
-                model
-                    .generate(prompt(&model, prompt_tokens, 1000 + i), params.clone())
-                    .unwrap()
-            })
-            .collect();
-        let generated: usize = std::thread::scope(|s| {
-            let handles: Vec<_> = running
-                .into_iter()
-                .map(|g| s.spawn(move || g.collect_blocking().unwrap().usage.completion_tokens))
+        let mut best: Option<(usize, Duration)> = None;
+        for round in 0..2 {
+            let start = Instant::now();
+            let running: Vec<_> = (0..n)
+                .map(|i| {
+                    model
+                        .generate(
+                            prompt(&model, prompt_tokens, 1000 + 100 * round + i),
+                            params.clone(),
+                        )
+                        .unwrap()
+                })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        let wall = start.elapsed();
+            let generated: usize = std::thread::scope(|s| {
+                let handles: Vec<_> = running
+                    .into_iter()
+                    .map(|g| s.spawn(move || g.collect_blocking().unwrap().usage.completion_tokens))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            let wall = start.elapsed();
+            if best.is_none_or(|(_, b)| wall < b) {
+                best = Some((generated, wall));
+            }
+        }
+        let (generated, wall) = best.unwrap();
         println!(
             "{{\"kind\":\"aggregate\",\"streams\":{n},\"generated\":{generated},\"seconds\":{:.3},\"tok_s\":{:.1}}}",
             wall.as_secs_f64(),

@@ -10,7 +10,7 @@
 //! masked cells, so a sequence's arithmetic does not depend on what else shares its batch:
 //! the same seed gives the same tokens alone or among fifteen others.
 
-use std::collections::VecDeque;
+use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
@@ -124,7 +124,17 @@ impl SamplingParams {
         Ok(())
     }
 
-    fn sampler(&self, vocabulary: i32) -> LlamaSampler {
+    /// The llama.cpp sampler chain, or `None` for plain greedy decoding, which the worker does
+    /// itself: an argmax over the logits, without copying the vocabulary into a candidate
+    /// array every step.
+    fn sampler(&self, vocabulary: i32) -> Option<LlamaSampler> {
+        if self.temperature == 0.0 && self.repetition_penalty == 1.0 {
+            return None;
+        }
+        Some(self.sampler_chain(vocabulary))
+    }
+
+    fn sampler_chain(&self, vocabulary: i32) -> LlamaSampler {
         let mut chain = Vec::new();
         if self.repetition_penalty != 1.0 {
             chain.push(LlamaSampler::penalties(
@@ -581,7 +591,7 @@ impl Drop for ChatModel {
 struct Slot {
     seq: i32,
     job: Job,
-    sampler: LlamaSampler,
+    sampler: Option<LlamaSampler>,
     /// Prompt tokens already in the KV cache.
     fed: usize,
     /// The token to feed next once the prompt is in.
@@ -651,7 +661,10 @@ fn worker(
     };
     let vocab = model.vocab();
     let mut batch = LlamaBatch::new(config.batch_tokens.max(config.slots), 1);
-    let mut free: VecDeque<i32> = (0..config.slots as i32).collect();
+    // llama.cpp splits a batch over separate per-sequence caches into one compute per run
+    // of consecutive sequence ids (ascending). Handing out the lowest free id and feeding
+    // sequences in id order keeps a whole decode step in one compute.
+    let mut free: BTreeSet<i32> = (0..config.slots as i32).collect();
     let mut running: Vec<Slot> = Vec::with_capacity(config.slots);
     let mut piece = Vec::new();
     let mut closed = false;
@@ -680,7 +693,7 @@ fn worker(
             if job.events.is_closed() {
                 continue;
             }
-            let Some(seq) = free.pop_front() else { break };
+            let Some(seq) = free.pop_first() else { break };
             load.running.fetch_add(1, Ordering::Relaxed);
             running.push(Slot {
                 seq,
@@ -711,6 +724,7 @@ fn worker(
         });
 
         // One batch: every decoding sequence's next token first, then prompt chunks.
+        running.sort_unstable_by_key(|slot| slot.seq);
         batch.clear();
         let capacity = config.batch_tokens.max(config.slots);
         let mut add_failed = None;
@@ -758,7 +772,10 @@ fn worker(
         let mut finished = Vec::new();
         for (index, slot) in running.iter_mut().enumerate() {
             let Some(at) = slot.logits_at else { continue };
-            let token = slot.sampler.sample(&ctx, at);
+            let token = match &mut slot.sampler {
+                Some(sampler) => sampler.sample(&ctx, at),
+                None => LlamaToken(argmax(ctx.get_logits_ith(at))),
+            };
             slot.generated += 1;
             if vocab.is_eog(token) && !slot.job.params.ignore_eos {
                 slot.generated -= 1;
@@ -796,9 +813,44 @@ fn worker(
     }
 }
 
-fn release(ctx: &mut LlamaContext<'_>, free: &mut VecDeque<i32>, load: &Load, seq: i32) {
+/// The index of the first largest logit: what llama.cpp's greedy sampler picks.
+fn argmax(logits: &[f32]) -> i32 {
+    let mut best = 0;
+    for (i, &logit) in logits.iter().enumerate() {
+        if logit > logits[best] {
+            best = i;
+        }
+    }
+    // A vocabulary index always fits: llama.cpp counts tokens in i32.
+    best as i32
+}
+
+fn release(ctx: &mut LlamaContext<'_>, free: &mut BTreeSet<i32>, load: &Load, seq: i32) {
     // A sequence id is always a small non-negative slot number.
     let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
-    free.push_back(seq);
+    free.insert(seq);
     load.running.fetch_sub(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_picks_the_first_of_equal_largest_logits_as_llama_cpp_greedy_does() {
+        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
+        assert_eq!(argmax(&[3.0]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -1e30, -1e30]), 1);
+    }
+
+    #[test]
+    fn only_plain_greedy_skips_the_sampler_chain() {
+        assert!(SamplingParams::greedy().sampler(100).is_none());
+        let penalised = SamplingParams {
+            repetition_penalty: 1.1,
+            ..SamplingParams::greedy()
+        };
+        assert!(penalised.sampler(100).is_some());
+        assert!(SamplingParams::default().sampler(100).is_some());
+    }
 }

@@ -2,7 +2,9 @@
 //!
 //! Matrix products go to `faer` (runtime-dispatched SIMD, AVX-512 where the CPU has it).
 //! The element-wise functions are written as straight-line polynomial code without library
-//! calls, so the compiler vectorises them.
+//! calls, so the compiler vectorises them, and run inside [`vectorized`] so that it does so
+//! for the widest instruction set the CPU has. Every element is computed by the same
+//! operations in the same order on every path, so results do not depend on the CPU.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -10,6 +12,12 @@ use rayon::prelude::*;
 
 /// Rows handed to one thread by the element-wise kernels.
 const ROWS_PER_TASK: usize = 16;
+
+/// Runs `f` compiled for AVX2 + FMA when the CPU has them, else for baseline x86-64.
+#[inline(always)]
+pub(super) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
 
 /// `out[m×n] = x[m×k] · w[n×k]ᵀ + bias[n]`, all row-major (PyTorch's `Linear` layout).
 pub(super) fn linear(
@@ -67,9 +75,11 @@ pub(super) fn attention(
             scale,
             Par::Seq,
         );
-        for row in scores.chunks_exact_mut(len) {
-            softmax(row);
-        }
+        vectorized(|| {
+            for row in scores.chunks_exact_mut(len) {
+                softmax(row);
+            }
+        });
         matmul(
             MatMut::from_row_major_slice_mut(head_out, len, dh),
             Accum::Replace,
@@ -94,20 +104,32 @@ pub(super) fn add_layer_norm(
 ) {
     let n = gamma.len();
     let body = |(i, rows): (usize, &mut [f32])| {
-        for (j, row) in rows.chunks_exact_mut(n).enumerate() {
-            if let Some(res) = residual {
-                let start = (i * ROWS_PER_TASK + j) * n;
-                for (a, b) in row.iter_mut().zip(&res[start..start + n]) {
-                    *a += b;
+        vectorized(|| {
+            for (j, row) in rows.chunks_exact_mut(n).enumerate() {
+                if let Some(res) = residual {
+                    let start = (i * ROWS_PER_TASK + j) * n;
+                    for (a, b) in row.iter_mut().zip(&res[start..start + n]) {
+                        *a += b;
+                    }
+                }
+                let mean = row_sum(row) / n as f32;
+                let mut lanes = [0f32; LANES];
+                let chunks = row.chunks_exact(LANES);
+                let tail = chunks.remainder();
+                for chunk in chunks {
+                    for (s, &v) in lanes.iter_mut().zip(chunk) {
+                        *s += (v - mean) * (v - mean);
+                    }
+                }
+                let var = (tail.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
+                    + lanes.iter().sum::<f32>())
+                    / n as f32;
+                let inv = 1.0 / (var + eps).sqrt();
+                for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                    *v = (*v - mean) * inv * g + b;
                 }
             }
-            let mean = row.iter().sum::<f32>() / n as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
-            let inv = 1.0 / (var + eps).sqrt();
-            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-                *v = (*v - mean) * inv * g + b;
-            }
-        }
+        });
     };
     x.par_chunks_mut(n * ROWS_PER_TASK)
         .enumerate()
@@ -117,9 +139,11 @@ pub(super) fn add_layer_norm(
 /// Exact (erf-based) GELU, in place, as BERT's `hidden_act = "gelu"`.
 pub(super) fn gelu(x: &mut [f32]) {
     x.par_chunks_mut(4096).for_each(|chunk| {
-        for v in chunk {
-            *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
-        }
+        vectorized(|| {
+            for v in chunk {
+                *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        });
     });
 }
 
@@ -146,6 +170,8 @@ pub(super) fn erf(x: f32) -> f32 {
 }
 
 /// e^x for x ≤ 0 (softmax after subtracting the row maximum); relative error below 2e-7.
+/// Integer work is done on bit patterns, never by float-to-int conversion, so that loops of
+/// it vectorise.
 #[inline(always)]
 pub(super) fn exp_neg(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 × 2^23: adding it rounds to an integer.
@@ -153,7 +179,10 @@ pub(super) fn exp_neg(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    // n (an integer in -126..=0) sits in the low mantissa bits of `shifted`.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     let y = x - n * LN2_HI - n * LN2_LO;
     // e^y on |y| ≤ ln2/2, Taylor to degree 6.
     let mut p = 1.0 / 720.0_f32;
@@ -163,17 +192,45 @@ pub(super) fn exp_neg(x: f32) -> f32 {
     p = p * y + 0.5;
     p = p * y + 1.0;
     p = p * y + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits(n_bits.wrapping_add(127) << 23)
+}
+
+/// Lanes of the independent accumulators in reductions: a single running sum is a chain of
+/// dependent additions that no compiler may reorder, so it neither vectorises nor pipelines.
+const LANES: usize = 16;
+
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    tail.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+fn row_sum(row: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (s, &v) in lanes.iter_mut().zip(chunk) {
+            *s += v;
+        }
+    }
+    tail.iter().sum::<f32>() + lanes.iter().sum::<f32>()
 }
 
 fn softmax(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    let max = row_max(row);
     for v in row.iter_mut() {
         *v = exp_neg(*v - max);
-        sum += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / row_sum(row);
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
@@ -210,6 +267,18 @@ mod tests {
         let mut out = [0.0; 4];
         linear(&mut out, &x, &w, &[10.0, 20.0], 2, 3, 2, Par::Seq);
         assert_eq!(out, [8.0, 23.0, 8.0, 27.5]);
+    }
+
+    #[test]
+    fn reductions_cover_every_element_of_any_length() {
+        for len in [1usize, 15, 16, 17, 40, 384] {
+            let row: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            assert_eq!(row_sum(&row), (len * (len - 1) / 2) as f32, "length {len}");
+            assert_eq!(row_max(&row), (len - 1) as f32, "length {len}");
+            let mut reversed = row.clone();
+            reversed.reverse();
+            assert_eq!(row_max(&reversed), (len - 1) as f32, "length {len}");
+        }
     }
 
     #[test]
