@@ -9,8 +9,12 @@
 # loses 2 % of the datagrams and reorders some; the receiver rebuilds and verifies it.
 #
 # Isolated side: create a registry, trust the publisher and a second person's approver key,
-# import the SmolLM2 bundle that came through the diode (quarantined), approve it with the second key, tag it prod,
-# show it, and verify the audit log that recorded every step.
+# import the SmolLM2 bundle that came through the diode (quarantined), approve it with the
+# second key, tag it prod, show it; import and approve all-MiniLM-L6-v2 likewise.
+#
+# Serving, in-process: ask SmolLM2 (from the approved, re-hashed registry files) the capital of
+# France, embed two sentences with all-MiniLM-L6-v2, and verify the audit log that recorded
+# every step, the model loads included.
 #
 #   AIRLOCK_DEMO_DIR  where keys and bundles go (default: a new temporary directory)
 set -euo pipefail
@@ -88,8 +92,19 @@ step "approve (second key), tag prod, show"
 "$airlock" show smollm2:prod
 "$airlock" ls
 
-step "audit: every step is in the log; verify it and prove the import entry"
-"$airlock" audit tail -n 10
+step "import, approve and tag the embedding model"
+"$airlock" import "$work/all-minilm-l6-v2_1.0.0.airlock"
+"$airlock" approve all-minilm-l6-v2:1.0.0 --key "$work/keys/approver.key"
+"$airlock" tag all-minilm-l6-v2:1.0.0 prod
+
+step "run: SmolLM2 answers on the embedded engine (files re-hashed before loading)"
+"$airlock" run smollm2:prod "What is the capital of France? Answer with one word." --max-tokens 32
+
+step "embed: all-MiniLM-L6-v2, mean-pooled and normalised"
+"$airlock" embed all-minilm-l6-v2:prod "The cat sits on the mat." "A feline rests on a rug."
+
+step "audit: every step is in the log; verify it"
+"$airlock" audit tail -n 12
 "$airlock" audit verify
 "$airlock" fsck
 

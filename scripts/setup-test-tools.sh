@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust: the OpenSSF Model Signing reference tool
-# (model-signing with pyopenssl, from PyPI) in a virtual environment in the cache, and GNU tar,
-# sha256sum, OpenSSL and udpcast (the diode benchmark's anchor) from Debian when missing.
+# (model-signing with pyopenssl, from PyPI) in a virtual environment in the cache, and from
+# Debian when missing: GNU tar, sha256sum, OpenSSL, udpcast (the diode benchmark's anchor), and
+# cmake, a C++ compiler and libclang (the embedded engine builds llama.cpp from source).
 #
 #   AIRLOCK_CACHE  cache root (default: ~/.cache/airlock)
 set -euo pipefail
@@ -10,14 +11,21 @@ venv="$cache/tools-venv"
 mkdir -p "$cache"
 
 missing=()
-for tool in tar sha256sum openssl python3 udp-sender; do
+for tool in tar sha256sum openssl python3 udp-sender cmake c++; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+# bindgen finds libclang by its shared object, not by a command.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+  missing+=(libclang)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tools: installing ${missing[*]} from apt"
   pkgs=()
   for t in "${missing[@]}"; do
-    case "$t" in sha256sum) pkgs+=(coreutils) ;; udp-sender) pkgs+=(udpcast) ;; python3) pkgs+=(python3 python3-venv) ;; *) pkgs+=("$t") ;; esac
+    case "$t" in
+      sha256sum) pkgs+=(coreutils) ;; udp-sender) pkgs+=(udpcast) ;; python3) pkgs+=(python3 python3-venv) ;;
+      c++) pkgs+=(g++) ;; libclang) pkgs+=(libclang-dev) ;; *) pkgs+=("$t") ;;
+    esac
   done
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${pkgs[@]}" >/dev/null

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs, fetches the pinned
 # default models, then runs formatting and lint checks, every Rust test, the verify and import
-# benchmarks (which also check that memory stays bounded) and the diode benchmark's delivery
-# check.
+# benchmarks (which also check that memory stays bounded), the diode benchmark's delivery
+# check and the engine benchmark's smoke run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 2; }
@@ -22,3 +22,5 @@ echo "== benchmark: airlock import beside cp and sha256sum, audit appends with g
 bash scripts/bench-import.sh --check
 echo "== benchmark: airlock diode beside udpcast on loopback, 0 % and 1 % loss"
 bash scripts/bench-diode.sh --check
+echo "== benchmark: embedded engine beside llama.cpp and onnxruntime (llama.cpp only if built)"
+bash scripts/bench-engine.sh --check

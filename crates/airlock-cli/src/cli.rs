@@ -143,7 +143,8 @@ pub(crate) struct EmbedArgs {
     /// CPU threads [default: all cores].
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<usize>,
-    /// Print one JSON object (model, digest, dimension, vectors, tokens).
+    /// Print one JSON object with the full vectors (model, digest, dimension, vectors, tokens)
+    /// instead of a summary with the cosine similarity of every pair.
     #[arg(long)]
     pub(crate) json: bool,
 }

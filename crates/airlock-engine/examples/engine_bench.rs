@@ -9,7 +9,6 @@
 #![expect(
     clippy::print_stdout,
     clippy::unwrap_used,
-    clippy::expect_used,
     reason = "a benchmark tool"
 )]
 
@@ -20,7 +19,7 @@ use airlock_engine::{
     ChatConfig, ChatModel, EmbeddingModel, Event, GenerateParams, ModelFiles, SamplingParams,
 };
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("chat") => chat(&args[1..]),
@@ -29,9 +28,10 @@ fn main() {
             eprintln!(
                 "usage: engine_bench chat MODEL THREADS PROMPT GEN STREAMS | embed DIR THREADS BATCH FILE ROUNDS"
             );
-            std::process::exit(2);
+            return std::process::ExitCode::from(2);
         }
     }
+    std::process::ExitCode::SUCCESS
 }
 
 /// A prompt of `n` ordinary tokens (what llama-bench feeds: arbitrary ids, no template).

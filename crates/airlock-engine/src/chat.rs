@@ -498,10 +498,10 @@ impl ChatModel {
             }
         }
         // Templates that write the BOS token themselves must not get a second one.
-        if let Some(&bos) = self.bos_if_wanted().first() {
-            if tokens.first() != Some(&bos) {
-                tokens.insert(0, bos);
-            }
+        if let Some(&bos) = self.bos_if_wanted().first()
+            && tokens.first() != Some(&bos)
+        {
+            tokens.insert(0, bos);
         }
         Ok(tokens)
     }

@@ -100,12 +100,12 @@ pub(crate) fn consistent(model: &str, info: &GgufInfo) -> Result<GgufFacts> {
         .filter(|&n| n > 0)
         .ok_or_else(|| bad("GGUF has no tokenizer.ggml.tokens".into()))?;
     for key in ["tokenizer.ggml.scores", "tokenizer.ggml.token_type"] {
-        if let Some(&n) = info.array_lengths.get(key) {
-            if n != vocab {
-                return Err(bad(format!(
-                    "{key} has {n} entries but the vocabulary has {vocab}"
-                )));
-            }
+        if let Some(&n) = info.array_lengths.get(key)
+            && n != vocab
+        {
+            return Err(bad(format!(
+                "{key} has {n} entries but the vocabulary has {vocab}"
+            )));
         }
     }
     for (key, &id) in &info.integers {
@@ -115,12 +115,12 @@ pub(crate) fn consistent(model: &str, info: &GgufInfo) -> Result<GgufFacts> {
             )));
         }
     }
-    if let Some(shape) = info.tensor_shapes.get("token_embd.weight") {
-        if shape.as_slice() != [embedding, vocab] {
-            return Err(bad(format!(
-                "token_embd.weight is {shape:?} but embedding_length x vocabulary is [{embedding}, {vocab}]"
-            )));
-        }
+    if let Some(shape) = info.tensor_shapes.get("token_embd.weight")
+        && shape.as_slice() != [embedding, vocab]
+    {
+        return Err(bad(format!(
+            "token_embd.weight is {shape:?} but embedding_length x vocabulary is [{embedding}, {vocab}]"
+        )));
     }
     let mut seen = vec![false; layers as usize];
     for name in info.tensor_shapes.keys() {

@@ -184,10 +184,10 @@ fn template_error(e: minijinja::Error) -> Error {
         }
         _ => {
             let mut text = e.to_string();
-            if let Some(line) = e.line() {
-                if !text.contains("line") {
-                    text.push_str(&format!(" (line {line})"));
-                }
+            if let Some(line) = e.line()
+                && !text.contains("line")
+            {
+                text.push_str(&format!(" (line {line})"));
             }
             format!("chat template failed: {text}")
         }

@@ -1,5 +1,10 @@
 //! SmolLM2-135M-Instruct (GGUF, Q4_1) on the embedded engine.
 
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers: a failed expect is a failed test"
+)]
+
 mod support;
 
 use airlock_engine::{ChatConfig, GenerateParams, Message, Role, SamplingParams};

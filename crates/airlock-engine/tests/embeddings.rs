@@ -1,6 +1,12 @@
 //! all-MiniLM-L6-v2 embeddings against onnxruntime's (golden file made by
 //! `scripts/reference/make-goldens.sh`, provenance inside it).
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 mod support;
 
 use airlock_engine::embed::cosine;

@@ -2,6 +2,12 @@
 //! but hostile: each is refused with a clear error, and the process goes on to serve a good
 //! model afterwards.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 mod support;
 
 use airlock_engine::{
@@ -23,7 +29,9 @@ fn load_edited(dir: &std::path::Path, name: &str, edits: &[(&str, MetaValue)]) -
 fn hostile_model_files_are_clear_errors_and_the_process_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
     let template = |t: &str| vec![("tokenizer.chat_template", MetaValue::Str(t.into()))];
-    let cases: Vec<(&str, Vec<(&str, MetaValue)>, &str)> = vec![
+    // (name, metadata edits, what the error must say)
+    type Case<'a> = (&'a str, Vec<(&'a str, MetaValue)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             "loops",
             template(

@@ -2,6 +2,12 @@
 //! fixed corpus with Unicode, whitespace runs and text that looks like special tokens.
 //! Golden files: `tests/golden/*_tokens.json`, made by `scripts/reference/make-goldens.sh`.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 mod support;
 
 use airlock_engine::ChatConfig;

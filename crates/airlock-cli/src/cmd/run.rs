@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use airlock_engine::embed::EmbeddingConfig;
+use airlock_engine::embed::{EmbeddingConfig, cosine};
 use airlock_engine::{
     ChatConfig, ChatModel, EmbeddingModel, Event, GenerateParams, Message, ModelFiles, Role,
     SamplingParams,
@@ -79,6 +79,7 @@ pub(crate) fn chat(args: RunArgs, data: &Path) -> anyhow::Result<ExitCode> {
             repetition_penalty: args.repeat_penalty,
             seed: args.seed,
         },
+        ..GenerateParams::default()
     };
     let mut generation = model.generate(prompt, params)?;
     if args.json {
@@ -124,8 +125,25 @@ pub(crate) fn embed(args: EmbedArgs, data: &Path) -> anyhow::Result<ExitCode> {
             "embeddings": embeddings.vectors,
         }))?;
     } else {
-        for vector in &embeddings.vectors {
-            output::out(&format!("{}\n", serde_json::to_string(vector)?))?;
+        // People read a summary; scripts take the vectors from --json.
+        for (n, (text, vector)) in texts.iter().zip(&embeddings.vectors).enumerate() {
+            let head: Vec<String> = vector.iter().take(4).map(|v| format!("{v:.4}")).collect();
+            output::out(&format!(
+                "{}: {} dimensions [{}, …]  {text:?}\n",
+                n + 1,
+                vector.len(),
+                head.join(", ")
+            ))?;
+        }
+        for i in 0..texts.len() {
+            for j in i + 1..texts.len() {
+                let similarity = cosine(&embeddings.vectors[i], &embeddings.vectors[j]);
+                output::out(&format!(
+                    "cosine similarity {}–{}: {similarity:.4}\n",
+                    i + 1,
+                    j + 1
+                ))?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

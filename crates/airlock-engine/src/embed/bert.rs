@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use faer::Par;
 use rayon::prelude::*;
 use serde::Deserialize;
 
@@ -81,7 +80,7 @@ impl BertConfig {
                 return bad(format!("{name} is {value}; it must be 1 to {max}"));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size ({}) is not a multiple of num_attention_heads ({})",
                 self.hidden_size, self.num_attention_heads
@@ -195,7 +194,6 @@ impl Bert {
         let heads = self.config.num_attention_heads;
         let eps = self.config.layer_norm_eps as f32;
         let rows: usize = ids.iter().map(Vec::len).sum();
-        let par = Par::rayon(0);
 
         let mut x = vec![0f32; rows * h];
         let mut row = 0;
@@ -226,9 +224,9 @@ impl Bert {
         let mut proj = vec![0f32; rows * h];
         let mut up = vec![0f32; rows * inter];
         for layer in &self.layers {
-            linear(&mut q, &x, &layer.q, &layer.q_bias, rows, h, h, par);
-            linear(&mut k, &x, &layer.k, &layer.k_bias, rows, h, h, par);
-            linear(&mut v, &x, &layer.v, &layer.v_bias, rows, h, h, par);
+            linear(&mut q, &x, &layer.q, &layer.q_bias, h, h);
+            linear(&mut k, &x, &layer.k, &layer.k_bias, h, h);
+            linear(&mut v, &x, &layer.v, &layer.v_bias, h, h);
             // Each sequence's rows are contiguous: hand each to a thread.
             let mut parts = Vec::with_capacity(ids.len());
             let mut rest = ctx.as_mut_slice();
@@ -243,27 +241,9 @@ impl Bert {
                 .into_par_iter()
                 .for_each_init(Vec::new, |scores, (at, len, out)| {
                     let end = at + len * h;
-                    attention(
-                        out,
-                        &q[at..end],
-                        &k[at..end],
-                        &v[at..end],
-                        len,
-                        h,
-                        heads,
-                        scores,
-                    );
+                    attention(out, &q[at..end], &k[at..end], &v[at..end], h, heads, scores);
                 });
-            linear(
-                &mut proj,
-                &ctx,
-                &layer.out,
-                &layer.out_bias,
-                rows,
-                h,
-                h,
-                par,
-            );
+            linear(&mut proj, &ctx, &layer.out, &layer.out_bias, h, h);
             add_layer_norm(
                 &mut x,
                 Some(&proj),
@@ -271,18 +251,9 @@ impl Bert {
                 &layer.attn_norm.1,
                 eps,
             );
-            linear(&mut up, &x, &layer.up, &layer.up_bias, rows, h, inter, par);
+            linear(&mut up, &x, &layer.up, &layer.up_bias, h, inter);
             gelu(&mut up);
-            linear(
-                &mut proj,
-                &up,
-                &layer.down,
-                &layer.down_bias,
-                rows,
-                inter,
-                h,
-                par,
-            );
+            linear(&mut proj, &up, &layer.down, &layer.down_bias, inter, h);
             add_layer_norm(
                 &mut x,
                 Some(&proj),

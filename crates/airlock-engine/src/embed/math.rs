@@ -19,17 +19,10 @@ pub(super) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 
-/// `out[m×n] = x[m×k] · w[n×k]ᵀ + bias[n]`, all row-major (PyTorch's `Linear` layout).
-pub(super) fn linear(
-    out: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    par: Par,
-) {
+/// `out[m×n] = x[m×k] · w[n×k]ᵀ + bias[n]`, all row-major (PyTorch's `Linear` layout), on
+/// the threads of the current rayon pool.
+pub(super) fn linear(out: &mut [f32], x: &[f32], w: &[f32], bias: &[f32], k: usize, n: usize) {
+    let m = x.len() / k;
     debug_assert_eq!(out.len(), m * n);
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(w.len(), n * k);
@@ -42,22 +35,22 @@ pub(super) fn linear(
         MatRef::from_row_major_slice(x, m, k),
         MatRef::from_column_major_slice(w, k, n),
         1.0,
-        par,
+        Par::rayon(0),
     );
 }
 
-/// Self-attention of one sequence of `len` tokens: `q`, `k`, `v` and `out` are that
-/// sequence's rows (`len × hidden`, row-major), split into `heads` heads.
+/// Self-attention of one sequence: `q`, `k`, `v` and `out` are that sequence's rows
+/// (`len × hidden`, row-major), split into `heads` heads.
 pub(super) fn attention(
     out: &mut [f32],
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    len: usize,
     hidden: usize,
     heads: usize,
     scratch: &mut Vec<f32>,
 ) {
+    let len = q.len() / hidden;
     let dh = hidden / heads;
     let scale = 1.0 / (dh as f32).sqrt();
     scratch.clear();
@@ -265,7 +258,7 @@ mod tests {
         let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let w = [1.0, 0.0, -1.0, 0.5, 0.5, 0.5];
         let mut out = [0.0; 4];
-        linear(&mut out, &x, &w, &[10.0, 20.0], 2, 3, 2, Par::Seq);
+        linear(&mut out, &x, &w, &[10.0, 20.0], 3, 2);
         assert_eq!(out, [8.0, 23.0, 8.0, 27.5]);
     }
 
