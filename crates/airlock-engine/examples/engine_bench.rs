@@ -6,11 +6,7 @@
 //!
 //! Prints one JSON object per measurement.
 
-#![expect(
-    clippy::print_stdout,
-    clippy::unwrap_used,
-    reason = "a benchmark tool"
-)]
+#![expect(clippy::print_stdout, clippy::unwrap_used, reason = "a benchmark tool")]
 
 use std::time::{Duration, Instant};
 
