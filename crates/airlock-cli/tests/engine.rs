@@ -76,23 +76,7 @@ fn a_blob_altered_after_import_is_refused_at_load() {
     let site = Site::new();
     let reference = pack_and_import(&site, &smollm2(), "smollm2", &[]);
     site.approve(&reference, "approver").ok();
-    let show = site.cmd(&["show", &reference, "--json"]).ok().json();
-    let weights = show["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .max_by_key(|f| f["size"].as_u64().unwrap())
-        .unwrap();
-    let digest = weights["sha256"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_owned();
-    let blob = site
-        .data
-        .join("blobs/sha256")
-        .join(&digest[..2])
-        .join(&digest);
+    let blob = site.blob_path(&reference, "SmolLM2-135M-Instruct.Q4_1.gguf");
     std::fs::set_permissions(&blob, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     crate::support::flip_byte(&blob, 1 << 20);
     assert_failed_with(&ask(&site, &reference, &[]), "has been altered on disk");

@@ -42,6 +42,18 @@ impl Site {
     }
 
     /// Runs `airlock --data DATA ARGS...`.
+    /// Where the registry keeps the blob of the file of `reference` named `path`.
+    pub fn blob_path(&self, reference: &str, path: &str) -> PathBuf {
+        let shown = self.cmd(&["show", reference, "--json"]).ok().json();
+        let files = shown["files"].as_array().unwrap();
+        let file = files.iter().find(|f| f["path"] == path).unwrap();
+        let hex = file["sha256"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        self.data.join("blobs/sha256").join(&hex[..2]).join(hex)
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Run {
         run(airlock().arg("--data").arg(&self.data).args(args))
     }
@@ -403,18 +415,9 @@ fn fsck_finds_an_altered_blob() {
     let site = Site::new();
     let bundle = site.bundle("a", "1.0.0", "publisher", &[]);
     site.import(&bundle).ok();
-    let shown = site.cmd(&["show", "tiny:1.0.0", "--json"]).ok().json();
-    let blob = shown["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "model.safetensors")
-        .unwrap()["sha256"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_owned();
-    let path = site.data.join("blobs/sha256").join(&blob[..2]).join(&blob);
+    let path = site.blob_path("tiny:1.0.0", "model.safetensors");
+    // Blobs are named by their SHA-256.
+    let blob = path.file_name().unwrap().to_str().unwrap().to_owned();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     flip_byte(&path, 100);
@@ -486,22 +489,7 @@ fn a_later_import_replaces_a_damaged_shared_blob_with_its_verified_copy() {
     let site = Site::new();
     site.import(&site.bundle("a", "1.0.0", "publisher", &[]))
         .ok();
-    let shown = site.cmd(&["show", "tiny:1.0.0", "--json"]).ok().json();
-    let config = shown["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "config.json")
-        .unwrap()["sha256"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_owned();
-    let path = site
-        .data
-        .join("blobs/sha256")
-        .join(&config[..2])
-        .join(&config);
+    let path = site.blob_path("tiny:1.0.0", "config.json");
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     flip_byte(&path, 3);
