@@ -105,18 +105,8 @@ pub(super) fn add_layer_norm(
                         *a += b;
                     }
                 }
-                let mean = row_sum(row) / n as f32;
-                let mut lanes = [0f32; LANES];
-                let chunks = row.chunks_exact(LANES);
-                let tail = chunks.remainder();
-                for chunk in chunks {
-                    for (s, &v) in lanes.iter_mut().zip(chunk) {
-                        *s += (v - mean) * (v - mean);
-                    }
-                }
-                let var = (tail.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
-                    + lanes.iter().sum::<f32>())
-                    / n as f32;
+                let mean = row_sum(row, |v| v) / n as f32;
+                let var = row_sum(row, |v| (v - mean) * (v - mean)) / n as f32;
                 let inv = 1.0 / (var + eps).sqrt();
                 for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
                     *v = (*v - mean) * inv * g + b;
@@ -206,16 +196,17 @@ fn row_max(row: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
-fn row_sum(row: &[f32]) -> f32 {
+/// Σ term(v) over the row, in independent lanes.
+fn row_sum(row: &[f32], term: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; LANES];
     let chunks = row.chunks_exact(LANES);
     let tail = chunks.remainder();
     for chunk in chunks {
         for (s, &v) in lanes.iter_mut().zip(chunk) {
-            *s += v;
+            *s += term(v);
         }
     }
-    tail.iter().sum::<f32>() + lanes.iter().sum::<f32>()
+    tail.iter().map(|&v| term(v)).sum::<f32>() + lanes.iter().sum::<f32>()
 }
 
 fn softmax(row: &mut [f32]) {
@@ -223,7 +214,7 @@ fn softmax(row: &mut [f32]) {
     for v in row.iter_mut() {
         *v = exp_neg(*v - max);
     }
-    let inv = 1.0 / row_sum(row);
+    let inv = 1.0 / row_sum(row, |v| v);
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
@@ -266,7 +257,11 @@ mod tests {
     fn reductions_cover_every_element_of_any_length() {
         for len in [1usize, 15, 16, 17, 40, 384] {
             let row: Vec<f32> = (0..len).map(|i| i as f32).collect();
-            assert_eq!(row_sum(&row), (len * (len - 1) / 2) as f32, "length {len}");
+            assert_eq!(
+                row_sum(&row, |v| v),
+                (len * (len - 1) / 2) as f32,
+                "length {len}"
+            );
             assert_eq!(row_max(&row), (len - 1) as f32, "length {len}");
             let mut reversed = row.clone();
             reversed.reverse();
