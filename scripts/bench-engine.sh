@@ -69,8 +69,7 @@ print(f"== chat: SmolLM2-135M-Instruct Q4_1, {prompt_tokens}-token prompt, {gen_
 best = {"prefill_tok_s": 0.0, "decode_tok_s": 0.0}
 ref_pp = ref_tg = 0.0
 for _ in range(1 if check else 3):
-    one = next(r for r in lines([bench, "chat", gguf, str(threads), str(prompt_tokens), str(gen_tokens), "1"])
-               if r["kind"] == "single")
+    (one,) = lines([bench, "chat", gguf, str(threads), str(prompt_tokens), str(gen_tokens)])
     best = {k: max(best[k], one[k]) for k in best}
     if llama_bench:
         # Prefill from an empty cache, decode after the prompt (depth = prompt), as the

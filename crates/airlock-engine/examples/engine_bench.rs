@@ -1,7 +1,7 @@
 //! Throughput of the embedded engine, for `scripts/bench-engine.sh` (which runs llama.cpp's
 //! llama-bench and onnxruntime beside it on the same files and threads).
 //!
-//!   engine_bench chat MODEL.gguf THREADS PROMPT_TOKENS GEN_TOKENS STREAMS,...
+//!   engine_bench chat MODEL.gguf THREADS PROMPT_TOKENS GEN_TOKENS [STREAMS,...]
 //!   engine_bench embed MODEL_DIR THREADS BATCH SENTENCES_FILE ROUNDS
 //!
 //! Prints one JSON object per measurement.
@@ -22,7 +22,7 @@ fn main() -> std::process::ExitCode {
         Some("embed") => embed(&args[1..]),
         _ => {
             eprintln!(
-                "usage: engine_bench chat MODEL THREADS PROMPT GEN STREAMS | embed DIR THREADS BATCH FILE ROUNDS"
+                "usage: engine_bench chat MODEL THREADS PROMPT GEN [STREAMS] | embed DIR THREADS BATCH FILE ROUNDS"
             );
             return std::process::ExitCode::from(2);
         }
@@ -45,8 +45,12 @@ fn chat(args: &[String]) {
     let threads: usize = args[1].parse().unwrap();
     let prompt_tokens: usize = args[2].parse().unwrap();
     let gen_tokens: usize = args[3].parse().unwrap();
-    let streams: Vec<usize> = args[4].split(',').map(|s| s.parse().unwrap()).collect();
-    let max_streams = *streams.iter().max().unwrap();
+    // Without a list of concurrencies, only the single-stream rates are measured.
+    let streams: Vec<usize> = args
+        .get(4)
+        .map(|list| list.split(',').map(|s| s.parse().unwrap()).collect())
+        .unwrap_or_default();
+    let max_streams = streams.iter().copied().max().unwrap_or(1);
     let files = ModelFiles::single("bench", "model.gguf", path);
     let config = ChatConfig {
         threads,
