@@ -20,6 +20,9 @@ pub enum Outcome {
     Ok,
     /// Policy or verification refused it; nothing changed.
     Refused,
+    /// It was attempted and failed for a reason other than a refusal (an API request the
+    /// server could not complete).
+    Failed,
 }
 
 /// An event to record. The log assigns its index and time.
@@ -206,6 +209,7 @@ impl Prepared {
         b.extend_from_slice(match entry.outcome {
             Outcome::Ok => b",\"outcome\":\"ok\"",
             Outcome::Refused => b",\"outcome\":\"refused\"",
+            Outcome::Failed => b",\"outcome\":\"failed\"",
         });
         if let Some(reason) = &entry.reason {
             b.extend_from_slice(b",\"reason\":");

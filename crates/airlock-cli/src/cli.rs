@@ -81,6 +81,100 @@ pub(crate) enum Command {
     Run(Box<RunArgs>),
     /// Embed texts with an approved embedding model (safetensors, sentence-transformers).
     Embed(EmbedArgs),
+    /// Serve approved models over OpenAI- and Anthropic-compatible HTTP APIs.
+    ///
+    /// Every configured model is re-verified before the server starts (approved, blobs
+    /// unchanged); if one fails, nothing is served and the refusal is audited. Every API request
+    /// needs a key (`airlock keys create`) or an OIDC token, and is written to the audit log.
+    /// Settings come from airlock.toml, then AIRLOCK_* variables, then flags.
+    ///
+    /// Example: airlock serve --model chat=smollm2:prod --model embed=all-minilm-l6-v2:prod
+    Serve(ServeArgs),
+    /// Create, list and revoke API keys for `airlock serve` (each change is audited).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Check a server configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeConfigArgs {
+    /// Configuration file (TOML) [default: none; flags and environment only].
+    #[arg(long, env = "AIRLOCK_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "AIRLOCK_LISTEN", value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// Serve REF under ALIAS (repeatable; replaces the file's model of that alias).
+    #[arg(
+        long = "model",
+        env = "AIRLOCK_MODELS",
+        value_delimiter = ',',
+        value_name = "ALIAS=REF"
+    )]
+    pub(crate) models: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) config: ServeConfigArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Validate the configuration (file, environment, flags) and the OIDC JWKS; exit 2 with
+    /// the reason if anything is wrong.
+    Check(ConfigCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigCheckArgs {
+    #[command(flatten)]
+    pub(crate) config: ServeConfigArgs,
+    /// Print the resolved configuration as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Create a key; it is printed once and only its SHA-256 is stored.
+    Create(KeysCreateArgs),
+    /// List keys (never their secrets).
+    Ls(JsonArgs),
+    /// Revoke a key by id, unique id prefix, or name; the server refuses it at once.
+    Revoke(KeysRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeysCreateArgs {
+    /// Who or what uses the key (e.g. wiki-bot).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: String,
+    /// user: the model APIs; admin: also /metrics and /admin/status.
+    #[arg(long, default_value = "user", value_parser = ["user", "admin"])]
+    pub(crate) role: String,
+    /// Highest data class the holder may read (e.g. public, internal, confidential, secret).
+    #[arg(long, default_value = "public", value_name = "LEVEL")]
+    pub(crate) clearance: String,
+    /// Lifetime, e.g. 30d, 12h [default: no expiry].
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) expires: Option<humantime::Duration>,
+    /// Print the key and its details as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeysRevokeArgs {
+    /// Key id, unique id prefix (4+ hex digits), or name.
+    #[arg(value_name = "KEY")]
+    pub(crate) key: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -218,6 +218,8 @@ pub enum Event {
         text: String,
         /// Why it ended.
         reason: FinishReason,
+        /// The stop sequence that ended it, if one did.
+        stop_sequence: Option<String>,
         /// Token counts.
         usage: Usage,
     },
@@ -255,6 +257,7 @@ impl Generation {
                     text,
                     reason,
                     usage,
+                    ..
                 } => {
                     out.text.push_str(&text);
                     out.reason = Some(reason);
@@ -607,11 +610,12 @@ impl Slot {
         self.fed + self.generated.saturating_sub(1)
     }
 
-    fn finish(&mut self, reason: FinishReason) {
+    fn finish(&mut self, reason: FinishReason, stop_sequence: Option<String>) {
         let text = self.text.finish();
         let _ = self.job.events.send(Ok(Event::Done {
             text,
             reason,
+            stop_sequence,
             usage: Usage {
                 prompt_tokens: self.job.prompt.len(),
                 completion_tokens: self.generated,
@@ -779,15 +783,15 @@ fn worker(
             slot.generated += 1;
             if vocab.is_eog(token) && !slot.job.params.ignore_eos {
                 slot.generated -= 1;
-                slot.finish(FinishReason::Stop);
+                slot.finish(FinishReason::Stop, None);
                 finished.push(index);
                 continue;
             }
             piece.clear();
             vocab.token_to_piece_into(token, &mut piece, false, None);
             let (text, stopped) = match slot.text.push(&piece) {
-                Release::Text(t) => (t, false),
-                Release::Stopped(t) => (t, true),
+                Release::Text(t) => (t, None),
+                Release::Stopped { text, stop } => (text, Some(stop)),
             };
             let _ = slot.job.events.send(Ok(Event::Token { id: token.0, text }));
             let at_limit = slot
@@ -796,11 +800,11 @@ fn worker(
                 .max_tokens
                 .is_some_and(|m| slot.generated >= m);
             let context_full = slot.fed + slot.generated >= context_per_slot;
-            if stopped {
-                slot.finish(FinishReason::Stop);
+            if let Some(stop) = stopped {
+                slot.finish(FinishReason::Stop, Some(stop));
                 finished.push(index);
             } else if at_limit || context_full {
-                slot.finish(FinishReason::Length);
+                slot.finish(FinishReason::Length, None);
                 finished.push(index);
             } else {
                 slot.next = Some(token);

@@ -11,7 +11,12 @@ pub enum Release {
     /// Text that is safe to show (possibly empty).
     Text(String),
     /// A stop sequence matched: the text before it, and generation ends.
-    Stopped(String),
+    Stopped {
+        /// Text before the stop sequence.
+        text: String,
+        /// The stop sequence that matched.
+        stop: String,
+    },
 }
 
 /// Turns a stream of token bytes into visible text, watching for stop sequences.
@@ -36,11 +41,12 @@ impl TextStream {
     pub fn push(&mut self, bytes: &[u8]) -> Release {
         self.undecoded.extend_from_slice(bytes);
         self.decode();
-        if let Some(at) = self.first_stop() {
+        if let Some((at, stop)) = self.first_stop() {
             let text = self.held[..at].to_owned();
+            let stop = self.stops[stop].clone();
             self.held.clear();
             self.undecoded.clear();
-            return Release::Stopped(text);
+            return Release::Stopped { text, stop };
         }
         let keep = self.longest_stop_prefix_suffix();
         let cut = self.held.len() - keep;
@@ -92,10 +98,12 @@ impl TextStream {
         self.undecoded.drain(..start);
     }
 
-    fn first_stop(&self) -> Option<usize> {
+    /// Where the earliest stop sequence begins in `held`, and which one it is.
+    fn first_stop(&self) -> Option<(usize, usize)> {
         self.stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
+            .enumerate()
+            .filter_map(|(n, s)| self.held.find(s.as_str()).map(|at| (at, n)))
             .min()
     }
 
@@ -129,8 +137,8 @@ mod tests {
         for chunk in chunks {
             match stream.push(chunk) {
                 Release::Text(t) => out.push_str(&t),
-                Release::Stopped(t) => {
-                    out.push_str(&t);
+                Release::Stopped { text, .. } => {
+                    out.push_str(&text);
                     return (out, true);
                 }
             }
@@ -145,7 +153,26 @@ mod tests {
         let mut stream = TextStream::new(&stops);
         assert_eq!(stream.push(b"Paris#"), Release::Text("Paris".into()));
         assert_eq!(stream.push(b"#"), Release::Text(String::new()));
-        assert_eq!(stream.push(b"# more"), Release::Stopped(String::new()));
+        assert_eq!(
+            stream.push(b"# more"),
+            Release::Stopped {
+                text: String::new(),
+                stop: "###".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_earliest_stop_sequence_in_the_text_is_the_one_reported() {
+        let stops = vec!["END".to_owned(), "\n".to_owned()];
+        let mut stream = TextStream::new(&stops);
+        assert_eq!(
+            stream.push(b"a\nb END"),
+            Release::Stopped {
+                text: "a".into(),
+                stop: "\n".into()
+            }
+        );
     }
 
     #[test]

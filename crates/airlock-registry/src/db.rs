@@ -81,6 +81,19 @@ CREATE TABLE IF NOT EXISTS exceptions (
     created_at TEXT NOT NULL
 ) STRICT;
 
+-- API keys for `airlock serve`: only the SHA-256 of each key is kept.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    role       TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+    clearance  TEXT NOT NULL,
+    hash       TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    expires_at TEXT,
+    revoked_at TEXT
+) STRICT;
+
 -- Audit entries committed with a state change, written to the audit log right after the
 -- commit and then deleted. A crash in between leaves them here for the next command to
 -- write, so no change ever goes unaudited.

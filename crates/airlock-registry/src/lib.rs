@@ -28,6 +28,7 @@
 mod copy;
 mod db;
 mod error;
+pub mod keys;
 pub mod policy;
 pub mod records;
 pub mod reference;
@@ -35,6 +36,7 @@ mod registry;
 pub mod store;
 
 pub use error::{Error, Result};
+pub use keys::{KeyInfo, KeyRejection, KeyRole, KeyStore, NewKey};
 pub use policy::{Policy, Role};
 pub use reference::{Reference, Selector};
 pub use registry::{

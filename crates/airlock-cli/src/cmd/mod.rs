@@ -4,9 +4,11 @@ mod audit;
 mod diode;
 mod inspect;
 mod keygen;
+mod keys;
 mod pack;
 mod registry;
 mod run;
+mod serve;
 mod sign;
 mod trust;
 mod verify;
@@ -37,6 +39,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => audit::run(cmd, &data_dir(data)?),
         Command::Run(args) => run::chat(*args, &data_dir(data)?),
         Command::Embed(args) => run::embed(args, &data_dir(data)?),
+        Command::Serve(args) => serve::serve(args, data),
+        Command::Config(cmd) => serve::config(cmd, data),
+        Command::Keys(cmd) => keys::run(cmd, &data_dir(data)?),
         other => registry::run(other, &data_dir(data)?),
     }
 }

@@ -3,6 +3,7 @@
 //! submodules: `import`, `lifecycle` (approve, reject, tag, list, show, remove),
 //! `maintenance` (gc, fsck, export) and `trust`.
 
+mod api_keys;
 mod import;
 mod lifecycle;
 mod maintenance;
@@ -10,6 +11,7 @@ mod trust;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use airlock_audit::{AuditLog, Entry, NoteSigner, NoteVerifier, Outcome};
@@ -34,7 +36,7 @@ pub(super) fn now() -> String {
 pub struct Registry {
     layout: Layout,
     conn: Connection,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
     policy: Policy,
     limits: Limits,
     actor: String,
@@ -329,7 +331,11 @@ impl Registry {
             [],
             |r| r.get(0),
         )?;
-        let audit = AuditLog::open(&layout.audit(), &origin, Self::load_signer(&layout)?)?;
+        let audit = Arc::new(AuditLog::open(
+            &layout.audit(),
+            &origin,
+            Self::load_signer(&layout)?,
+        )?);
         let policy = Policy::load(&layout.policy())?;
         let registry = Self {
             layout,
@@ -378,6 +384,17 @@ impl Registry {
     /// The data directory layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// The audit log, shared: a server appends an entry per request through it while the
+    /// registry stays open for reloads.
+    pub fn audit_log(&self) -> Arc<AuditLog> {
+        Arc::clone(&self.audit)
+    }
+
+    /// Who this registry records as the actor of its own entries.
+    pub fn actor(&self) -> &str {
+        &self.actor
     }
 
     /// The policy in force.

@@ -1,0 +1,128 @@
+//! `airlock serve` and `airlock config check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use airlock_server::Server;
+use airlock_server::config::{Config, RawConfig};
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::cli::{ConfigCommand, ServeArgs, ServeConfigArgs};
+use crate::output;
+
+/// Defaults < file < environment < flags (clap folds AIRLOCK_* into the flags).
+fn resolve(args: &ServeConfigArgs, data: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::load(path)?,
+        None => RawConfig::default(),
+    };
+    if let Some(listen) = &args.listen {
+        raw.listen = Some(listen.clone());
+    }
+    if let Some(data) = data {
+        raw.data_dir = Some(data);
+    }
+    for model in &args.models {
+        raw.set_model(model)?;
+    }
+    Ok(raw.validate(args.config.as_deref())?)
+}
+
+pub(crate) fn serve(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = resolve(&args.config, data)?;
+    // Warnings and errors (audit failures, llama.cpp) go to stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let server = Server::start(config, &super::actor())?;
+    runtime.block_on(async move {
+        let listener = server.bind().await?;
+        let addr = listener
+            .local_addr()
+            .context("reading the listening address")?;
+        let app = server.app();
+        let mut text = format!("airlock: serving on http://{addr}/v1\n");
+        for model in app.models.values() {
+            text.push_str(&format!(
+                "  {} = {}:{} ({}, {})\n",
+                model.alias,
+                model.name,
+                model.version,
+                model.kind(),
+                model.digest
+            ));
+        }
+        output::out(&text)?;
+        server.run(listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+pub(crate) fn config(command: ConfigCommand, data: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let ConfigCommand::Check(args) = command;
+    let config = resolve(&args.config, data)?;
+    if let Some(oidc) = &config.oidc {
+        airlock_server::auth::check_jwks(&oidc.jwks_file)?;
+    }
+    if args.json {
+        let models: serde_json::Map<String, serde_json::Value> = config
+            .models
+            .iter()
+            .map(|(alias, m)| {
+                (
+                    alias.clone(),
+                    json!({"ref": m.reference, "slots": m.slots, "context": m.context, "threads": m.threads}),
+                )
+            })
+            .collect();
+        output::json(&json!({
+            "valid": true,
+            "listen": config.listen.to_string(),
+            "data_dir": config.data_dir,
+            "models": models,
+            "oidc": config.oidc.as_ref().map(|o| json!({"issuer": o.issuer, "audience": o.audience, "jwks_file": o.jwks_file})),
+            "log_bodies": config.log_bodies,
+            "limits": {
+                "max_body_bytes": config.limits.max_body_bytes,
+                "max_tokens": config.limits.max_tokens,
+                "per_key_concurrency": config.limits.per_key_concurrency,
+                "per_key_per_minute": config.limits.per_key_per_minute,
+                "queue": config.limits.queue,
+                "max_embedding_inputs": config.limits.max_embedding_inputs,
+                "embedding_queue": config.limits.embedding_queue,
+            },
+        }))?;
+    } else {
+        output::out(&format!(
+            "configuration is valid: listen {}, {} model(s), OIDC {}\n",
+            config.listen,
+            config.models.len(),
+            if config.oidc.is_some() { "on" } else { "off" }
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

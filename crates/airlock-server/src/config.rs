@@ -1,0 +1,448 @@
+//! `airlock.toml`: what the server serves, to whom, within which limits.
+//!
+//! Precedence is built-in defaults < the file < `AIRLOCK_*` environment < flags. The file
+//! is read into [`RawConfig`] (every field optional, unknown fields refused), overrides are
+//! applied on top, and [`RawConfig::validate`] produces the [`Config`] the server runs with.
+//! Nothing after startup sees a raw value.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The file as written: every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on.
+    pub listen: Option<String>,
+    /// Registry data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Alias → model to serve.
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+    /// Who may call.
+    #[serde(default)]
+    pub auth: RawAuth,
+    /// Ceilings.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// What the audit log keeps of each request.
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+/// One served model.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// `name:tag`, `name:version` or `name@sha256:<hex>`.
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    /// Generations that run at once (chat models).
+    pub slots: Option<usize>,
+    /// Tokens one generation may hold, prompt and answer (chat models).
+    pub context: Option<usize>,
+    /// CPU threads.
+    pub threads: Option<usize>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// `[auth.oidc]`: accept JWTs from the enclave's identity provider.
+    pub oidc: Option<RawOidc>,
+}
+
+/// `[auth.oidc]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    /// Expected `iss`.
+    pub issuer: Option<String>,
+    /// Expected `aud` (one of them, if the token has several).
+    pub audience: Option<String>,
+    /// JWKS file exported from the identity provider (no key is ever fetched).
+    pub jwks_file: Option<PathBuf>,
+    /// Claim holding the caller's roles (a string or an array of strings).
+    pub role_claim: Option<String>,
+    /// Values of the role claim that make the caller an admin.
+    pub admin_roles: Option<Vec<String>>,
+    /// Values of the role claim that let the caller in as a user. Empty: any valid token.
+    pub user_roles: Option<Vec<String>>,
+    /// Claim holding the caller's clearance.
+    pub clearance_claim: Option<String>,
+    /// Clearance of a token without that claim.
+    pub default_clearance: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: Option<u64>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request body, bytes.
+    pub max_body_bytes: Option<usize>,
+    /// Largest `max_tokens` a request may ask for.
+    pub max_tokens: Option<usize>,
+    /// Requests one key may have in flight.
+    pub per_key_concurrency: Option<usize>,
+    /// Requests one key may start per minute.
+    pub per_key_per_minute: Option<u32>,
+    /// Requests that may wait for a generation slot, per chat model.
+    pub queue: Option<usize>,
+    /// Texts in one embeddings request.
+    pub max_embedding_inputs: Option<usize>,
+    /// Embedding requests that may wait for the model, per embedding model.
+    pub embedding_queue: Option<usize>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Keep prompt and completion text in the audit log (`true`), or only their SHA-256
+    /// (`false`, the default).
+    pub log_bodies: Option<bool>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Registry data directory.
+    pub data_dir: PathBuf,
+    /// Alias → model.
+    pub models: BTreeMap<String, ModelSpec>,
+    /// OIDC, if configured.
+    pub oidc: Option<OidcConfig>,
+    /// Ceilings.
+    pub limits: Limits,
+    /// Keep bodies in the audit log.
+    pub log_bodies: bool,
+}
+
+/// A model to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// Registry reference.
+    pub reference: String,
+    /// Generations at once (chat).
+    pub slots: usize,
+    /// Tokens per generation (chat); `None`: the model's own, at most 4096.
+    pub context: Option<usize>,
+    /// CPU threads; `None`: all cores.
+    pub threads: Option<usize>,
+}
+
+/// Validated `[auth.oidc]`.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected `aud`.
+    pub audience: String,
+    /// The JWKS file.
+    pub jwks_file: PathBuf,
+    /// Claim with roles.
+    pub role_claim: String,
+    /// Role values that make an admin.
+    pub admin_roles: Vec<String>,
+    /// Role values that make a user; empty: any valid token.
+    pub user_roles: Vec<String>,
+    /// Claim with the clearance.
+    pub clearance_claim: String,
+    /// Clearance when the claim is absent.
+    pub default_clearance: String,
+    /// Tolerated clock skew.
+    pub leeway: Duration,
+}
+
+/// Every ceiling the server enforces, with its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body (default 1 MiB: far above any prompt the served context holds).
+    pub max_body_bytes: usize,
+    /// Largest `max_tokens` (default 4096).
+    pub max_tokens: usize,
+    /// Requests one principal may have in flight (default 32).
+    pub per_key_concurrency: usize,
+    /// Requests one principal may start per minute (default 6000).
+    pub per_key_per_minute: u32,
+    /// Requests waiting for a chat slot before 429s (default 64).
+    pub queue: usize,
+    /// Texts in one embeddings request (default 256).
+    pub max_embedding_inputs: usize,
+    /// Embedding requests waiting for the model before 429s (default 64).
+    pub embedding_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_tokens: 4096,
+            per_key_concurrency: 32,
+            per_key_per_minute: 6000,
+            queue: 64,
+            max_embedding_inputs: 256,
+            embedding_queue: 64,
+        }
+    }
+}
+
+/// Default listen address: loopback only; serving other hosts is a deliberate choice.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Generations per chat model at once when the config does not say.
+const DEFAULT_SLOTS: usize = 8;
+
+impl RawConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: Some(path.to_owned()),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Config { reason, .. } => Error::Config {
+                path: Some(path.to_owned()),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses config text.
+    pub fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Config {
+            path: None,
+            reason: e.message().to_owned(),
+        })
+    }
+
+    /// Adds or replaces a model from `ALIAS=REF` (a flag or env value).
+    pub fn set_model(&mut self, assignment: &str) -> Result<()> {
+        let (alias, reference) = assignment.split_once('=').ok_or_else(|| Error::Config {
+            path: None,
+            reason: format!("model {assignment:?} is not ALIAS=REF (e.g. chat=smollm2:prod)"),
+        })?;
+        let model = self.models.entry(alias.trim().to_owned()).or_default();
+        model.reference = Some(reference.trim().to_owned());
+        Ok(())
+    }
+
+    /// Checks every value and resolves defaults. `path` names the file in errors.
+    pub fn validate(self, path: Option<&Path>) -> Result<Config> {
+        let bad = |reason: String| Error::Config {
+            path: path.map(Path::to_owned),
+            reason,
+        };
+        let listen_text = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| bad(format!("listen {listen_text:?} is not an IP:port address")))?;
+        let data_dir = self
+            .data_dir
+            .or_else(airlock_registry::default_data_dir)
+            .ok_or_else(|| bad("no data_dir given and no default data directory".into()))?;
+        let mut models = BTreeMap::new();
+        for (alias, raw) in self.models {
+            check_alias(&alias).map_err(&bad)?;
+            let reference = raw
+                .reference
+                .ok_or_else(|| bad(format!("model {alias:?} has no ref")))?;
+            airlock_registry::Reference::parse(&reference)
+                .map_err(|e| bad(format!("model {alias:?}: {e}")))?;
+            let slots = raw.slots.unwrap_or(DEFAULT_SLOTS);
+            if !(1..=256).contains(&slots) {
+                return Err(bad(format!(
+                    "model {alias:?}: slots {slots} is not 1..=256"
+                )));
+            }
+            if raw.context.is_some_and(|c| !(16..=1 << 20).contains(&c)) {
+                return Err(bad(format!(
+                    "model {alias:?}: context must be 16..=1048576"
+                )));
+            }
+            if raw.threads.is_some_and(|t| !(1..=1024).contains(&t)) {
+                return Err(bad(format!("model {alias:?}: threads must be 1..=1024")));
+            }
+            models.insert(
+                alias,
+                ModelSpec {
+                    reference,
+                    slots,
+                    context: raw.context,
+                    threads: raw.threads,
+                },
+            );
+        }
+        if models.is_empty() {
+            return Err(bad(
+                "no models to serve: add [models.ALIAS] ref = \"name:tag\" or --model ALIAS=REF"
+                    .into(),
+            ));
+        }
+        let oidc = self.auth.oidc.map(|o| validate_oidc(o, &bad)).transpose()?;
+        let defaults = Limits::default();
+        let l = self.limits;
+        let limits = Limits {
+            max_body_bytes: l.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_tokens: l.max_tokens.unwrap_or(defaults.max_tokens),
+            per_key_concurrency: l
+                .per_key_concurrency
+                .unwrap_or(defaults.per_key_concurrency),
+            per_key_per_minute: l.per_key_per_minute.unwrap_or(defaults.per_key_per_minute),
+            queue: l.queue.unwrap_or(defaults.queue),
+            max_embedding_inputs: l
+                .max_embedding_inputs
+                .unwrap_or(defaults.max_embedding_inputs),
+            embedding_queue: l.embedding_queue.unwrap_or(defaults.embedding_queue),
+        };
+        for (name, value) in [
+            ("max_body_bytes", limits.max_body_bytes),
+            ("max_tokens", limits.max_tokens),
+            ("per_key_concurrency", limits.per_key_concurrency),
+            ("per_key_per_minute", limits.per_key_per_minute as usize),
+            ("max_embedding_inputs", limits.max_embedding_inputs),
+        ] {
+            if value == 0 {
+                return Err(bad(format!("limits.{name} must be at least 1")));
+            }
+        }
+        if limits.max_body_bytes > 256 << 20 {
+            return Err(bad("limits.max_body_bytes is over 256 MiB".into()));
+        }
+        Ok(Config {
+            listen,
+            data_dir,
+            models,
+            oidc,
+            limits,
+            log_bodies: self.audit.log_bodies.unwrap_or(false),
+        })
+    }
+}
+
+fn validate_oidc(raw: RawOidc, bad: &impl Fn(String) -> Error) -> Result<OidcConfig> {
+    let need = |value: Option<String>, name: &str| {
+        value
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| bad(format!("auth.oidc.{name} is required")))
+    };
+    Ok(OidcConfig {
+        issuer: need(raw.issuer, "issuer")?,
+        audience: need(raw.audience, "audience")?,
+        jwks_file: raw
+            .jwks_file
+            .ok_or_else(|| bad("auth.oidc.jwks_file is required".into()))?,
+        role_claim: raw.role_claim.unwrap_or_else(|| "roles".into()),
+        admin_roles: raw
+            .admin_roles
+            .unwrap_or_else(|| vec!["airlock-admin".into()]),
+        user_roles: raw.user_roles.unwrap_or_default(),
+        clearance_claim: raw.clearance_claim.unwrap_or_else(|| "clearance".into()),
+        default_clearance: raw.default_clearance.unwrap_or_else(|| "public".into()),
+        leeway: Duration::from_secs(raw.leeway_seconds.unwrap_or(30).min(600)),
+    })
+}
+
+/// Aliases appear in URLs' JSON bodies and metric labels: keep them plain.
+fn check_alias(alias: &str) -> std::result::Result<(), String> {
+    let ok = !alias.is_empty()
+        && alias.len() <= 64
+        && alias
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "model alias {alias:?}: use 1-64 letters, digits, '.', '_', '-', ':'"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validated(text: &str) -> Result<Config> {
+        RawConfig::parse(text)?.validate(None)
+    }
+
+    #[test]
+    fn a_minimal_file_gets_loopback_and_the_documented_defaults() -> Result<()> {
+        let config = validated("data_dir = \"/d\"\n[models.chat]\nref = \"smollm2:prod\"\n")?;
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert!(config.listen.ip().is_loopback());
+        assert_eq!(config.limits, Limits::default());
+        assert!(!config.log_bodies);
+        assert_eq!(config.models["chat"].slots, DEFAULT_SLOTS);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let err = validated("data_dir = \"/d\"\nlisten_port = 80\n").map(|_| ());
+        assert!(
+            matches!(&err, Err(Error::Config { reason, .. }) if reason.contains("listen_port"))
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_reason() {
+        for (text, needle) in [
+            (
+                "data_dir=\"/d\"\nlisten = \"localhost\"\n[models.a]\nref=\"m:prod\"",
+                "listen",
+            ),
+            ("data_dir=\"/d\"\n", "no models"),
+            ("data_dir=\"/d\"\n[models.a]\nref=\"M!\"", "model \"a\""),
+            ("data_dir=\"/d\"\n[models.\"a b\"]\nref=\"m:prod\"", "alias"),
+            (
+                "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\nslots=0",
+                "slots",
+            ),
+            (
+                "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\n[limits]\nmax_tokens=0",
+                "max_tokens",
+            ),
+            (
+                "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\n[auth.oidc]\nissuer=\"i\"",
+                "audience",
+            ),
+        ] {
+            match validated(text) {
+                Err(Error::Config { reason, .. }) => {
+                    assert!(reason.contains(needle), "{text:?}: {reason}");
+                }
+                other => panic!("{text:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn flags_replace_a_models_reference_from_the_file() -> Result<()> {
+        let mut raw = RawConfig::parse("data_dir=\"/d\"\n[models.chat]\nref=\"a:prod\"\nslots=2")?;
+        raw.set_model("chat=b:prod")?;
+        raw.set_model("emb=c:prod")?;
+        let config = raw.validate(None)?;
+        assert_eq!(config.models["chat"].reference, "b:prod");
+        assert_eq!(config.models["chat"].slots, 2);
+        assert_eq!(config.models["emb"].reference, "c:prod");
+        assert!(matches!(
+            RawConfig::default().set_model("no-equals"),
+            Err(Error::Config { .. })
+        ));
+        Ok(())
+    }
+}

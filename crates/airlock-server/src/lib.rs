@@ -1,0 +1,280 @@
+//! `airlock serve`: approved models behind OpenAI- and Anthropic-compatible HTTP APIs.
+//!
+//! The server admits only approved registry versions whose blobs still hash to their
+//! digests ([`models::admit`]), authenticates every API request with a registry key or an
+//! OIDC JWT ([`auth`]), applies per-key limits, and writes every request to the audit log
+//! before answering ([`gate`]). Official SDKs work by changing their base URL.
+//!
+//! It deliberately does not: fetch anything (JWKS come from a file), listen beyond loopback
+//! unless told to, or run models the registry has not approved.
+//!
+//! ```no_run
+//! # async fn demo() -> airlock_server::Result<()> {
+//! use airlock_server::config::RawConfig;
+//! let mut raw = RawConfig::default();
+//! raw.data_dir = Some("/var/lib/airlock".into());
+//! raw.set_model("chat=smollm2:prod")?;
+//! let server = airlock_server::Server::start(raw.validate(None)?, "user:ops")?;
+//! let listener = server.bind().await?;
+//! server.run(listener, std::future::pending()).await
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+
+mod anthropic;
+pub mod auth;
+pub mod config;
+mod error;
+pub mod gate;
+mod generation;
+pub mod limits;
+pub mod metrics;
+pub mod models;
+mod openai;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use airlock_audit::{AuditLog, Entry, Outcome};
+use airlock_registry::{KeyStore, Registry};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+pub use error::{ApiError, Dialect, Error, Result};
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::limits::Limiter;
+use crate::metrics::Metrics;
+use crate::models::ServedModel;
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Everything a request handler reads.
+#[derive(Debug)]
+pub struct App {
+    /// The validated configuration.
+    pub config: Config,
+    /// Alias → loaded model.
+    pub models: BTreeMap<String, Arc<ServedModel>>,
+    auth: Authenticator,
+    audit: Arc<AuditLog>,
+    limiter: Limiter,
+    metrics: Metrics,
+    id_prefix: String,
+    next_id: AtomicU64,
+    started: Instant,
+    ready: AtomicBool,
+}
+
+impl App {
+    /// The served model called `alias`.
+    pub fn model(&self, alias: &str) -> Result<&Arc<ServedModel>, ApiError> {
+        self.models
+            .get(alias)
+            .ok_or_else(|| ApiError::UnknownModel {
+                model: alias.to_owned(),
+            })
+    }
+
+    /// A fresh response id: unique within this process and unlikely to repeat across
+    /// restarts.
+    pub fn next_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}{n:08x}", self.id_prefix)
+    }
+}
+
+/// The router: API routes behind the [gate](gate::gate), probes outside it.
+pub fn router(app: Arc<App>) -> Router {
+    let limit = app.config.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/models", get(openai::models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/metrics", get(metrics))
+        .route("/admin/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            gate::gate,
+        ))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+async fn not_found(request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    ApiError::NotFound { path }.into_response_for(gate::dialect(request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    ApiError::MethodNotAllowed.into_response_for(gate::dialect(request.uri().path()))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.ready.load(Ordering::Acquire) {
+        "ready\n".into_response()
+    } else {
+        ApiError::Unavailable {
+            message: "shutting down".into(),
+        }
+        .into_response_for(Dialect::OpenAi)
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = app.metrics.render(app.models.values().map(AsRef::as_ref));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn status(State(app): State<Arc<App>>) -> Response {
+    let models: Vec<_> = app
+        .models
+        .values()
+        .map(|m| {
+            json!({
+                "alias": m.alias, "name": m.name, "version": m.version, "digest": m.digest,
+                "kind": m.kind(), "running": m.running(), "queued": m.queued(),
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "listen": app.config.listen.to_string(),
+        "models": models,
+        "log_bodies": app.config.log_bodies,
+    }))
+    .into_response()
+}
+
+/// A server whose models are admitted and loaded, ready to bind.
+#[derive(Debug)]
+pub struct Server {
+    app: Arc<App>,
+    actor: String,
+}
+
+impl Server {
+    /// Opens the registry, admits and loads every configured model, and prepares
+    /// authentication. Fails — with an audit entry — if any model may not be served.
+    pub fn start(config: Config, actor: &str) -> Result<Self> {
+        let registry = Registry::open(&config.data_dir, actor)?;
+        let models = models::admit(&registry, &config)?;
+        let auth = Authenticator::new(KeyStore::open(&config.data_dir)?, config.oidc.as_ref())?;
+        let mut prefix = [0u8; 6];
+        rand_prefix(&mut prefix);
+        let app = App {
+            limiter: Limiter::new(
+                config.limits.per_key_concurrency,
+                config.limits.per_key_per_minute,
+            ),
+            config,
+            models,
+            auth,
+            audit: registry.audit_log(),
+            metrics: Metrics::default(),
+            id_prefix: hex::encode(prefix),
+            next_id: AtomicU64::new(0),
+            started: Instant::now(),
+            ready: AtomicBool::new(true),
+        };
+        Ok(Self {
+            app: Arc::new(app),
+            actor: actor.to_owned(),
+        })
+    }
+
+    /// The shared state (for in-process tests and benchmarks).
+    pub fn app(&self) -> Arc<App> {
+        Arc::clone(&self.app)
+    }
+
+    /// Binds the configured address.
+    pub async fn bind(&self) -> Result<tokio::net::TcpListener> {
+        let addr = self.app.config.listen;
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Io {
+                what: format!("listening on {addr}"),
+                source,
+            })
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains requests in flight.
+    /// Start and stop are audit entries.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let local = listener.local_addr().map_err(|source| Error::Io {
+            what: "reading the listening address".into(),
+            source,
+        })?;
+        let mut start = Entry::new(&self.actor, "serve.start", Outcome::Ok)
+            .detail("listen", local.to_string())
+            .detail("log_bodies", self.app.config.log_bodies)
+            .detail("oidc", self.app.config.oidc.is_some());
+        for (alias, model) in &self.app.models {
+            start = start.detail(&format!("model.{alias}"), model.digest.clone());
+        }
+        self.app.audit.append(start)?;
+        let app = Arc::clone(&self.app);
+        let service =
+            router(Arc::clone(&self.app)).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, service)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                app.ready.store(false, Ordering::Release);
+            })
+            .await;
+        self.app.audit.append(
+            Entry::new(&self.actor, "serve.stop", Outcome::Ok).detail("listen", local.to_string()),
+        )?;
+        served.map_err(|source| Error::Io {
+            what: format!("serving on {local}"),
+            source,
+        })
+    }
+}
+
+fn rand_prefix(out: &mut [u8]) {
+    use std::hash::{BuildHasher, RandomState};
+    // Response ids need to be unique, not secret: the std hasher's random keys suffice.
+    let mut seed = RandomState::new().hash_one(SystemTime::now());
+    for byte in out {
+        *byte = seed as u8;
+        seed = seed.rotate_right(8);
+    }
+}

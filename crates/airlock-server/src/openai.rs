@@ -1,0 +1,731 @@
+//! OpenAI-compatible routes: `/v1/models`, `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings`.
+//!
+//! Parameters are parsed strictly: unknown fields are refused by name, and known ones this
+//! server does not implement (`n` > 1, tools, logprobs, ...) get a 400 rather than being
+//! silently ignored.
+
+use std::sync::Arc;
+
+use airlock_engine::{FinishReason, GenerateParams, Message, Role, SamplingParams};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::error::{ApiError, Dialect};
+use crate::gate::RequestRecord;
+use crate::generation::{
+    self, Ending, StopSequences, StreamFormat, max_tokens, parse_body, refuse_if, seed,
+};
+
+/// Answers with the handler's response, or its error in OpenAI's shape.
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|e| e.into_response_for(Dialect::OpenAi))
+}
+
+/// `GET /v1/models`.
+pub(crate) async fn models(State(app): State<Arc<App>>) -> Response {
+    let data: Vec<Value> = app
+        .models
+        .values()
+        .map(|m| {
+            json!({
+                "id": m.alias,
+                "object": "model",
+                "created": m.loaded_at,
+                "owned_by": "airlock",
+                "airlock": {"name": m.name, "version": m.version, "digest": m.digest, "kind": m.kind()},
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// A chat message's content: text, or text parts.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+impl Content {
+    fn text(self) -> Result<String, ApiError> {
+        match self {
+            Self::Text(t) => Ok(t),
+            Self::Parts(parts) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (
+                        part.get("type").and_then(Value::as_str),
+                        part.get("text").and_then(Value::as_str),
+                    ) {
+                        (Some("text"), Some(t)) => text.push_str(t),
+                        (Some(kind), _) => {
+                            return Err(ApiError::unsupported(
+                                "messages",
+                                format!(
+                                    "content parts of type {kind:?} are not supported; send text"
+                                ),
+                            ));
+                        }
+                        _ => {
+                            return Err(ApiError::invalid_param(
+                                "messages",
+                                "a content part has no type",
+                            ));
+                        }
+                    }
+                }
+                Ok(text)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatMessage {
+    role: String,
+    content: Option<Content>,
+    #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "accepted for compatibility; names do not reach the template"
+    )]
+    name: Option<String>,
+}
+
+/// The request body of `POST /v1/chat/completions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    stop: Option<StopSequences>,
+    seed: Option<i64>,
+    n: Option<u32>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+    logit_bias: Option<Value>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    functions: Option<Value>,
+    function_call: Option<Value>,
+    parallel_tool_calls: Option<bool>,
+    response_format: Option<Value>,
+    #[expect(
+        dead_code,
+        reason = "accepted for compatibility: the caller is known from the key"
+    )]
+    user: Option<String>,
+    #[expect(dead_code, reason = "accepted for compatibility; not stored")]
+    metadata: Option<Value>,
+    store: Option<bool>,
+    // Extensions that llama.cpp's server and vLLM accept too.
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+impl ChatRequest {
+    /// Refuses parameters set to something this server does not do.
+    fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        refuse_if(&self.n, "n", |n| *n == 1)?;
+        refuse_if(&self.frequency_penalty, "frequency_penalty", |v| *v == 0.0)?;
+        refuse_if(&self.presence_penalty, "presence_penalty", |v| *v == 0.0)?;
+        refuse_if(&self.logprobs, "logprobs", |v| !v)?;
+        refuse_if(&self.top_logprobs, "top_logprobs", |v| *v == 0)?;
+        refuse_if(&self.logit_bias, "logit_bias", |v| {
+            v.as_object().is_some_and(|o| o.is_empty()) || v.is_null()
+        })?;
+        refuse_if(&self.tools, "tools", |v| {
+            v.as_array().is_some_and(|a| a.is_empty()) || v.is_null()
+        })?;
+        refuse_if(&self.tool_choice, "tool_choice", |v| {
+            v == "none" || v.is_null()
+        })?;
+        refuse_if(&self.functions, "functions", Value::is_null)?;
+        refuse_if(&self.function_call, "function_call", |v| {
+            v == "none" || v.is_null()
+        })?;
+        refuse_if(&self.parallel_tool_calls, "parallel_tool_calls", |_| true)?;
+        refuse_if(&self.response_format, "response_format", |v| {
+            v.get("type").and_then(Value::as_str) == Some("text") || v.is_null()
+        })?;
+        refuse_if(&self.store, "store", |v| !v)?;
+        Ok(())
+    }
+
+    fn sampling(&self) -> SamplingParams {
+        let defaults = SamplingParams::default();
+        SamplingParams {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            top_k: self.top_k.unwrap_or(defaults.top_k),
+            min_p: self.min_p.unwrap_or(defaults.min_p),
+            repetition_penalty: self
+                .repetition_penalty
+                .unwrap_or(defaults.repetition_penalty),
+            seed: seed(self.seed),
+        }
+    }
+}
+
+fn messages(raw: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
+    if raw.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "messages must not be empty",
+        ));
+    }
+    raw.into_iter()
+        .map(|m| {
+            let role = match m.role.as_str() {
+                "system" | "developer" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                "tool" | "function" => {
+                    return Err(ApiError::unsupported(
+                        "messages",
+                        format!("{} messages are not supported (no tools here)", m.role),
+                    ));
+                }
+                other => {
+                    return Err(ApiError::invalid_param(
+                        "messages",
+                        format!("unknown message role {other:?}"),
+                    ));
+                }
+            };
+            let content = m
+                .content
+                .ok_or_else(|| ApiError::invalid_param("messages", "a message has no content"))?
+                .text()?;
+            Ok(Message::new(role, content))
+        })
+        .collect()
+}
+
+fn completion_id(app: &App, prefix: &str) -> String {
+    format!("{prefix}-{}", app.next_id())
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    State(app): State<Arc<App>>,
+    Extension(record): Extension<Arc<RequestRecord>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(chat(app, record, body).await)
+}
+
+async fn chat(
+    app: Arc<App>,
+    record: Arc<RequestRecord>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: ChatRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
+    let served = app.model(&request.model)?;
+    record.model(&served.alias, &served.digest);
+    let model = served.chat()?;
+    request.refuse_unsupported()?;
+    let sampling = request.sampling();
+    let stop = request
+        .stop
+        .clone()
+        .map(|s| s.into_vec("stop"))
+        .transpose()?;
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    if request.stream_options.is_some() && !request.stream {
+        return Err(ApiError::invalid_param(
+            "stream_options",
+            "stream_options is only allowed when stream is true",
+        ));
+    }
+    let (asked, param) = match (request.max_completion_tokens, request.max_tokens) {
+        (Some(n), _) => (Some(n), "max_completion_tokens"),
+        (None, n) => (n, "max_tokens"),
+    };
+    let prompt = model.chat_prompt(&messages(request.messages)?)?;
+    let room = model.info().context_per_slot.saturating_sub(prompt.len());
+    let max = max_tokens(asked, param, app.config.limits.max_tokens, None, room)?;
+    let prompt_tokens = prompt.len();
+    let generation = model.generate(
+        prompt,
+        GenerateParams {
+            max_tokens: Some(max),
+            stop: stop.unwrap_or_default(),
+            sampling,
+            ignore_eos: false,
+        },
+    )?;
+    let id = completion_id(&app, "chatcmpl");
+    let created = crate::unix_now();
+    let alias = served.alias.clone();
+    if request.stream {
+        let format = ChatChunks {
+            id,
+            created,
+            model: alias,
+            include_usage,
+        };
+        return Ok(generation::stream(
+            generation,
+            record,
+            format,
+            prompt_tokens,
+        ));
+    }
+    let (text, ending) = generation::collect(generation, &record).await?;
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": alias,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": finish_reason(ending.reason),
+        }],
+        "usage": usage(&ending),
+        "system_fingerprint": served.digest,
+    }))
+    .into_response())
+}
+
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+fn usage(ending: &Ending) -> Value {
+    json!({
+        "prompt_tokens": ending.usage.prompt_tokens,
+        "completion_tokens": ending.usage.completion_tokens,
+        "total_tokens": ending.usage.prompt_tokens + ending.usage.completion_tokens,
+    })
+}
+
+fn data(value: &Value) -> SseEvent {
+    SseEvent::default().data(value.to_string())
+}
+
+fn error_event(error: &ApiError) -> Vec<SseEvent> {
+    vec![data(
+        &json!({"error": {"message": error.message(), "type": "server_error", "code": error.kind()}}),
+    )]
+}
+
+/// `chat.completion.chunk` events.
+struct ChatChunks {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+}
+
+impl ChatChunks {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> SseEvent {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        if self.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        data(&chunk)
+    }
+}
+
+impl StreamFormat for ChatChunks {
+    fn start(&mut self, _prompt_tokens: usize) -> Vec<SseEvent> {
+        vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
+    }
+
+    fn delta(&mut self, text: &str) -> Vec<SseEvent> {
+        vec![self.chunk(json!({"content": text}), None)]
+    }
+
+    fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
+        let mut events = vec![self.chunk(json!({}), Some(finish_reason(ending.reason)))];
+        if self.include_usage {
+            events.push(data(&json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": usage(ending),
+            })));
+        }
+        events.push(SseEvent::default().data("[DONE]"));
+        events
+    }
+
+    fn error(&mut self, error: &ApiError) -> Vec<SseEvent> {
+        error_event(error)
+    }
+}
+
+/// `prompt` of `/v1/completions`: one string (a list of one is accepted).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    One(String),
+    Many(Vec<Value>),
+}
+
+/// The request body of `POST /v1/completions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompletionRequest {
+    model: String,
+    prompt: Prompt,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    max_tokens: Option<u64>,
+    stop: Option<StopSequences>,
+    seed: Option<i64>,
+    n: Option<u32>,
+    best_of: Option<u32>,
+    echo: Option<bool>,
+    suffix: Option<String>,
+    logprobs: Option<u32>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    logit_bias: Option<Value>,
+    #[expect(
+        dead_code,
+        reason = "accepted for compatibility: the caller is known from the key"
+    )]
+    user: Option<String>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+}
+
+/// OpenAI's default answer length for legacy completions.
+const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
+
+/// `POST /v1/completions`.
+pub(crate) async fn completions(
+    State(app): State<Arc<App>>,
+    Extension(record): Extension<Arc<RequestRecord>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(complete(app, record, body).await)
+}
+
+async fn complete(
+    app: Arc<App>,
+    record: Arc<RequestRecord>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: CompletionRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
+    let served = app.model(&request.model)?;
+    record.model(&served.alias, &served.digest);
+    let model = served.chat()?;
+    refuse_if(&request.n, "n", |n| *n == 1)?;
+    refuse_if(&request.best_of, "best_of", |n| *n == 1)?;
+    refuse_if(&request.echo, "echo", |v| !v)?;
+    refuse_if(&request.suffix, "suffix", String::is_empty)?;
+    refuse_if(&request.logprobs, "logprobs", |v| *v == 0)?;
+    refuse_if(&request.frequency_penalty, "frequency_penalty", |v| {
+        *v == 0.0
+    })?;
+    refuse_if(&request.presence_penalty, "presence_penalty", |v| *v == 0.0)?;
+    refuse_if(&request.logit_bias, "logit_bias", |v| {
+        v.as_object().is_some_and(|o| o.is_empty()) || v.is_null()
+    })?;
+    let text = match request.prompt {
+        Prompt::One(text) => text,
+        Prompt::Many(items) => match items.as_slice() {
+            [Value::String(text)] => text.clone(),
+            [] => {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    "prompt must not be empty",
+                ));
+            }
+            [Value::String(_), ..] => {
+                return Err(ApiError::unsupported("prompt", "one prompt per request"));
+            }
+            _ => {
+                return Err(ApiError::unsupported(
+                    "prompt",
+                    "token-id prompts are not supported; send text",
+                ));
+            }
+        },
+    };
+    if text.is_empty() {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            "prompt must not be empty",
+        ));
+    }
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let defaults = SamplingParams::default();
+    let sampling = SamplingParams {
+        temperature: request.temperature.unwrap_or(defaults.temperature),
+        top_p: request.top_p.unwrap_or(defaults.top_p),
+        top_k: request.top_k.unwrap_or(defaults.top_k),
+        min_p: request.min_p.unwrap_or(defaults.min_p),
+        repetition_penalty: request
+            .repetition_penalty
+            .unwrap_or(defaults.repetition_penalty),
+        seed: seed(request.seed),
+    };
+    let stop = request.stop.map(|s| s.into_vec("stop")).transpose()?;
+    let prompt = model.text_prompt(&text);
+    let room = model.info().context_per_slot.saturating_sub(prompt.len());
+    let max = max_tokens(
+        request.max_tokens,
+        "max_tokens",
+        app.config.limits.max_tokens,
+        Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
+        room,
+    )?;
+    let prompt_tokens = prompt.len();
+    let generation = model.generate(
+        prompt,
+        GenerateParams {
+            max_tokens: Some(max),
+            stop: stop.unwrap_or_default(),
+            sampling,
+            ignore_eos: false,
+        },
+    )?;
+    let id = completion_id(&app, "cmpl");
+    let created = crate::unix_now();
+    let alias = served.alias.clone();
+    if request.stream {
+        let format = TextChunks {
+            id,
+            created,
+            model: alias,
+            include_usage,
+        };
+        return Ok(generation::stream(
+            generation,
+            record,
+            format,
+            prompt_tokens,
+        ));
+    }
+    let (text, ending) = generation::collect(generation, &record).await?;
+    Ok(Json(json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": alias,
+        "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish_reason(ending.reason)}],
+        "usage": usage(&ending),
+        "system_fingerprint": served.digest,
+    }))
+    .into_response())
+}
+
+/// `text_completion` stream events.
+struct TextChunks {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+}
+
+impl TextChunks {
+    fn chunk(&self, text: &str, finish: Option<&str>) -> SseEvent {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
+        });
+        if self.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        data(&chunk)
+    }
+}
+
+impl StreamFormat for TextChunks {
+    fn start(&mut self, _prompt_tokens: usize) -> Vec<SseEvent> {
+        Vec::new()
+    }
+
+    fn delta(&mut self, text: &str) -> Vec<SseEvent> {
+        vec![self.chunk(text, None)]
+    }
+
+    fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
+        let mut events = vec![self.chunk("", Some(finish_reason(ending.reason)))];
+        if self.include_usage {
+            events.push(data(&json!({
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": usage(ending),
+            })));
+        }
+        events.push(SseEvent::default().data("[DONE]"));
+        events
+    }
+
+    fn error(&mut self, error: &ApiError) -> Vec<SseEvent> {
+        error_event(error)
+    }
+}
+
+/// `input` of `/v1/embeddings`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    One(String),
+    Many(Vec<Value>),
+}
+
+/// The request body of `POST /v1/embeddings`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddingRequest {
+    model: String,
+    input: EmbeddingInput,
+    encoding_format: Option<String>,
+    dimensions: Option<usize>,
+    #[expect(
+        dead_code,
+        reason = "accepted for compatibility: the caller is known from the key"
+    )]
+    user: Option<String>,
+}
+
+/// `POST /v1/embeddings`.
+pub(crate) async fn embeddings(
+    State(app): State<Arc<App>>,
+    Extension(record): Extension<Arc<RequestRecord>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(embed(app, record, body).await)
+}
+
+async fn embed(
+    app: Arc<App>,
+    record: Arc<RequestRecord>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: EmbeddingRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
+    let served = app.model(&request.model)?;
+    record.model(&served.alias, &served.digest);
+    let worker = served.embedding()?;
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "encoding_format",
+                format!("encoding_format {other:?} is not one of: float, base64"),
+            ));
+        }
+    };
+    let dimension = worker.info().dimension;
+    if let Some(d) = request.dimensions
+        && d != dimension
+    {
+        return Err(ApiError::unsupported(
+            "dimensions",
+            format!("this model embeds in {dimension} dimensions; {d} is not available"),
+        ));
+    }
+    let texts = match request.input {
+        EmbeddingInput::One(text) => vec![text],
+        EmbeddingInput::Many(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s),
+                _ => Err(ApiError::unsupported(
+                    "input",
+                    "token-id inputs are not supported; send strings",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if texts.is_empty() {
+        return Err(ApiError::invalid_param("input", "input must not be empty"));
+    }
+    let limit = app.config.limits.max_embedding_inputs;
+    if texts.len() > limit {
+        return Err(ApiError::invalid_param(
+            "input",
+            format!(
+                "{} inputs, over this server's limit of {limit}",
+                texts.len()
+            ),
+        ));
+    }
+    let embeddings = worker.embed(texts).await?;
+    record.usage(embeddings.tokens, 0, None);
+    let data: Vec<Value> = embeddings
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": served.alias,
+        "usage": {"prompt_tokens": embeddings.tokens, "total_tokens": embeddings.tokens},
+    }))
+    .into_response())
+}
