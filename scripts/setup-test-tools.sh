@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust: the OpenSSF Model Signing reference tool
-# (model-signing with pyopenssl, from PyPI) in a virtual environment in the cache, and from
+# (model-signing with pyopenssl) and the official openai and anthropic SDKs (the server's
+# end-to-end tests), all from PyPI, in a virtual environment in the cache, and from
 # Debian when missing: GNU tar, sha256sum, OpenSSL, udpcast (the diode benchmark's anchor), and
 # cmake, a C++ compiler and libclang (the embedded engine builds llama.cpp from source).
 #
@@ -36,5 +37,10 @@ if [ ! -x "$venv/bin/model_signing" ] || ! "$venv/bin/python" -c "import model_s
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "model-signing==1.1.1" "pyopenssl>=25"
+fi
+sdks=("openai==3.54.0" "anthropic==2.12.0")
+if ! "$venv/bin/python" -c "import openai, anthropic, sys; sys.exit(openai.__version__ != '3.54.0' or anthropic.__version__ != '2.12.0')" 2>/dev/null; then
+  echo "tools: installing ${sdks[*]} into $venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${sdks[@]}"
 fi
 echo "tools: model_signing $("$venv/bin/pip" show model-signing 2>/dev/null | sed -n 's/^Version: //p') ready in $venv"

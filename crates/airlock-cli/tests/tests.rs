@@ -19,4 +19,5 @@ mod interop;
 mod pack_verify;
 mod real_models;
 mod registry;
+mod serve;
 mod volumes;

@@ -1,0 +1,696 @@
+//! `airlock serve`: admission, authentication, bad input, audit, and the official SDKs, against
+//! the real binary on loopback with the real default models.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, CommonParameters, Jwk, JwkSet, OctetKeyPairParameters, OctetKeyPairType,
+};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use crate::registry::Site;
+use crate::support::{airlock, cache_dir, models_dir, run};
+
+/// A site with SmolLM2 and all-MiniLM-L6-v2 imported, approved and tagged prod.
+fn site_with_models() -> Site {
+    let site = Site::new();
+    let models = models_dir();
+    for (src, name, extra) in [
+        (
+            models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "smollm2",
+            &[][..],
+        ),
+        (
+            models.join("all-minilm-l6-v2"),
+            "all-minilm-l6-v2",
+            &["--kind", "embedding"][..],
+        ),
+    ] {
+        let bundle = site.ws.path(&format!("{name}.airlock"));
+        run(airlock()
+            .arg("pack")
+            .arg(&src)
+            .args([
+                "--name",
+                name,
+                "--version",
+                "1.0.0",
+                "--license",
+                "Apache-2.0",
+                "--key",
+            ])
+            .arg(site.ws.key("publisher"))
+            .arg("-o")
+            .arg(&bundle)
+            .args(extra))
+        .ok();
+        site.import(&bundle).ok();
+        site.approve(&format!("{name}:1.0.0"), "approver").ok();
+        site.cmd(&["tag", &format!("{name}:1.0.0"), "prod"]).ok();
+    }
+    site
+}
+
+const MODELS: [&str; 2] = ["chat=smollm2:prod", "embed=all-minilm-l6-v2:prod"];
+
+fn create_key(site: &Site, args: &[&str]) -> (String, String) {
+    let out = site
+        .cmd(&[&["keys", "create", "--json"], args].concat())
+        .ok()
+        .json();
+    (
+        out["key"].as_str().unwrap().to_owned(),
+        out["info"]["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A running `airlock serve`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(site: &Site, extra: &[&str]) -> Self {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        for m in MODELS {
+            args.extend(["--model", m]);
+        }
+        args.extend(extra);
+        let mut child = airlock()
+            .arg("--data")
+            .arg(&site.data)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(url) = line.trim().strip_prefix("airlock: serving on http://") else {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            panic!("server did not start: {line} {stderr}");
+        };
+        Self {
+            child,
+            addr: url.trim_end_matches("/v1").to_owned(),
+        }
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        http(&self.addr, method, path, headers, body)
+    }
+
+    fn post(&self, path: &str, key: &str, body: &Value) -> Reply {
+        let auth = format!("Bearer {key}");
+        self.request(
+            "POST",
+            path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+    }
+
+    fn get(&self, path: &str, key: &str) -> Reply {
+        let auth = format!("Bearer {key}");
+        self.request("GET", path, &[("authorization", &auth)], b"")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`. The body is written from another thread,
+/// so a server that answers before reading all of it (413) is still heard.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let body = body.to_vec();
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&body);
+    });
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let _ = sender.join();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    Reply {
+        status,
+        headers: head.to_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
+fn chat_body(content: &str) -> Value {
+    json!({"model": "chat", "messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": 8})
+}
+
+fn audit_entries(site: &Site, n: &str) -> Vec<Value> {
+    let tail = site.cmd(&["audit", "tail", "-n", n, "--json"]).ok().stdout;
+    tail.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_official_openai_and_anthropic_sdks_work_with_only_base_url_and_key_changed() {
+    let site = site_with_models();
+    let (key, _) = create_key(&site, &["--name", "sdk"]);
+    let server = Server::start(&site, &[]);
+    let python = cache_dir().join("tools-venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/sdk-e2e.py");
+    let out = run(std::process::Command::new(&python).arg(script).args([
+        &format!("http://{}", server.addr),
+        &key,
+        "chat",
+        "embed",
+    ]));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.json()["passed"].as_u64().unwrap() >= 30);
+}
+
+#[test]
+fn admission_refuses_unknown_unapproved_and_altered_models_with_the_reason() {
+    let site = site_with_models();
+    let serve = |models: &[&str]| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        for m in models {
+            args.extend(["--model", m]);
+        }
+        site.cmd(&args)
+    };
+
+    let unknown = serve(&["chat=nosuch:prod"]);
+    assert_ne!(unknown.code, 0);
+    assert!(
+        unknown.stderr.contains("nosuch:prod") && unknown.stderr.contains("not found"),
+        "{}",
+        unknown.stderr
+    );
+
+    // A second version, imported but not approved.
+    let bundle = site.ws.path("smollm2-2.airlock");
+    run(airlock()
+        .arg("pack")
+        .arg(models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .args([
+            "--name",
+            "smollm2",
+            "--version",
+            "2.0.0",
+            "--license",
+            "Apache-2.0",
+            "--key",
+        ])
+        .arg(site.ws.key("publisher"))
+        .arg("-o")
+        .arg(&bundle))
+    .ok();
+    site.import(&bundle).ok();
+    let unapproved = serve(&["chat=smollm2:2.0.0"]);
+    assert_ne!(unapproved.code, 0);
+    assert!(
+        unapproved.stderr.contains("only approved versions"),
+        "{}",
+        unapproved.stderr
+    );
+
+    let blob = site.blob_path("all-minilm-l6-v2:1.0.0", "model.safetensors");
+    std::fs::set_permissions(&blob, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&blob).unwrap();
+    file.write_all(b"\0").unwrap();
+    drop(file);
+    let altered = serve(&MODELS);
+    assert_ne!(altered.code, 0);
+    assert!(
+        altered.stderr.contains("altered on disk"),
+        "{}",
+        altered.stderr
+    );
+
+    let entries = audit_entries(&site, "20");
+    let refusals: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "serve.admission" && e["outcome"] == "refused")
+        .collect();
+    assert_eq!(refusals.len(), 3, "{entries:#?}");
+    assert!(!entries.iter().any(|e| e["action"] == "serve.start"));
+}
+
+/// The identity provider of the tests: an ES256, an EdDSA and an RS256 key in a JWKS file.
+struct Idp {
+    es256: EncodingKey,
+    eddsa: EncodingKey,
+    rs256: EncodingKey,
+    rsa_public_pem: Vec<u8>,
+    jwks: PathBuf,
+}
+
+impl Idp {
+    fn new(dir: &Path) -> Self {
+        let ec = p256::SecretKey::random(&mut rand_core::OsRng);
+        let es256 = EncodingKey::from_ec_der(
+            p256::pkcs8::EncodePrivateKey::to_pkcs8_der(&ec)
+                .unwrap()
+                .as_bytes(),
+        );
+        let ed = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+        let eddsa = EncodingKey::from_ed_der(
+            ed25519_dalek::pkcs8::EncodePrivateKey::to_pkcs8_der(&ed)
+                .unwrap()
+                .as_bytes(),
+        );
+        let rsa_path = dir.join("rsa.pem");
+        run(std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&rsa_path))
+        .ok();
+        let rsa_public = run(std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&rsa_path))
+        .ok();
+        let rs256 = EncodingKey::from_rsa_pem(&std::fs::read(&rsa_path).unwrap()).unwrap();
+        let mut es_jwk = Jwk::from_encoding_key(&es256, Algorithm::ES256).unwrap();
+        es_jwk.common.key_id = Some("es".into());
+        let mut rs_jwk = Jwk::from_encoding_key(&rs256, Algorithm::RS256).unwrap();
+        rs_jwk.common.key_id = Some("rs".into());
+        let ed_jwk = Jwk {
+            common: CommonParameters {
+                key_id: Some("ed".into()),
+                ..CommonParameters::default()
+            },
+            algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                key_type: OctetKeyPairType::OctetKeyPair,
+                curve: jsonwebtoken::jwk::EllipticCurve::Ed25519,
+                x: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(ed.verifying_key().as_bytes()),
+            }),
+        };
+        let jwks = dir.join("jwks.json");
+        let set = JwkSet {
+            keys: vec![es_jwk, ed_jwk, rs_jwk],
+        };
+        std::fs::write(&jwks, serde_json::to_vec(&set).unwrap()).unwrap();
+        Self {
+            es256,
+            eddsa,
+            rs256,
+            rsa_public_pem: rsa_public.stdout.into_bytes(),
+            jwks,
+        }
+    }
+
+    fn config(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("airlock.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[auth.oidc]\nissuer = \"https://idp.enclave\"\naudience = \"airlock\"\njwks_file = {:?}\nadmin_roles = [\"ops\"]\n",
+                self.jwks
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(aud: &str, exp: u64) -> Value {
+    json!({"iss": "https://idp.enclave", "aud": aud, "sub": "alice", "exp": exp, "iat": now(), "clearance": "internal"})
+}
+
+fn sign(alg: Algorithm, kid: &str, claims: &Value, key: &EncodingKey) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+fn b64(value: &Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+#[test]
+fn credentials_that_are_missing_wrong_revoked_expired_or_forged_get_401_and_roles_403() {
+    let site = site_with_models();
+    let idp = Idp::new(&site.ws.path(""));
+    let config = idp.config(&site.ws.path(""));
+    let (user, _) = create_key(&site, &["--name", "app"]);
+    let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
+    let (revoked, revoked_id) = create_key(&site, &["--name", "old"]);
+    let (expiring, _) = create_key(&site, &["--name", "temp", "--expires", "1s"]);
+    let server = Server::start(&site, &["--config", config.to_str().unwrap()]);
+
+    assert_eq!(server.get("/v1/models", &user).status, 200);
+    assert_eq!(
+        server.get("/v1/models", &revoked).status,
+        200,
+        "works until revoked"
+    );
+    site.cmd(&["keys", "revoke", &revoked_id]).ok();
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let hour = now() + 3600;
+    let good = claims("airlock", hour);
+    for (alg, kid, key) in [
+        (Algorithm::ES256, "es", &idp.es256),
+        (Algorithm::EdDSA, "ed", &idp.eddsa),
+        (Algorithm::RS256, "rs", &idp.rs256),
+    ] {
+        let token = sign(alg, kid, &good, key);
+        assert_eq!(
+            server.get("/v1/models", &token).status,
+            200,
+            "{alg:?} token accepted"
+        );
+    }
+
+    let stranger = EncodingKey::from_ec_der(
+        p256::pkcs8::EncodePrivateKey::to_pkcs8_der(&p256::SecretKey::random(
+            &mut rand_core::OsRng,
+        ))
+        .unwrap()
+        .as_bytes(),
+    );
+    let cases: Vec<(&str, String)> = vec![
+        ("no key", String::new()),
+        (
+            "wrong key",
+            "alk-0123456789abcdef-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+        ),
+        ("revoked key", revoked.clone()),
+        ("expired key", expiring.clone()),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT"})),
+                b64(&good)
+            ),
+        ),
+        (
+            "wrong aud",
+            sign(
+                Algorithm::ES256,
+                "es",
+                &claims("someone-else", hour),
+                &idp.es256,
+            ),
+        ),
+        (
+            "expired JWT",
+            sign(
+                Algorithm::ES256,
+                "es",
+                &claims("airlock", now() - 3600),
+                &idp.es256,
+            ),
+        ),
+        (
+            "unknown signer",
+            sign(Algorithm::ES256, "es", &good, &stranger),
+        ),
+        (
+            "HS256 signed with the RSA public key",
+            sign(
+                Algorithm::HS256,
+                "rs",
+                &good,
+                &EncodingKey::from_secret(&idp.rsa_public_pem),
+            ),
+        ),
+        (
+            "ES256 header on the RSA key",
+            sign(Algorithm::ES256, "rs", &good, &idp.es256),
+        ),
+    ];
+    for (what, credential) in &cases {
+        let reply = server.get("/v1/models", credential);
+        assert_eq!(reply.status, 401, "{what}: {}", reply.body);
+        assert_eq!(
+            reply.json()["error"]["type"],
+            "authentication_error",
+            "{what}"
+        );
+        // Anthropic routes answer in Anthropic's shape.
+        let reply = server.request(
+            "POST",
+            "/v1/messages",
+            &[
+                ("x-api-key", credential),
+                ("content-type", "application/json"),
+            ],
+            b"{}",
+        );
+        assert_eq!(reply.status, 401, "{what}");
+        assert_eq!(reply.json()["type"], "error");
+        assert_eq!(reply.json()["error"]["type"], "authentication_error");
+    }
+
+    for path in ["/metrics", "/admin/status"] {
+        let reply = server.get(path, &user);
+        assert_eq!(reply.status, 403, "{path} with a user key");
+        assert_eq!(reply.json()["error"]["type"], "permission_error");
+        assert_eq!(
+            server.get(path, &admin).status,
+            200,
+            "{path} with an admin key"
+        );
+    }
+    let ops = json!({"iss": "https://idp.enclave", "aud": "airlock", "sub": "bob", "exp": hour, "roles": ["ops"]});
+    let ops_token = sign(Algorithm::EdDSA, "ed", &ops, &idp.eddsa);
+    assert_eq!(
+        server.get("/admin/status", &ops_token).status,
+        200,
+        "role claim maps to admin"
+    );
+    assert_eq!(
+        server
+            .get(
+                "/admin/status",
+                &sign(Algorithm::EdDSA, "ed", &good, &idp.eddsa)
+            )
+            .status,
+        403
+    );
+
+    let entries = audit_entries(&site, "60");
+    let refused: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "api.request" && e["details"]["status"] == 401)
+        .collect();
+    assert!(
+        refused.len() >= 2 * cases.len(),
+        "every refusal is audited: {}",
+        refused.len()
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap_or("").contains("revoked"))
+    );
+    assert!(entries.iter().any(|e| e["actor"] == "oidc:alice"));
+}
+
+#[test]
+fn bad_input_gets_a_4xx_in_the_apis_error_shape_and_the_server_keeps_serving() {
+    let site = site_with_models();
+    let (key, _) = create_key(&site, &["--name", "app"]);
+    let server = Server::start(&site, &[]);
+    let auth = format!("Bearer {key}");
+    let post_raw = |path: &str, body: &[u8]| {
+        server.request(
+            "POST",
+            path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+    };
+
+    let huge = vec![b'a'; 10 << 20];
+    let cases: Vec<(&str, Reply, u16)> = vec![
+        ("malformed JSON", post_raw("/v1/chat/completions", b"{\"model\": \"chat\", "), 400),
+        ("wrong types", server.post("/v1/chat/completions", &key, &json!({"model": "chat", "messages": "hi"})), 400),
+        ("temperature as a string", server.post("/v1/chat/completions", &key, &json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"})), 400),
+        ("10 MB body", post_raw("/v1/chat/completions", &huge), 413),
+        ("max_tokens 10^9", server.post("/v1/chat/completions", &key, &json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1_000_000_000u64})), 400),
+        ("unknown model", server.post("/v1/chat/completions", &key, &json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]})), 404),
+        ("empty message list", server.post("/v1/chat/completions", &key, &json!({"model": "chat", "messages": []})), 400),
+        ("n > 1", server.post("/v1/chat/completions", &key, &json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "n": 3})), 400),
+        ("tools", server.post("/v1/chat/completions", &key, &json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]})), 400),
+        ("unknown parameter", server.post("/v1/chat/completions", &key, &json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "frobnicate": 1})), 400),
+        ("chat on the embedding model", server.post("/v1/chat/completions", &key, &json!({"model": "embed", "messages": [{"role": "user", "content": "hi"}]})), 400),
+        ("prompt over the context", server.post("/v1/completions", &key, &json!({"model": "chat", "prompt": "word ".repeat(6000), "max_tokens": 4})), 400),
+        ("embedding token arrays", server.post("/v1/embeddings", &key, &json!({"model": "embed", "input": [[1, 2, 3]]})), 400),
+        ("embedding encoding", server.post("/v1/embeddings", &key, &json!({"model": "embed", "input": "x", "encoding_format": "int8"})), 400),
+        ("empty body", post_raw("/v1/embeddings", b""), 400),
+        ("unknown route", server.get("/v1/nothing", &key), 404),
+        ("wrong method", server.get("/v1/chat/completions", &key), 405),
+    ];
+    for (what, reply, status) in &cases {
+        assert_eq!(reply.status, *status, "{what}: {}", reply.body);
+        let error = &reply.json()["error"];
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {}",
+            reply.body
+        );
+        assert!(error["type"].is_string(), "{what}");
+    }
+    let big = &cases[3].1;
+    assert!(
+        big.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit")
+    );
+
+    let anthropic = server.request(
+        "POST",
+        "/v1/messages",
+        &[("x-api-key", &key), ("content-type", "application/json")],
+        json!({"model": "chat", "max_tokens": 8, "messages": []})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(anthropic.status, 400);
+    assert_eq!(anthropic.json()["type"], "error");
+    assert_eq!(anthropic.json()["error"]["type"], "invalid_request_error");
+
+    let ok = server.post(
+        "/v1/chat/completions",
+        &key,
+        &chat_body("What is the capital of France?"),
+    );
+    assert_eq!(ok.status, 200, "still serving: {}", ok.body);
+    assert_eq!(server.request("GET", "/healthz", &[], b"").status, 200);
+}
+
+#[test]
+fn every_request_is_audited_with_caller_model_digest_tokens_and_body_hashes_only() {
+    let site = site_with_models();
+    let (key, id) = create_key(&site, &["--name", "auditor-app", "--clearance", "internal"]);
+    let server = Server::start(&site, &[]);
+    let reply = server.post(
+        "/v1/chat/completions",
+        &key,
+        &chat_body("What is the capital of France?"),
+    );
+    assert_eq!(reply.status, 200);
+    let stream = server.post(
+        "/v1/chat/completions",
+        &key,
+        &json!({"model": "chat", "messages": [{"role": "user", "content": "Say hi"}], "stream": true, "max_tokens": 4}),
+    );
+    assert!(stream.headers.contains("text/event-stream"));
+    assert!(stream.body.contains("[DONE]"));
+    let busy = server.post(
+        "/v1/embeddings",
+        &key,
+        &json!({"model": "embed", "input": ["a", "b"]}),
+    );
+    assert_eq!(busy.status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let entries = audit_entries(&site, "10");
+    let requests: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "api.request")
+        .collect();
+    assert_eq!(requests.len(), 3, "{entries:#?}");
+    let digest = site.cmd(&["show", "smollm2:prod", "--json"]).ok().json()["digest"].clone();
+    let chat = requests[0];
+    assert_eq!(chat["actor"], format!("apikey:{id}"));
+    assert_eq!(chat["subject"], digest);
+    assert_eq!(chat["details"]["model"], "chat");
+    assert_eq!(chat["details"]["route"], "/v1/chat/completions");
+    assert_eq!(chat["details"]["status"], 200);
+    assert_eq!(chat["details"]["clearance"], "internal");
+    assert!(chat["details"]["prompt_tokens"].as_u64().unwrap() > 10);
+    assert!(chat["details"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(chat["details"]["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        chat["details"]["request_sha256"].as_str().unwrap().len(),
+        64
+    );
+    assert_eq!(
+        chat["details"]["completion_sha256"].as_str().unwrap().len(),
+        64
+    );
+    let text = serde_json::to_string(&entries).unwrap();
+    assert!(
+        !text.contains("capital of France"),
+        "bodies are not logged by default"
+    );
+    assert_eq!(requests[1]["details"]["stream"], true);
+    assert_eq!(requests[1]["details"]["completion_tokens"], 4);
+    assert_eq!(requests[2]["details"]["model"], "embed");
+    site.cmd(&["audit", "verify"]).ok();
+}
