@@ -12,9 +12,10 @@
 # import the SmolLM2 bundle that came through the diode (quarantined), approve it with the
 # second key, tag it prod, show it; import and approve all-MiniLM-L6-v2 likewise.
 #
-# Serving, in-process: ask SmolLM2 (from the approved, re-hashed registry files) the capital of
-# France, embed two sentences with all-MiniLM-L6-v2, and verify the audit log that recorded
-# every step, the model loads included.
+# Serving: ask SmolLM2 (from the approved, re-hashed registry files) the capital of France and
+# embed two sentences with all-MiniLM-L6-v2 in-process; then create an API key, start
+# `airlock serve` on loopback and ask the same question through the OpenAI-compatible API.
+# Finally verify the audit log that recorded every step, model loads and API requests included.
 #
 #   AIRLOCK_DEMO_DIR  where keys and bundles go (default: a new temporary directory)
 set -euo pipefail
@@ -103,7 +104,27 @@ step "run: SmolLM2 answers on the embedded engine (files re-hashed before loadin
 step "embed: all-MiniLM-L6-v2, mean-pooled and normalised"
 "$airlock" embed all-minilm-l6-v2:prod "The cat sits on the mat." "A feline rests on a rug."
 
-step "audit: every step is in the log; verify it"
+step "keys: an API key for an internal application (printed once; only its hash is stored)"
+key="$("$airlock" keys create --name demo-app --clearance internal --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
+"$airlock" keys ls
+
+step "serve: both models behind the OpenAI- and Anthropic-compatible API (loopback only)"
+"$airlock" serve --listen 127.0.0.1:0 --model chat=smollm2:prod --model embed=all-minilm-l6-v2:prod \
+  > "$work/serve.out" 2> "$work/serve.err" &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 300); do grep -q "serving on" "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
+cat "$work/serve.out"
+base="$(sed -n 's|^airlock: serving on \(http://[^ ]*\)$|\1|p' "$work/serve.out")"
+[ -n "$base" ] || { cat "$work/serve.err" >&2; exit 1; }
+
+step "chat through the API, as any OpenAI client would call it"
+curl -sS "$base/chat/completions" -H "Authorization: Bearer $key" -H "Content-Type: application/json" \
+  -d '{"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "What is the capital of France? Answer with one word."}]}' \
+  | python3 -c 'import json,sys; r=json.load(sys.stdin); print("answer:", r["choices"][0]["message"]["content"]); print("usage:", r["usage"])'
+kill "$server"; wait "$server" 2>/dev/null || true
+
+step "audit: every step is in the log, each API request included; verify it"
 "$airlock" audit tail -n 12
 "$airlock" audit verify
 "$airlock" fsck

@@ -2,7 +2,9 @@
 # The whole test suite, from a fresh machine: installs what it needs, fetches the pinned
 # default models, then runs formatting and lint checks, every Rust test, the verify and import
 # benchmarks (which also check that memory stays bounded), the diode benchmark's delivery
-# check and the engine benchmark's smoke run.
+# check, the engine benchmark's smoke run, and the server's overhead benchmark and bounded
+# load test (64 streaming clients for 60 s; fails on errors other than 429s or on memory
+# that does not come back).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 2; }
@@ -24,3 +26,5 @@ echo "== benchmark: airlock diode beside udpcast on loopback, 0 % and 1 % loss"
 bash scripts/bench-diode.sh --check
 echo "== benchmark: embedded engine beside llama.cpp and onnxruntime (llama.cpp only if built)"
 bash scripts/bench-engine.sh --check
+echo "== benchmark and load test: airlock serve (overhead, embeddings/s, 64 clients for 60 s)"
+bash scripts/bench-serve.sh
