@@ -3,7 +3,8 @@
 # (model-signing with pyopenssl) and the official openai and anthropic SDKs (the server's
 # end-to-end tests), all from PyPI, in a virtual environment in the cache, and from
 # Debian when missing: GNU tar, sha256sum, OpenSSL, udpcast (the diode benchmark's anchor), and
-# cmake, a C++ compiler and libclang (the embedded engine builds llama.cpp from source).
+# cmake, a C++ compiler, libclang and ccache (the embedded engine builds llama.cpp from source),
+# and curl (the demo calls the server with it).
 #
 #   AIRLOCK_CACHE  cache root (default: ~/.cache/airlock)
 set -euo pipefail
@@ -12,7 +13,7 @@ venv="$cache/tools-venv"
 mkdir -p "$cache"
 
 missing=()
-for tool in tar sha256sum openssl python3 udp-sender cmake c++; do
+for tool in tar sha256sum openssl python3 udp-sender cmake c++ ccache curl; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 # bindgen finds libclang by its shared object, not by a command.

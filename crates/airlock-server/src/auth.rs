@@ -264,12 +264,12 @@ fn load_jwks(path: &Path) -> Result<Vec<VerifyingKey>> {
                 )));
             }
         };
-        if let Some(declared) = jwk.common.key_algorithm {
-            if format!("{declared:?}") != format!("{algorithm:?}") {
-                return Err(bad(format!(
-                    "{which}: declares alg {declared:?} but is a {algorithm:?} key"
-                )));
-            }
+        if let Some(declared) = jwk.common.key_algorithm
+            && format!("{declared:?}") != format!("{algorithm:?}")
+        {
+            return Err(bad(format!(
+                "{which}: declares alg {declared:?} but is a {algorithm:?} key"
+            )));
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(format!("{which}: {e}")))?;
         keys.push(VerifyingKey {
@@ -282,4 +282,106 @@ fn load_jwks(path: &Path) -> Result<Vec<VerifyingKey>> {
         return Err(bad("no keys".into()));
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use base64::Engine as _;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A registry with no keys, and OIDC trusting one P-256 key (from a fixed JWK).
+    fn authenticator(dir: &Path) -> Authenticator {
+        airlock_registry::Registry::init(dir, "user:test").unwrap();
+        let jwks = dir.join("jwks.json");
+        std::fs::write(
+            &jwks,
+            r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
+        )
+        .unwrap();
+        let oidc = OidcConfig {
+            issuer: "https://idp".into(),
+            audience: "airlock".into(),
+            jwks_file: jwks,
+            role_claim: "roles".into(),
+            admin_roles: vec!["admin".into()],
+            user_roles: Vec::new(),
+            clearance_claim: "clearance".into(),
+            default_clearance: "public".into(),
+            leeway: Duration::from_secs(0),
+        };
+        Authenticator::new(KeyStore::open(dir).unwrap(), Some(&oidc)).unwrap()
+    }
+
+    fn b64(text: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    fn refused(auth: &Authenticator, credential: &str) -> bool {
+        matches!(
+            auth.authenticate(Some(credential)),
+            Err(ApiError::Unauthenticated { .. })
+        )
+    }
+
+    #[test]
+    fn unsigned_and_hmac_tokens_are_refused_before_any_key_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = authenticator(dir.path());
+        let claims = b64(r#"{"iss":"https://idp","aud":"airlock","sub":"a","exp":99999999999}"#);
+        for header in [
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"HS256","kid":"k1"}"#,
+            r#"{"alg":"RS256","kid":"k1"}"#,
+            r#"{"alg":"ES384","kid":"k1"}"#,
+        ] {
+            let token = format!("{}.{claims}.{}", b64(header), b64("sig"));
+            assert!(refused(&auth, &token), "{header}");
+        }
+        assert!(refused(&auth, ""));
+        assert!(refused(&auth, &"x".repeat(MAX_CREDENTIAL_BYTES + 1)));
+    }
+
+    #[test]
+    fn a_jwks_with_a_symmetric_key_does_not_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).unwrap();
+        assert!(matches!(check_jwks(&path), Err(Error::Jwks { .. })));
+        std::fs::write(&path, r#"{"keys":[]}"#).unwrap();
+        assert!(matches!(check_jwks(&path), Err(Error::Jwks { .. })));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_credentials_never_authenticate_and_never_panic(text in "\\PC{0,300}") {
+            let dir = tempfile::tempdir().unwrap();
+            let auth = authenticator(dir.path());
+            prop_assert!(refused(&auth, &text));
+            let prefixed = format!("alk-{text}");
+            prop_assert!(refused(&auth, &prefixed));
+        }
+
+        #[test]
+        fn arbitrary_jwt_shaped_tokens_never_authenticate(
+            header in "\\PC{0,80}", claims in "\\PC{0,200}", signature in proptest::collection::vec(any::<u8>(), 0..80)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let auth = authenticator(dir.path());
+            let token = format!(
+                "{}.{}.{}",
+                b64(&header),
+                b64(&claims),
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature)
+            );
+            prop_assert!(refused(&auth, &token));
+            let es = format!("{}.{}.{}", b64(r#"{"alg":"ES256","kid":"k1"}"#), b64(&claims), b64("x"));
+            prop_assert!(refused(&auth, &es));
+        }
+    }
 }
