@@ -694,3 +694,122 @@ fn every_request_is_audited_with_caller_model_digest_tokens_and_body_hashes_only
     assert_eq!(requests[2]["details"]["model"], "embed");
     site.cmd(&["audit", "verify"]).ok();
 }
+
+#[test]
+fn config_check_accepts_a_valid_file_and_names_the_problem_in_a_bad_one() {
+    let site = Site::new();
+    let good = site.ws.path("good.toml");
+    std::fs::write(
+        &good,
+        "listen = \"127.0.0.1:9000\"\n[models.chat]\nref = \"smollm2:prod\"\nslots = 4\n[limits]\nmax_tokens = 512\n",
+    )
+    .unwrap();
+    let checked = site
+        .cmd(&[
+            "config",
+            "check",
+            "--config",
+            good.to_str().unwrap(),
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(checked["listen"], "127.0.0.1:9000");
+    assert_eq!(checked["limits"]["max_tokens"], 512);
+    assert_eq!(
+        checked["limits"]["per_key_concurrency"], 32,
+        "defaults fill the rest"
+    );
+    assert_eq!(checked["models"]["chat"]["slots"], 4);
+
+    let flags = site
+        .cmd(&[
+            "config",
+            "check",
+            "--config",
+            good.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9100",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(flags["listen"], "127.0.0.1:9100", "flags override the file");
+
+    for (text, needle) in [
+        (
+            "listen = \"everywhere\"\n[models.chat]\nref = \"smollm2:prod\"\n",
+            "listen",
+        ),
+        (
+            "[models.chat]\nref = \"smollm2:prod\"\nsluts = 4\n",
+            "sluts",
+        ),
+        (
+            "[models.chat]\nref = \"smollm2:prod\"\n[auth.oidc]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"/nonexistent/jwks.json\"\n",
+            "JWKS",
+        ),
+        ("listen = ", "invalid configuration"),
+    ] {
+        let bad = site.ws.path("bad.toml");
+        std::fs::write(&bad, text).unwrap();
+        let out = site.cmd(&["config", "check", "--config", bad.to_str().unwrap()]);
+        assert_eq!(out.code, 2, "{text:?}: {}", out.stderr);
+        assert!(out.stderr.contains(needle), "{text:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+    }
+}
+
+#[test]
+fn keys_are_listed_with_their_state_and_never_their_secret() {
+    let site = Site::new();
+    let (secret, id) = create_key(
+        &site,
+        &[
+            "--name",
+            "wiki-bot",
+            "--clearance",
+            "confidential",
+            "--expires",
+            "30d",
+        ],
+    );
+    create_key(&site, &["--name", "ops", "--role", "admin"]);
+    site.cmd(&["keys", "revoke", "ops"]).ok();
+    let listed = site.cmd(&["keys", "ls", "--json"]).ok();
+    assert!(
+        !listed.stdout.contains(&secret[20..]),
+        "the secret is never shown again"
+    );
+    let keys = listed.json();
+    let wiki = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(wiki["clearance"], "confidential");
+    assert!(wiki["expires_at"].is_string());
+    let ops = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "ops")
+        .unwrap();
+    assert!(ops["revoked_at"].is_string());
+    assert!(site.cmd(&["keys", "ls"]).ok().stdout.contains("revoked"));
+
+    let again = site.cmd(&["keys", "revoke", "ops"]);
+    assert_eq!(again.code, 2);
+    assert!(again.stderr.contains("already revoked"), "{}", again.stderr);
+    let unknown = site.cmd(&["keys", "revoke", "nobody"]);
+    assert!(unknown.stderr.contains("no API key"), "{}", unknown.stderr);
+    let bad_name = site.cmd(&["keys", "create", "--name", "Bad Name"]);
+    assert_eq!(bad_name.code, 2);
+    assert!(bad_name.stderr.contains("key name"), "{}", bad_name.stderr);
+    let log = site.cmd(&["audit", "tail", "-n", "5"]).ok().stdout;
+    assert!(
+        log.contains("key.create") && log.contains("key.revoke"),
+        "{log}"
+    );
+}
