@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark and load test of `airlock serve` on loopback, with the real default models.
 #
-#   overhead  the same one-token chat request through HTTP (routing, auth, audit with its
-#             fsync, JSON) and straight into the same loaded engine, alternating, 300 rounds:
+#   overhead  the same one-token completion through HTTP (routing, auth, audit with its
+#             fsync, JSON) and straight into the same loaded engine, alternating, 1000 rounds:
 #             the difference of the medians is the server's own cost (target < 1 ms); then
 #             /v1/embeddings requests/s beside in-process embedding calls.
 #   load      64 streaming chat clients for 60 s against a separate `airlock serve` process,
