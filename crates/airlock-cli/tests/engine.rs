@@ -16,7 +16,7 @@ fn smollm2() -> PathBuf {
 }
 
 /// Packs `src` as `name` 1.0.0 with the publisher key and imports it; returns the reference.
-fn pack_and_import(site: &Site, src: &Path, name: &str, extra: &[&str]) -> String {
+pub fn pack_and_import(site: &Site, src: &Path, name: &str, extra: &[&str]) -> String {
     let bundle = site.ws.path(&format!("{name}.airlock"));
     run(airlock()
         .arg("pack")

@@ -14,6 +14,7 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
+use crate::engine::pack_and_import;
 use crate::registry::Site;
 use crate::support::{airlock, cache_dir, models_dir, run};
 
@@ -33,27 +34,9 @@ fn site_with_models() -> Site {
             &["--kind", "embedding"][..],
         ),
     ] {
-        let bundle = site.ws.path(&format!("{name}.airlock"));
-        run(airlock()
-            .arg("pack")
-            .arg(&src)
-            .args([
-                "--name",
-                name,
-                "--version",
-                "1.0.0",
-                "--license",
-                "Apache-2.0",
-                "--key",
-            ])
-            .arg(site.ws.key("publisher"))
-            .arg("-o")
-            .arg(&bundle)
-            .args(extra))
-        .ok();
-        site.import(&bundle).ok();
-        site.approve(&format!("{name}:1.0.0"), "approver").ok();
-        site.cmd(&["tag", &format!("{name}:1.0.0"), "prod"]).ok();
+        let reference = pack_and_import(&site, &src, name, extra);
+        site.approve(&reference, "approver").ok();
+        site.cmd(&["tag", &reference, "prod"]).ok();
     }
     site
 }

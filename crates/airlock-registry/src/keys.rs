@@ -201,17 +201,6 @@ impl KeyStore {
             Some(key) => Ok(key),
         })
     }
-
-    /// How many keys are active now.
-    pub fn active_count(&self) -> Result<usize> {
-        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut stmt = conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys"))?;
-        let keys = stmt
-            .query_map([], row_to_key)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let now = SystemTime::now();
-        Ok(keys.iter().filter(|k| k.is_active(now)).count())
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use airlock_engine::{FinishReason, GenerateParams, Message, Role, SamplingParams};
+use airlock_engine::{FinishReason, Message, Role};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,55 +15,13 @@ use serde_json::{Value, json};
 use crate::App;
 use crate::error::{ApiError, Dialect};
 use crate::gate::RequestRecord;
-use crate::generation::{self, Ending, StreamFormat, max_tokens, parse_body, refuse_if};
-
-/// Text, or a list of content blocks of which only `text` blocks are accepted.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Blocks(Vec<Value>),
-}
-
-impl Content {
-    fn text(self, param: &str) -> Result<String, ApiError> {
-        match self {
-            Self::Text(t) => Ok(t),
-            Self::Blocks(blocks) => {
-                let mut text = String::new();
-                for block in blocks {
-                    match (
-                        block.get("type").and_then(Value::as_str),
-                        block.get("text").and_then(Value::as_str),
-                    ) {
-                        (Some("text"), Some(t)) => text.push_str(t),
-                        (Some(kind), _) => {
-                            return Err(ApiError::unsupported(
-                                param,
-                                format!(
-                                    "content blocks of type {kind:?} are not supported; send text"
-                                ),
-                            ));
-                        }
-                        _ => {
-                            return Err(ApiError::invalid_param(
-                                param,
-                                "a content block has no type",
-                            ));
-                        }
-                    }
-                }
-                Ok(text)
-            }
-        }
-    }
-}
+use crate::generation::{self, Ask, Ending, StreamFormat, TextContent, parse_body, refuse_if};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InputMessage {
     role: String,
-    content: Content,
+    content: TextContent,
 }
 
 /// The request body.
@@ -73,7 +31,7 @@ struct MessagesRequest {
     model: String,
     max_tokens: u64,
     messages: Vec<InputMessage>,
-    system: Option<Content>,
+    system: Option<TextContent>,
     stop_sequences: Option<Vec<String>>,
     temperature: Option<f32>,
     top_p: Option<f32>,
@@ -156,39 +114,24 @@ async fn handle(
         };
         conversation.push(Message::new(role, m.content.text("messages")?));
     }
-    let stops = request.stop_sequences.unwrap_or_default();
-    if stops.len() > 16 || stops.iter().any(|s| s.is_empty() || s.len() > 256) {
-        return Err(ApiError::invalid_param(
-            "stop_sequences",
-            "at most 16 stop sequences of 1 to 256 bytes",
-        ));
-    }
-    let prompt = model.chat_prompt(&conversation)?;
-    let room = model.info().context_per_slot.saturating_sub(prompt.len());
-    let max = max_tokens(
-        Some(request.max_tokens),
-        "max_tokens",
-        app.config.limits.max_tokens,
-        None,
-        room,
-    )?;
-    let defaults = SamplingParams::default();
-    let sampling = SamplingParams {
-        temperature: request.temperature.unwrap_or(defaults.temperature),
-        top_p: request.top_p.unwrap_or(defaults.top_p),
-        top_k: request.top_k.unwrap_or(defaults.top_k),
-        ..defaults
+    // The engine bounds the stop sequences' number and length.
+    let ask = Ask {
+        max_tokens: Some(request.max_tokens),
+        param: "max_tokens",
+        default_max: None,
+        stop: request.stop_sequences.unwrap_or_default(),
+        sampling: generation::sampling(
+            request.temperature,
+            request.top_p,
+            request.top_k,
+            None,
+            None,
+            None,
+        ),
     };
-    let prompt_tokens = prompt.len();
-    let generation = model.generate(
-        prompt,
-        GenerateParams {
-            max_tokens: Some(max),
-            stop: stops,
-            sampling,
-            ignore_eos: false,
-        },
-    )?;
+    let prompt = model.chat_prompt(&conversation)?;
+    let (generation, prompt_tokens) =
+        generation::start(model, prompt, app.config.limits.max_tokens, ask)?;
     let id = format!("msg_{}", app.next_id());
     if request.stream {
         let format = MessageEvents {

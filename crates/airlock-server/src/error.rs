@@ -136,7 +136,12 @@ pub enum ApiError {
         /// Why.
         message: String,
     },
+    /// The client went away before the answer ended (recorded, never sent).
+    ClientClosed,
 }
+
+/// nginx's "client closed request": the common status for a request the client abandoned.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 impl ApiError {
     /// An invalid-request error without a parameter.
@@ -173,6 +178,9 @@ impl ApiError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::UnknownModel { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ClientClosed => {
+                StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -190,6 +198,7 @@ impl ApiError {
             Self::UnknownModel { .. } => "model_not_found",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::ClientClosed => "client_closed",
             Self::TooLarge { .. } => "request_too_large",
             Self::ContextLength { .. } => "context_length_exceeded",
             Self::RateLimited { .. } => "rate_limited",
@@ -215,6 +224,7 @@ impl ApiError {
             }
             Self::NotFound { path } => format!("no route {path}"),
             Self::MethodNotAllowed => "method not allowed on this route".into(),
+            Self::ClientClosed => "the client closed the connection before the answer ended".into(),
             Self::TooLarge { limit } => format!("the request body is over the {limit}-byte limit"),
             Self::Internal { .. } => "the server failed to handle the request".into(),
         }
@@ -257,9 +267,10 @@ impl ApiError {
                         Some("model".to_owned()),
                         Some("model_not_found"),
                     ),
-                    Self::NotFound { .. } | Self::MethodNotAllowed | Self::TooLarge { .. } => {
-                        ("invalid_request_error", None, None)
-                    }
+                    Self::NotFound { .. }
+                    | Self::MethodNotAllowed
+                    | Self::TooLarge { .. }
+                    | Self::ClientClosed => ("invalid_request_error", None, None),
                     Self::RateLimited { .. } => {
                         ("rate_limit_error", None, Some("rate_limit_exceeded"))
                     }
@@ -274,7 +285,8 @@ impl ApiError {
                     Self::InvalidRequest { .. }
                     | Self::Unsupported { .. }
                     | Self::ContextLength { .. }
-                    | Self::MethodNotAllowed => "invalid_request_error",
+                    | Self::MethodNotAllowed
+                    | Self::ClientClosed => "invalid_request_error",
                     Self::Unauthenticated { .. } => "authentication_error",
                     Self::Forbidden { .. } => "permission_error",
                     Self::UnknownModel { .. } | Self::NotFound { .. } => "not_found_error",

@@ -68,11 +68,6 @@ impl RequestRecord {
         self.fields.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The caller.
-    pub fn principal(&self) -> Option<Principal> {
-        self.fields().principal.clone()
-    }
-
     /// Notes the request body (its digest; its text too if bodies are logged).
     pub fn request_body(&self, body: &[u8]) {
         let mut f = self.fields();
@@ -213,10 +208,8 @@ impl Drop for RequestRecord {
     /// A stream dropped before it finished: the client went away. Its entry is written in
     /// the background; nobody is waiting for it.
     fn drop(&mut self) {
-        let closed = ApiError::InvalidRequest {
-            message: "the client closed the connection before the answer ended".into(),
-            param: None,
-        };
+        let closed = ApiError::ClientClosed;
+        let status = closed.status().as_u16();
         {
             let mut f = self.fields();
             if f.audited {
@@ -226,8 +219,7 @@ impl Drop for RequestRecord {
             f.finish_reason
                 .get_or_insert_with(|| "client_closed".into());
         }
-        // 499: nginx's "client closed request", the common name for this case.
-        if let Some(entry) = self.take_entry(499) {
+        if let Some(entry) = self.take_entry(status) {
             let log = self.app.audit.clone();
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn_blocking(move || {

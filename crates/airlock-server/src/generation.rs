@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use airlock_engine::{Event, FinishReason, Generation, Usage};
+use airlock_engine::{
+    ChatModel, Event, FinishReason, GenerateParams, Generation, SamplingParams, Usage,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
@@ -14,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::gate::RequestRecord;
@@ -78,9 +81,105 @@ impl StopSequences {
     }
 }
 
+/// Message content as both APIs send it: a string, or a list of typed parts of which only
+/// `text` parts are accepted.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum TextContent {
+    /// Plain text.
+    Text(String),
+    /// Typed parts (`{"type": "text", "text": ...}`).
+    Parts(Vec<Value>),
+}
+
+impl TextContent {
+    /// The text, with parts joined; any other part type is refused, naming `param`.
+    pub(crate) fn text(self, param: &str) -> Result<String, ApiError> {
+        let parts = match self {
+            Self::Text(text) => return Ok(text),
+            Self::Parts(parts) => parts,
+        };
+        let mut text = String::new();
+        for part in parts {
+            match (
+                part.get("type").and_then(Value::as_str),
+                part.get("text").and_then(Value::as_str),
+            ) {
+                (Some("text"), Some(t)) => text.push_str(t),
+                (Some(kind), _) => {
+                    return Err(ApiError::unsupported(
+                        param,
+                        format!("content parts of type {kind:?} are not supported; send text"),
+                    ));
+                }
+                _ => return Err(ApiError::invalid_param(param, "a content part has no type")),
+            }
+        }
+        Ok(text)
+    }
+}
+
+/// Token choice from a request's optional knobs; what is absent keeps the engine's default.
+pub(crate) fn sampling(
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+    seed: Option<i64>,
+) -> SamplingParams {
+    let defaults = SamplingParams::default();
+    SamplingParams {
+        temperature: temperature.unwrap_or(defaults.temperature),
+        top_p: top_p.unwrap_or(defaults.top_p),
+        top_k: top_k.unwrap_or(defaults.top_k),
+        min_p: min_p.unwrap_or(defaults.min_p),
+        repetition_penalty: repetition_penalty.unwrap_or(defaults.repetition_penalty),
+        // OpenAI seeds are signed 64-bit; the engine's are 32-bit.
+        seed: seed.map(|s| s.rem_euclid(1 << 32) as u32),
+    }
+}
+
+/// What a request asks the engine for, besides its prompt.
+pub(crate) struct Ask {
+    /// The requested answer length, if any.
+    pub(crate) max_tokens: Option<u64>,
+    /// The parameter it came from, for errors.
+    pub(crate) param: &'static str,
+    /// The length when none was asked for; `None`: the configured cap.
+    pub(crate) default_max: Option<usize>,
+    /// Stop sequences.
+    pub(crate) stop: Vec<String>,
+    /// Token choice.
+    pub(crate) sampling: SamplingParams,
+}
+
+/// Queues a generation of `prompt` on `model`, its length checked against `cap` and the
+/// context left; returns it with the prompt's token count.
+pub(crate) fn start(
+    model: &ChatModel,
+    prompt: Vec<i32>,
+    cap: usize,
+    ask: Ask,
+) -> Result<(Generation, usize), ApiError> {
+    let room = model.info().context_per_slot.saturating_sub(prompt.len());
+    let max = max_tokens(ask.max_tokens, ask.param, cap, ask.default_max, room)?;
+    let prompt_tokens = prompt.len();
+    let generation = model.generate(
+        prompt,
+        GenerateParams {
+            max_tokens: Some(max),
+            stop: ask.stop,
+            sampling: ask.sampling,
+            ignore_eos: false,
+        },
+    )?;
+    Ok((generation, prompt_tokens))
+}
+
 /// The answer length: what was asked for, within the configured cap and the context left;
 /// `default` when nothing was asked for.
-pub(crate) fn max_tokens(
+fn max_tokens(
     asked: Option<u64>,
     param: &str,
     cap: usize,
@@ -99,11 +198,6 @@ pub(crate) fn max_tokens(
         Some(n) => Ok(n as usize),
         None => Ok(default.unwrap_or(cap).min(cap).min(room.max(1))),
     }
-}
-
-/// Maps an OpenAI-style signed 64-bit seed onto the engine's 32-bit seed space.
-pub(crate) fn seed(value: Option<i64>) -> Option<u32> {
-    value.map(|s| s.rem_euclid(1 << 32) as u32)
 }
 
 /// Refuses a parameter that is set to anything but its neutral value.

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use airlock_engine::{FinishReason, GenerateParams, Message, Role, SamplingParams};
+use airlock_engine::{FinishReason, Message, Role};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -22,7 +22,7 @@ use crate::App;
 use crate::error::{ApiError, Dialect};
 use crate::gate::RequestRecord;
 use crate::generation::{
-    self, Ending, StopSequences, StreamFormat, max_tokens, parse_body, refuse_if, seed,
+    self, Ask, Ending, StopSequences, StreamFormat, TextContent, parse_body, refuse_if,
 };
 
 /// Answers with the handler's response, or its error in OpenAI's shape.
@@ -48,53 +48,11 @@ pub(crate) async fn models(State(app): State<Arc<App>>) -> Response {
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
-/// A chat message's content: text, or text parts.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<Value>),
-}
-
-impl Content {
-    fn text(self) -> Result<String, ApiError> {
-        match self {
-            Self::Text(t) => Ok(t),
-            Self::Parts(parts) => {
-                let mut text = String::new();
-                for part in parts {
-                    match (
-                        part.get("type").and_then(Value::as_str),
-                        part.get("text").and_then(Value::as_str),
-                    ) {
-                        (Some("text"), Some(t)) => text.push_str(t),
-                        (Some(kind), _) => {
-                            return Err(ApiError::unsupported(
-                                "messages",
-                                format!(
-                                    "content parts of type {kind:?} are not supported; send text"
-                                ),
-                            ));
-                        }
-                        _ => {
-                            return Err(ApiError::invalid_param(
-                                "messages",
-                                "a content part has no type",
-                            ));
-                        }
-                    }
-                }
-                Ok(text)
-            }
-        }
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChatMessage {
     role: String,
-    content: Option<Content>,
+    content: Option<TextContent>,
     #[serde(default)]
     #[expect(
         dead_code,
@@ -179,20 +137,6 @@ impl ChatRequest {
         refuse_if(&self.store, "store", |v| !v)?;
         Ok(())
     }
-
-    fn sampling(&self) -> SamplingParams {
-        let defaults = SamplingParams::default();
-        SamplingParams {
-            temperature: self.temperature.unwrap_or(defaults.temperature),
-            top_p: self.top_p.unwrap_or(defaults.top_p),
-            top_k: self.top_k.unwrap_or(defaults.top_k),
-            min_p: self.min_p.unwrap_or(defaults.min_p),
-            repetition_penalty: self
-                .repetition_penalty
-                .unwrap_or(defaults.repetition_penalty),
-            seed: seed(self.seed),
-        }
-    }
 }
 
 fn messages(raw: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
@@ -224,7 +168,7 @@ fn messages(raw: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
             let content = m
                 .content
                 .ok_or_else(|| ApiError::invalid_param("messages", "a message has no content"))?
-                .text()?;
+                .text("messages")?;
             Ok(Message::new(role, content))
         })
         .collect()
@@ -253,48 +197,38 @@ async fn chat(
     record.model(&served.alias, &served.digest);
     let model = served.chat()?;
     request.refuse_unsupported()?;
-    let sampling = request.sampling();
-    let stop = request
-        .stop
-        .clone()
-        .map(|s| s.into_vec("stop"))
-        .transpose()?;
-    let include_usage = request
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    if request.stream_options.is_some() && !request.stream {
-        return Err(ApiError::invalid_param(
-            "stream_options",
-            "stream_options is only allowed when stream is true",
-        ));
-    }
-    let (asked, param) = match (request.max_completion_tokens, request.max_tokens) {
+    let include_usage = stream_usage(request.stream_options.as_ref(), request.stream)?;
+    let (max_tokens, param) = match (request.max_completion_tokens, request.max_tokens) {
         (Some(n), _) => (Some(n), "max_completion_tokens"),
         (None, n) => (n, "max_tokens"),
     };
+    let ask = Ask {
+        max_tokens,
+        param,
+        default_max: None,
+        stop: stops(request.stop)?,
+        sampling: generation::sampling(
+            request.temperature,
+            request.top_p,
+            request.top_k,
+            request.min_p,
+            request.repetition_penalty,
+            request.seed,
+        ),
+    };
     let prompt = model.chat_prompt(&messages(request.messages)?)?;
-    let room = model.info().context_per_slot.saturating_sub(prompt.len());
-    let max = max_tokens(asked, param, app.config.limits.max_tokens, None, room)?;
-    let prompt_tokens = prompt.len();
-    let generation = model.generate(
-        prompt,
-        GenerateParams {
-            max_tokens: Some(max),
-            stop: stop.unwrap_or_default(),
-            sampling,
-            ignore_eos: false,
-        },
-    )?;
+    let (generation, prompt_tokens) =
+        generation::start(model, prompt, app.config.limits.max_tokens, ask)?;
     let id = completion_id(&app, "chatcmpl");
     let created = crate::unix_now();
     let alias = served.alias.clone();
     if request.stream {
-        let format = ChatChunks {
+        let format = Chunks {
             id,
             created,
             model: alias,
             include_usage,
+            kind: ChunkKind::Chat,
         };
         return Ok(generation::stream(
             generation,
@@ -340,28 +274,53 @@ fn data(value: &Value) -> SseEvent {
     SseEvent::default().data(value.to_string())
 }
 
-fn error_event(error: &ApiError) -> Vec<SseEvent> {
-    vec![data(
-        &json!({"error": {"message": error.message(), "type": "server_error", "code": error.kind()}}),
-    )]
+/// Which endpoint's chunks a stream carries.
+#[derive(Debug, Clone, Copy)]
+enum ChunkKind {
+    /// `chat.completion.chunk`: text in `delta.content`, the role first.
+    Chat,
+    /// `text_completion`: text in `text`.
+    Text,
 }
 
-/// `chat.completion.chunk` events.
-struct ChatChunks {
+/// The streamed chunks of `/v1/chat/completions` and `/v1/completions`.
+struct Chunks {
     id: String,
     created: u64,
     model: String,
     include_usage: bool,
+    kind: ChunkKind,
 }
 
-impl ChatChunks {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> SseEvent {
+impl Chunks {
+    fn object(&self) -> &'static str {
+        match self.kind {
+            ChunkKind::Chat => "chat.completion.chunk",
+            ChunkKind::Text => "text_completion",
+        }
+    }
+
+    /// A chunk with one choice: `delta` for chat (or the role when `None`), text for text.
+    fn chunk(&self, text: Option<&str>, finish: Option<&str>) -> SseEvent {
+        let choice = match self.kind {
+            ChunkKind::Chat => {
+                let delta = match (text, finish) {
+                    (Some(t), _) => json!({"content": t}),
+                    (None, None) => json!({"role": "assistant", "content": ""}),
+                    (None, Some(_)) => json!({}),
+                };
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+            ChunkKind::Text => {
+                json!({"text": text.unwrap_or(""), "index": 0, "logprobs": null, "finish_reason": finish})
+            }
+        };
         let mut chunk = json!({
             "id": self.id,
-            "object": "chat.completion.chunk",
+            "object": self.object(),
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "choices": [choice],
         });
         if self.include_usage {
             chunk["usage"] = Value::Null;
@@ -370,21 +329,24 @@ impl ChatChunks {
     }
 }
 
-impl StreamFormat for ChatChunks {
+impl StreamFormat for Chunks {
     fn start(&mut self, _prompt_tokens: usize) -> Vec<SseEvent> {
-        vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
+        match self.kind {
+            ChunkKind::Chat => vec![self.chunk(None, None)],
+            ChunkKind::Text => Vec::new(),
+        }
     }
 
     fn delta(&mut self, text: &str) -> Vec<SseEvent> {
-        vec![self.chunk(json!({"content": text}), None)]
+        vec![self.chunk(Some(text), None)]
     }
 
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
-        let mut events = vec![self.chunk(json!({}), Some(finish_reason(ending.reason)))];
+        let mut events = vec![self.chunk(None, Some(finish_reason(ending.reason)))];
         if self.include_usage {
             events.push(data(&json!({
                 "id": self.id,
-                "object": "chat.completion.chunk",
+                "object": self.object(),
                 "created": self.created,
                 "model": self.model,
                 "choices": [],
@@ -396,8 +358,28 @@ impl StreamFormat for ChatChunks {
     }
 
     fn error(&mut self, error: &ApiError) -> Vec<SseEvent> {
-        error_event(error)
+        vec![data(
+            &json!({"error": {"message": error.message(), "type": "server_error", "code": error.kind()}}),
+        )]
     }
+}
+
+/// `stream_options.include_usage`, refused without `stream`.
+fn stream_usage(options: Option<&StreamOptions>, stream: bool) -> Result<bool, ApiError> {
+    match options {
+        Some(_) if !stream => Err(ApiError::invalid_param(
+            "stream_options",
+            "stream_options is only allowed when stream is true",
+        )),
+        options => Ok(options.is_some_and(|o| o.include_usage)),
+    }
+}
+
+fn stops(stop: Option<StopSequences>) -> Result<Vec<String>, ApiError> {
+    Ok(stop
+        .map(|s| s.into_vec("stop"))
+        .transpose()?
+        .unwrap_or_default())
 }
 
 /// `prompt` of `/v1/completions`: one string (a list of one is accepted).
@@ -500,50 +482,34 @@ async fn complete(
             "prompt must not be empty",
         ));
     }
-    let include_usage = request
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    let defaults = SamplingParams::default();
-    let sampling = SamplingParams {
-        temperature: request.temperature.unwrap_or(defaults.temperature),
-        top_p: request.top_p.unwrap_or(defaults.top_p),
-        top_k: request.top_k.unwrap_or(defaults.top_k),
-        min_p: request.min_p.unwrap_or(defaults.min_p),
-        repetition_penalty: request
-            .repetition_penalty
-            .unwrap_or(defaults.repetition_penalty),
-        seed: seed(request.seed),
+    let include_usage = stream_usage(request.stream_options.as_ref(), request.stream)?;
+    let ask = Ask {
+        max_tokens: request.max_tokens,
+        param: "max_tokens",
+        default_max: Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
+        stop: stops(request.stop)?,
+        sampling: generation::sampling(
+            request.temperature,
+            request.top_p,
+            request.top_k,
+            request.min_p,
+            request.repetition_penalty,
+            request.seed,
+        ),
     };
-    let stop = request.stop.map(|s| s.into_vec("stop")).transpose()?;
     let prompt = model.text_prompt(&text);
-    let room = model.info().context_per_slot.saturating_sub(prompt.len());
-    let max = max_tokens(
-        request.max_tokens,
-        "max_tokens",
-        app.config.limits.max_tokens,
-        Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
-        room,
-    )?;
-    let prompt_tokens = prompt.len();
-    let generation = model.generate(
-        prompt,
-        GenerateParams {
-            max_tokens: Some(max),
-            stop: stop.unwrap_or_default(),
-            sampling,
-            ignore_eos: false,
-        },
-    )?;
+    let (generation, prompt_tokens) =
+        generation::start(model, prompt, app.config.limits.max_tokens, ask)?;
     let id = completion_id(&app, "cmpl");
     let created = crate::unix_now();
     let alias = served.alias.clone();
     if request.stream {
-        let format = TextChunks {
+        let format = Chunks {
             id,
             created,
             model: alias,
             include_usage,
+            kind: ChunkKind::Text,
         };
         return Ok(generation::stream(
             generation,
@@ -563,60 +529,6 @@ async fn complete(
         "system_fingerprint": served.digest,
     }))
     .into_response())
-}
-
-/// `text_completion` stream events.
-struct TextChunks {
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
-}
-
-impl TextChunks {
-    fn chunk(&self, text: &str, finish: Option<&str>) -> SseEvent {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        data(&chunk)
-    }
-}
-
-impl StreamFormat for TextChunks {
-    fn start(&mut self, _prompt_tokens: usize) -> Vec<SseEvent> {
-        Vec::new()
-    }
-
-    fn delta(&mut self, text: &str) -> Vec<SseEvent> {
-        vec![self.chunk(text, None)]
-    }
-
-    fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
-        let mut events = vec![self.chunk("", Some(finish_reason(ending.reason)))];
-        if self.include_usage {
-            events.push(data(&json!({
-                "id": self.id,
-                "object": "text_completion",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": usage(ending),
-            })));
-        }
-        events.push(SseEvent::default().data("[DONE]"));
-        events
-    }
-
-    fn error(&mut self, error: &ApiError) -> Vec<SseEvent> {
-        error_event(error)
-    }
 }
 
 /// `input` of `/v1/embeddings`.
