@@ -617,7 +617,8 @@ fn bad_input_gets_a_4xx_in_the_apis_error_shape_and_the_server_keeps_serving() {
 }
 
 #[test]
-fn every_request_is_audited_with_caller_model_digest_tokens_and_body_hashes_only() {
+fn every_request_is_audited_ahead_of_its_answer_with_caller_model_digest_tokens_and_body_hashes_only()
+ {
     let site = site_with_models();
     let (key, id) = create_key(&site, &["--name", "auditor-app", "--clearance", "internal"]);
     let server = Server::start(&site, &[]);
@@ -634,37 +635,85 @@ fn every_request_is_audited_with_caller_model_digest_tokens_and_body_hashes_only
     );
     assert!(stream.headers.contains("text/event-stream"));
     assert!(stream.body.contains("[DONE]"));
-    let busy = server.post(
+    let embedded = server.post(
         "/v1/embeddings",
         &key,
         &json!({"model": "embed", "input": ["a", "b"]}),
     );
-    assert_eq!(busy.status, 200);
-    std::thread::sleep(Duration::from_millis(200));
-
-    let entries = audit_entries(&site, "10");
-    let requests: Vec<&Value> = entries
+    assert_eq!(embedded.status, 200);
+    let listed = server.get("/v1/models", &key);
+    assert_eq!(listed.status, 200);
+    let replies = [&reply, &stream, &embedded, &listed];
+    let ids: Vec<String> = replies
         .iter()
-        .filter(|e| e["action"] == "api.request")
+        .map(|r| {
+            r.headers
+                .lines()
+                .find_map(|l| l.strip_prefix("x-request-id: "))
+                .unwrap_or_else(|| panic!("no x-request-id in {}", r.headers))
+                .to_owned()
+        })
         .collect();
-    assert_eq!(requests.len(), 3, "{entries:#?}");
+    assert!(
+        reply.json()["id"].as_str().unwrap().ends_with(&ids[0]),
+        "the completion id names the request"
+    );
+
+    // A model's answer has two entries: the request, durable before anything was sent,
+    // and its result, written as the answer went out (so it may land a moment later).
+    let entries_of = |entries: &[Value], id: &str| -> Vec<Value> {
+        entries
+            .iter()
+            .filter(|e| e["details"]["request_id"] == id)
+            .cloned()
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let entries = loop {
+        let entries = audit_entries(&site, "20");
+        let results = entries
+            .iter()
+            .filter(|e| e["action"] == "api.result")
+            .count();
+        if results >= 3 || std::time::Instant::now() > deadline {
+            break entries;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let digest = site.cmd(&["show", "smollm2:prod", "--json"]).ok().json()["digest"].clone();
-    let chat = requests[0];
-    assert_eq!(chat["actor"], format!("apikey:{id}"));
-    assert_eq!(chat["subject"], digest);
-    assert_eq!(chat["details"]["model"], "chat");
-    assert_eq!(chat["details"]["route"], "/v1/chat/completions");
-    assert_eq!(chat["details"]["status"], 200);
-    assert_eq!(chat["details"]["clearance"], "internal");
-    assert!(chat["details"]["prompt_tokens"].as_u64().unwrap() > 10);
-    assert!(chat["details"]["completion_tokens"].as_u64().unwrap() > 0);
-    assert!(chat["details"]["latency_ms"].as_f64().unwrap() > 0.0);
+    let chat = entries_of(&entries, &ids[0]);
+    assert_eq!(chat.len(), 2, "{entries:#?}");
+    let (request, result) = (&chat[0], &chat[1]);
+    assert_eq!(request["action"], "api.request");
+    assert_eq!(result["action"], "api.result");
+    assert!(request["index"].as_u64() < result["index"].as_u64());
+    for e in [request, result] {
+        assert_eq!(e["actor"], format!("apikey:{id}"));
+        assert_eq!(e["subject"], digest);
+        assert_eq!(e["details"]["model"], "chat");
+        assert_eq!(e["details"]["route"], "/v1/chat/completions");
+    }
+    assert_eq!(request["details"]["clearance"], "internal");
+    assert_eq!(request["details"]["principal"], "auditor-app");
+    assert!(request["details"]["prompt_tokens"].as_u64().unwrap() > 10);
     assert_eq!(
-        chat["details"]["request_sha256"].as_str().unwrap().len(),
+        request["details"]["request_sha256"].as_str().unwrap().len(),
         64
     );
+    assert!(
+        request["details"].get("status").is_none(),
+        "written before the outcome was known"
+    );
+    assert_eq!(result["details"]["status"], 200);
+    assert_eq!(result["outcome"], "ok");
+    assert!(result["details"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(result["details"]["latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(["stop", "length"].contains(&result["details"]["finish_reason"].as_str().unwrap()));
     assert_eq!(
-        chat["details"]["completion_sha256"].as_str().unwrap().len(),
+        result["details"]["completion_sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
         64
     );
     let text = serde_json::to_string(&entries).unwrap();
@@ -672,9 +721,21 @@ fn every_request_is_audited_with_caller_model_digest_tokens_and_body_hashes_only
         !text.contains("capital of France"),
         "bodies are not logged by default"
     );
-    assert_eq!(requests[1]["details"]["stream"], true);
-    assert_eq!(requests[1]["details"]["completion_tokens"], 4);
-    assert_eq!(requests[2]["details"]["model"], "embed");
+
+    let streamed = entries_of(&entries, &ids[1]);
+    assert_eq!(streamed.len(), 2, "{entries:#?}");
+    assert_eq!(streamed[0]["details"]["stream"], true);
+    assert_eq!(streamed[1]["details"]["completion_tokens"], 4);
+    let embedding = entries_of(&entries, &ids[2]);
+    assert_eq!(embedding.len(), 2, "{entries:#?}");
+    assert_eq!(embedding[1]["details"]["model"], "embed");
+    assert!(embedding[1]["details"]["prompt_tokens"].as_u64().unwrap() > 0);
+
+    // A request no model answers is one entry, with its status, written before the answer.
+    let listing = entries_of(&entries, &ids[3]);
+    assert_eq!(listing.len(), 1, "{entries:#?}");
+    assert_eq!(listing[0]["action"], "api.request");
+    assert_eq!(listing[0]["details"]["status"], 200);
     site.cmd(&["audit", "verify"]).ok();
 }
 

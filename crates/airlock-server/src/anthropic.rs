@@ -132,7 +132,8 @@ async fn handle(
     let prompt = model.chat_prompt(&conversation)?;
     let (generation, prompt_tokens) =
         generation::start(model, prompt, app.config.limits.max_tokens, ask)?;
-    let id = format!("msg_{}", app.next_id());
+    record.open(Some(prompt_tokens), request.stream).await?;
+    let id = format!("msg_{}", record.id());
     if request.stream {
         let format = MessageEvents {
             id,

@@ -300,7 +300,6 @@ pub(crate) fn stream<F: StreamFormat>(
     mut format: F,
     prompt_tokens: usize,
 ) -> Response {
-    record.streaming();
     let pending = format.start(prompt_tokens).into();
     let streamer = Streamer {
         generation,

@@ -3,7 +3,7 @@
 //! The server admits only approved registry versions whose blobs still hash to their
 //! digests ([`models::admit`]), authenticates every API request with a registry key or an
 //! OIDC JWT ([`auth`]), applies per-key limits, and writes every request to the audit log
-//! before answering ([`gate`]). Official SDKs work by changing their base URL.
+//! ahead of its answer ([`gate`]). Official SDKs work by changing their base URL.
 //!
 //! It deliberately does not: fetch anything (JWKS come from a file), listen beyond loopback
 //! unless told to, or run models the registry has not approved.
@@ -75,6 +75,7 @@ pub struct App {
     audit: Arc<AuditLog>,
     limiter: Limiter,
     metrics: Metrics,
+    audit_backlog: gate::Backlog,
     id_prefix: String,
     next_id: AtomicU64,
     started: Instant,
@@ -204,6 +205,7 @@ impl Server {
             auth,
             audit: registry.audit_log(),
             metrics: Metrics::default(),
+            audit_backlog: gate::Backlog::default(),
             id_prefix: hex::encode(prefix),
             next_id: AtomicU64::new(0),
             started: Instant::now(),
@@ -259,6 +261,8 @@ impl Server {
                 app.ready.store(false, Ordering::Release);
             })
             .await;
+        // Results of the last answers may still be on their way to the log.
+        self.app.audit_backlog.drained().await;
         self.app.audit.append(
             Entry::new(&self.actor, "serve.stop", Outcome::Ok).detail("listen", local.to_string()),
         )?;

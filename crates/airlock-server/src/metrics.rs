@@ -27,6 +27,7 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    audit_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -56,6 +57,11 @@ impl Metrics {
             .fetch_add(prompt as u64, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(completion as u64, Ordering::Relaxed);
+    }
+
+    /// Counts an audit entry the log could not take.
+    pub fn audit_failure(&self) {
+        self.audit_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The exposition text, with each model's queue and running counts read now.
@@ -115,6 +121,15 @@ impl Metrics {
             out,
             "airlock_tokens_total{{kind=\"completion\"}} {}",
             self.completion_tokens.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP airlock_audit_failures_total Audit entries the log could not take (each is also an error in the server log).\n",
+        );
+        out.push_str("# TYPE airlock_audit_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "airlock_audit_failures_total {}",
+            self.audit_failures.load(Ordering::Relaxed)
         );
         out.push_str("# HELP airlock_queue_depth Requests waiting for a model.\n");
         out.push_str("# TYPE airlock_queue_depth gauge\n");

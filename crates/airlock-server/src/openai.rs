@@ -174,10 +174,6 @@ fn messages(raw: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
         .collect()
 }
 
-fn completion_id(app: &App, prefix: &str) -> String {
-    format!("{prefix}-{}", app.next_id())
-}
-
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(
     State(app): State<Arc<App>>,
@@ -219,7 +215,8 @@ async fn chat(
     let prompt = model.chat_prompt(&messages(request.messages)?)?;
     let (generation, prompt_tokens) =
         generation::start(model, prompt, app.config.limits.max_tokens, ask)?;
-    let id = completion_id(&app, "chatcmpl");
+    record.open(Some(prompt_tokens), request.stream).await?;
+    let id = format!("chatcmpl-{}", record.id());
     let created = crate::unix_now();
     let alias = served.alias.clone();
     if request.stream {
@@ -500,7 +497,8 @@ async fn complete(
     let prompt = model.text_prompt(&text);
     let (generation, prompt_tokens) =
         generation::start(model, prompt, app.config.limits.max_tokens, ask)?;
-    let id = completion_id(&app, "cmpl");
+    record.open(Some(prompt_tokens), request.stream).await?;
+    let id = format!("cmpl-{}", record.id());
     let created = crate::unix_now();
     let alias = served.alias.clone();
     if request.stream {
@@ -617,7 +615,8 @@ async fn embed(
             ),
         ));
     }
-    let embeddings = worker.embed(texts).await?;
+    // The request's entry is written while the model embeds; nothing is sent before both.
+    let (embeddings, ()) = tokio::try_join!(worker.embed(texts), record.open(None, false))?;
     record.usage(embeddings.tokens, 0, None);
     let data: Vec<Value> = embeddings
         .vectors
