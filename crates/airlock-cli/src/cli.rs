@@ -88,6 +88,10 @@ pub(crate) enum Command {
     /// needs a key (`airlock keys create`) or an OIDC token, and is written to the audit log.
     /// Settings come from airlock.toml, then AIRLOCK_* variables, then flags.
     ///
+    /// SIGHUP (or `POST /admin/reload` with an admin key) re-admits the configured models the
+    /// same way, without a restart: moving a tag to a newly approved version and reloading
+    /// deploys it; if any model fails the checks, nothing changes and the old set keeps serving.
+    ///
     /// Example: airlock serve --model chat=smollm2:prod --model embed=all-minilm-l6-v2:prod
     Serve(ServeArgs),
     /// Create, list and revoke API keys for `airlock serve` (each change is audited).

@@ -17,7 +17,18 @@ fn smollm2() -> PathBuf {
 
 /// Packs `src` as `name` 1.0.0 with the publisher key and imports it; returns the reference.
 pub fn pack_and_import(site: &Site, src: &Path, name: &str, extra: &[&str]) -> String {
-    let bundle = site.ws.path(&format!("{name}.airlock"));
+    pack_and_import_version(site, src, name, "1.0.0", extra)
+}
+
+/// Packs `src` as `name:version`, signed by the publisher, and imports it; returns the ref.
+pub fn pack_and_import_version(
+    site: &Site,
+    src: &Path,
+    name: &str,
+    version: &str,
+    extra: &[&str],
+) -> String {
+    let bundle = site.ws.path(&format!("{name}-{version}.airlock"));
     run(airlock()
         .arg("pack")
         .arg(src)
@@ -25,7 +36,7 @@ pub fn pack_and_import(site: &Site, src: &Path, name: &str, extra: &[&str]) -> S
             "--name",
             name,
             "--version",
-            "1.0.0",
+            version,
             "--license",
             "Apache-2.0",
             "--key",
@@ -36,7 +47,7 @@ pub fn pack_and_import(site: &Site, src: &Path, name: &str, extra: &[&str]) -> S
         .args(extra))
     .ok();
     site.import(&bundle).ok();
-    format!("{name}:1.0.0")
+    format!("{name}:{version}")
 }
 
 fn ask(site: &Site, reference: &str, extra: &[&str]) -> Run {

@@ -14,7 +14,7 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::engine::pack_and_import;
+use crate::engine::{pack_and_import, pack_and_import_version};
 use crate::registry::Site;
 use crate::support::{airlock, cache_dir, models_dir, run};
 
@@ -736,6 +736,116 @@ fn every_request_is_audited_ahead_of_its_answer_with_caller_model_digest_tokens_
     assert_eq!(listing.len(), 1, "{entries:#?}");
     assert_eq!(listing[0]["action"], "api.request");
     assert_eq!(listing[0]["details"]["status"], 200);
+    site.cmd(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn a_reload_re_admits_every_model_deploys_a_moved_tag_and_changes_nothing_when_a_check_fails() {
+    let site = site_with_models();
+    let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
+    let (user, _) = create_key(&site, &["--name", "app"]);
+    let server = Server::start(&site, &[]);
+    let served = |alias: &str| -> Value {
+        let status = server.get("/admin/status", &admin).json();
+        status["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["alias"] == alias)
+            .cloned()
+            .unwrap()
+    };
+    let reload = |key: &str| server.post("/admin/reload", key, &json!({}));
+    let before = served("embed");
+
+    assert_eq!(reload(&user).status, 403, "reloading needs an admin key");
+    let unchanged = reload(&admin);
+    assert_eq!(unchanged.status, 200, "{}", unchanged.body);
+    for model in unchanged.json()["models"].as_array().unwrap() {
+        assert!(model["previous"].is_null(), "nothing moved: {model}");
+    }
+
+    // Deploy: a newly approved version, the tag moved onto it, a reload.
+    let next = pack_and_import_version(
+        &site,
+        &models_dir().join("all-minilm-l6-v2"),
+        "all-minilm-l6-v2",
+        "1.0.1",
+        &["--kind", "embedding"],
+    );
+    site.approve(&next, "approver").ok();
+    site.cmd(&["tag", &next, "prod"]).ok();
+    let deployed = reload(&admin);
+    assert_eq!(deployed.status, 200, "{}", deployed.body);
+    let embed = served("embed");
+    assert_eq!(embed["version"], "1.0.1");
+    assert_ne!(embed["digest"], before["digest"]);
+    let change = deployed.json()["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["alias"] == "embed")
+        .cloned()
+        .unwrap();
+    assert_eq!(change["previous"], before["digest"]);
+    let embedded = server.post(
+        "/v1/embeddings",
+        &user,
+        &json!({"model": "embed", "input": "hello"}),
+    );
+    assert_eq!(embedded.status, 200, "{}", embedded.body);
+
+    // A check fails (the chat model's tag is gone): 409 with the reason, nothing changes.
+    site.cmd(&["untag", "smollm2:prod"]).ok();
+    let refused = reload(&admin);
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    let message = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("chat") && message.contains("smollm2:prod"),
+        "{message}"
+    );
+    assert_eq!(served("embed")["version"], "1.0.1");
+    assert_eq!(served("chat")["version"], "1.0.0");
+    let answer = server.post("/v1/chat/completions", &user, &chat_body("Hi"));
+    assert_eq!(
+        answer.status, 200,
+        "the old set keeps serving: {}",
+        answer.body
+    );
+
+    // SIGHUP reloads the same way.
+    site.cmd(&["tag", "smollm2:1.0.0", "prod"]).ok();
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let reloads = loop {
+        let reloads: Vec<Value> = audit_entries(&site, "200")
+            .into_iter()
+            .filter(|e| e["action"] == "serve.reload")
+            .collect();
+        if reloads.len() >= 4 || std::time::Instant::now() > deadline {
+            break reloads;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let outcomes: Vec<&str> = reloads
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["ok", "ok", "refused", "ok"], "{reloads:#?}");
+    assert_eq!(reloads[1]["details"]["replaced.embed"], before["digest"]);
+    assert!(
+        reloads[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("smollm2:prod")
+    );
     site.cmd(&["audit", "verify"]).ok();
 }
 

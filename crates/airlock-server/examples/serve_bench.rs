@@ -141,7 +141,8 @@ async fn overhead(data: &str, key: &str) {
     let prompt_text = "Paris";
     let body = json!({"model": "chat", "prompt": prompt_text, "temperature": 0, "max_tokens": 1})
         .to_string();
-    let Engine::Chat(model) = &app.models["chat"].engine else {
+    let served = app.models();
+    let Engine::Chat(model) = &served["chat"].engine else {
         panic!("chat is not a chat model")
     };
     let mut connection = Connection::open(&addr).await;
@@ -225,7 +226,7 @@ async fn overhead(data: &str, key: &str) {
         percentile(&models, 0.99)
     );
 
-    let Engine::Embedding(worker) = &app.models["embed"].engine else {
+    let Engine::Embedding(worker) = &served["embed"].engine else {
         panic!("embed is not an embedding model")
     };
     let sentence = "Air-gapped networks keep sensitive data inside the enclave.";

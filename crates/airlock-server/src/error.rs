@@ -138,6 +138,12 @@ pub enum ApiError {
     },
     /// The client went away before the answer ended (recorded, never sent).
     ClientClosed,
+    /// The request conflicts with the server's state (a reload that would serve a model
+    /// admission refuses).
+    Conflict {
+        /// What conflicts, and why.
+        message: String,
+    },
 }
 
 /// nginx's "client closed request": the common status for a request the client abandoned.
@@ -182,6 +188,7 @@ impl ApiError {
                 StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST)
             }
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -204,6 +211,7 @@ impl ApiError {
             Self::RateLimited { .. } => "rate_limited",
             Self::Internal { .. } => "internal",
             Self::Unavailable { .. } => "unavailable",
+            Self::Conflict { .. } => "conflict",
         }
     }
 
@@ -215,7 +223,8 @@ impl ApiError {
             | Self::Forbidden { message }
             | Self::ContextLength { message }
             | Self::RateLimited { message, .. }
-            | Self::Unavailable { message } => message.clone(),
+            | Self::Unavailable { message }
+            | Self::Conflict { message } => message.clone(),
             Self::Unauthenticated { .. } => {
                 "invalid or missing credentials: send an API key or an OIDC token".into()
             }
@@ -270,7 +279,8 @@ impl ApiError {
                     Self::NotFound { .. }
                     | Self::MethodNotAllowed
                     | Self::TooLarge { .. }
-                    | Self::ClientClosed => ("invalid_request_error", None, None),
+                    | Self::ClientClosed
+                    | Self::Conflict { .. } => ("invalid_request_error", None, None),
                     Self::RateLimited { .. } => {
                         ("rate_limit_error", None, Some("rate_limit_exceeded"))
                     }
@@ -286,7 +296,8 @@ impl ApiError {
                     | Self::Unsupported { .. }
                     | Self::ContextLength { .. }
                     | Self::MethodNotAllowed
-                    | Self::ClientClosed => "invalid_request_error",
+                    | Self::ClientClosed
+                    | Self::Conflict { .. } => "invalid_request_error",
                     Self::Unauthenticated { .. } => "authentication_error",
                     Self::Forbidden { .. } => "permission_error",
                     Self::UnknownModel { .. } | Self::NotFound { .. } => "not_found_error",

@@ -41,7 +41,7 @@ use crate::limits::Permit;
 /// few seconds; they reveal only whether the server is up).
 const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
 /// Routes that need the admin role.
-const ADMIN: [&str; 2] = ["/metrics", "/admin/status"];
+const ADMIN: [&str; 3] = ["/metrics", "/admin/status", "/admin/reload"];
 
 /// Longest body text kept in an audit entry when bodies are logged; the SHA-256 always
 /// covers the whole body.

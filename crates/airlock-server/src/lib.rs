@@ -33,11 +33,10 @@ pub mod metrics;
 pub mod models;
 mod openai;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
 use airlock_audit::{AuditLog, Entry, Outcome};
@@ -55,7 +54,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::models::ServedModel;
+use crate::models::{ServedModel, ServedModels};
 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
@@ -69,8 +68,11 @@ pub(crate) fn unix_now() -> u64 {
 pub struct App {
     /// The validated configuration.
     pub config: Config,
-    /// Alias → loaded model.
-    pub models: BTreeMap<String, Arc<ServedModel>>,
+    /// Alias → loaded model; replaced as a whole by a reload.
+    models: RwLock<Arc<ServedModels>>,
+    /// Held for admission checks; one reload at a time.
+    registry: Mutex<Registry>,
+    actor: String,
     auth: Authenticator,
     audit: Arc<AuditLog>,
     limiter: Limiter,
@@ -83,13 +85,65 @@ pub struct App {
 }
 
 impl App {
+    /// The models served now. A request keeps the set it started with, so a reload never
+    /// pulls a model out from under a generation.
+    pub fn models(&self) -> Arc<ServedModels> {
+        Arc::clone(&self.models.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// The served model called `alias`.
-    pub fn model(&self, alias: &str) -> Result<&Arc<ServedModel>, ApiError> {
-        self.models
+    pub fn model(&self, alias: &str) -> Result<Arc<ServedModel>, ApiError> {
+        self.models()
             .get(alias)
+            .cloned()
             .ok_or_else(|| ApiError::UnknownModel {
                 model: alias.to_owned(),
             })
+    }
+
+    /// Admits every configured model again, exactly as at startup: each reference resolved
+    /// anew (a tag moved to a newly approved version deploys it), approval checked, every
+    /// blob re-hashed. If all pass, the new set replaces the old in one swap: models whose
+    /// digest is unchanged keep running, new versions are loaded first, and requests in
+    /// flight finish on the model they started with. If any fails, nothing changes. Either
+    /// way the reload is an audit entry (`serve.reload`). Blocks while it hashes and loads.
+    pub fn reload(&self) -> Result<Vec<Reloaded>> {
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.models();
+        let admitted = match models::admit_again(&registry, &self.config, &current) {
+            Ok(admitted) => admitted,
+            Err(error) => {
+                self.audit.append(
+                    Entry::new(&self.actor, "serve.reload", Outcome::Refused)
+                        .reason(error.to_string()),
+                )?;
+                return Err(error);
+            }
+        };
+        let changes: Vec<Reloaded> = admitted
+            .iter()
+            .map(|(alias, model)| Reloaded {
+                alias: alias.clone(),
+                name: model.name.clone(),
+                version: model.version.clone(),
+                digest: model.digest.clone(),
+                previous: current
+                    .get(alias)
+                    .filter(|old| old.digest != model.digest)
+                    .map(|old| old.digest.clone()),
+            })
+            .collect();
+        let mut entry = Entry::new(&self.actor, "serve.reload", Outcome::Ok);
+        for change in &changes {
+            entry = entry.detail(&format!("model.{}", change.alias), change.digest.clone());
+            if let Some(previous) = &change.previous {
+                entry = entry.detail(&format!("replaced.{}", change.alias), previous.clone());
+            }
+        }
+        // Durable before the swap: no request reaches a new version the log does not name.
+        self.audit.append(entry)?;
+        *self.models.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(admitted);
+        Ok(changes)
     }
 
     /// A fresh response id: unique within this process and unlikely to repeat across
@@ -98,6 +152,21 @@ impl App {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         format!("{}{n:08x}", self.id_prefix)
     }
+}
+
+/// One served model after a reload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Reloaded {
+    /// The alias clients use.
+    pub alias: String,
+    /// Registry name.
+    pub name: String,
+    /// Registry version now served.
+    pub version: String,
+    /// `sha256:<hex>` now served.
+    pub digest: String,
+    /// The digest it replaced, if the version changed.
+    pub previous: Option<String>,
 }
 
 /// The router: API routes behind the [gate](gate::gate), probes outside it.
@@ -111,6 +180,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/metrics", get(metrics))
         .route("/admin/status", get(status))
+        .route("/admin/reload", post(reload))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -148,7 +218,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app.metrics.render(app.models.values().map(AsRef::as_ref));
+    let text = app.metrics.render(app.models().values().map(AsRef::as_ref));
     (
         [(
             header::CONTENT_TYPE,
@@ -161,7 +231,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 
 async fn status(State(app): State<Arc<App>>) -> Response {
     let models: Vec<_> = app
-        .models
+        .models()
         .values()
         .map(|m| {
             json!({
@@ -179,11 +249,27 @@ async fn status(State(app): State<Arc<App>>) -> Response {
     .into_response()
 }
 
+/// `POST /admin/reload`: admits the configured models again (see [`App::reload`]); 409 with
+/// the reason if any may not be served, and the old set keeps serving.
+async fn reload(State(app): State<Arc<App>>) -> Response {
+    let reloading = Arc::clone(&app);
+    match tokio::task::spawn_blocking(move || reloading.reload()).await {
+        Ok(Ok(models)) => axum::Json(json!({"reloaded": true, "models": models})).into_response(),
+        Ok(Err(error)) => ApiError::Conflict {
+            message: format!("reload refused; still serving the previous models: {error}"),
+        }
+        .into_response_for(Dialect::OpenAi),
+        Err(join) => ApiError::Internal {
+            detail: format!("reload task failed: {join}"),
+        }
+        .into_response_for(Dialect::OpenAi),
+    }
+}
+
 /// A server whose models are admitted and loaded, ready to bind.
 #[derive(Debug)]
 pub struct Server {
     app: Arc<App>,
-    actor: String,
 }
 
 impl Server {
@@ -201,9 +287,11 @@ impl Server {
                 config.limits.per_key_per_minute,
             ),
             config,
-            models,
-            auth,
+            models: RwLock::new(Arc::new(models)),
             audit: registry.audit_log(),
+            registry: Mutex::new(registry),
+            actor: actor.to_owned(),
+            auth,
             metrics: Metrics::default(),
             audit_backlog: gate::Backlog::default(),
             id_prefix: hex::encode(prefix),
@@ -211,10 +299,7 @@ impl Server {
             started: Instant::now(),
             ready: AtomicBool::new(true),
         };
-        Ok(Self {
-            app: Arc::new(app),
-            actor: actor.to_owned(),
-        })
+        Ok(Self { app: Arc::new(app) })
     }
 
     /// The shared state (for in-process tests and benchmarks).
@@ -244,11 +329,11 @@ impl Server {
             what: "reading the listening address".into(),
             source,
         })?;
-        let mut start = Entry::new(&self.actor, "serve.start", Outcome::Ok)
+        let mut start = Entry::new(&self.app.actor, "serve.start", Outcome::Ok)
             .detail("listen", local.to_string())
             .detail("log_bodies", self.app.config.log_bodies)
             .detail("oidc", self.app.config.oidc.is_some());
-        for (alias, model) in &self.app.models {
+        for (alias, model) in self.app.models().iter() {
             start = start.detail(&format!("model.{alias}"), model.digest.clone());
         }
         self.app.audit.append(start)?;
@@ -264,7 +349,8 @@ impl Server {
         // Results of the last answers may still be on their way to the log.
         self.app.audit_backlog.drained().await;
         self.app.audit.append(
-            Entry::new(&self.actor, "serve.stop", Outcome::Ok).detail("listen", local.to_string()),
+            Entry::new(&self.app.actor, "serve.stop", Outcome::Ok)
+                .detail("listen", local.to_string()),
         )?;
         served.map_err(|source| Error::Io {
             what: format!("serving on {local}"),

@@ -152,12 +152,27 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
+/// The models being served: alias → model.
+pub type ServedModels = BTreeMap<String, Arc<ServedModel>>;
+
 /// Opens, re-verifies and loads every configured model. The first that may not be served
 /// stops startup; its refusal is in the audit log with the reason.
-pub fn admit(registry: &Registry, config: &Config) -> Result<BTreeMap<String, Arc<ServedModel>>> {
-    let mut served = BTreeMap::new();
+pub fn admit(registry: &Registry, config: &Config) -> Result<ServedModels> {
+    admit_again(registry, config, &ServedModels::new())
+}
+
+/// Admits every configured model as at startup — the reference resolved anew (a moved tag
+/// names its new version), approval checked, every blob re-hashed — and loads those whose
+/// approved digest is not already running in `current`; those that are keep their loaded
+/// engine. Nothing is returned unless every model passes; each refusal is audited.
+pub fn admit_again(
+    registry: &Registry,
+    config: &Config,
+    current: &ServedModels,
+) -> Result<ServedModels> {
+    let mut served = ServedModels::new();
     for (alias, spec) in &config.models {
-        let model = admit_one(registry, config, alias, spec).map_err(|reason| {
+        let model = admit_one(registry, config, alias, spec, current).map_err(|reason| {
             let error = Error::Admission {
                 alias: alias.clone(),
                 reference: spec.reference.clone(),
@@ -172,7 +187,7 @@ pub fn admit(registry: &Registry, config: &Config) -> Result<BTreeMap<String, Ar
                 Err(audit) => Error::Audit(audit),
             }
         })?;
-        served.insert(alias.clone(), Arc::new(model));
+        served.insert(alias.clone(), model);
     }
     Ok(served)
 }
@@ -182,11 +197,17 @@ fn admit_one(
     config: &Config,
     alias: &str,
     spec: &ModelSpec,
-) -> std::result::Result<ServedModel, String> {
+    current: &ServedModels,
+) -> std::result::Result<Arc<ServedModel>, String> {
     let reference = Reference::parse(&spec.reference).map_err(|e| e.to_string())?;
     let approved = registry
         .open_approved(&reference, "serve")
         .map_err(|e| e.to_string())?;
+    if let Some(running) = current.get(alias)
+        && running.digest == approved.digest
+    {
+        return Ok(Arc::clone(running));
+    }
     let files = ModelFiles::new(
         format!("{}:{}", approved.name, approved.version),
         approved.files.clone(),
@@ -219,12 +240,12 @@ fn admit_one(
         }
         other => return Err(format!("model kind {other:?} cannot be served")),
     };
-    Ok(ServedModel {
+    Ok(Arc::new(ServedModel {
         alias: alias.to_owned(),
         name: approved.name,
         version: approved.version,
         digest: approved.digest,
         loaded_at: crate::unix_now(),
         engine,
-    })
+    }))
 }

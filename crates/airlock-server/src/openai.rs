@@ -33,7 +33,7 @@ fn respond(result: Result<Response, ApiError>) -> Response {
 /// `GET /v1/models`.
 pub(crate) async fn models(State(app): State<Arc<App>>) -> Response {
     let data: Vec<Value> = app
-        .models
+        .models()
         .values()
         .map(|m| {
             json!({

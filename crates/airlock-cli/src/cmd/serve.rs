@@ -48,7 +48,7 @@ pub(crate) fn serve(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<Ex
             .context("reading the listening address")?;
         let app = server.app();
         let mut text = format!("airlock: serving on http://{addr}/v1\n");
-        for model in app.models.values() {
+        for model in app.models().values() {
             text.push_str(&format!(
                 "  {} = {}:{} ({}, {})\n",
                 model.alias,
@@ -59,10 +59,44 @@ pub(crate) fn serve(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<Ex
             ));
         }
         output::out(&text)?;
+        tokio::spawn(reload_on_hangup(app));
         server.run(listener, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP re-admits the configured models (a moved tag deploys its new version); the
+/// outcome goes to stdout and the audit log, and a refused reload changes nothing.
+async fn reload_on_hangup(app: std::sync::Arc<airlock_server::App>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let reloading = std::sync::Arc::clone(&app);
+        let message = match tokio::task::spawn_blocking(move || reloading.reload()).await {
+            Ok(Ok(models)) => {
+                let mut text = String::from("airlock: reloaded\n");
+                for m in models {
+                    let change = m
+                        .previous
+                        .map_or_else(|| "unchanged".to_owned(), |p| format!("replaces {p}"));
+                    text.push_str(&format!(
+                        "  {} = {}:{} ({}, {change})\n",
+                        m.alias, m.name, m.version, m.digest
+                    ));
+                }
+                text
+            }
+            Ok(Err(error)) => {
+                format!("airlock: reload refused, still serving the previous models: {error}\n")
+            }
+            Err(error) => format!("airlock: reload failed: {error}\n"),
+        };
+        // Stdout, beside the serving banner; a closed stdout does not stop the server.
+        let _ = output::out(&message);
+    }
 }
 
 /// Ctrl-C or SIGTERM.
