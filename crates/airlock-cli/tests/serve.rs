@@ -850,6 +850,73 @@ fn a_reload_re_admits_every_model_deploys_a_moved_tag_and_changes_nothing_when_a
 }
 
 #[test]
+fn concurrent_embedding_requests_share_model_calls_and_each_gets_its_own_vectors() {
+    let site = site_with_models();
+    let (key, _) = create_key(&site, &["--name", "indexer"]);
+    let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
+    let server = Server::start(&site, &[]);
+    let texts: Vec<String> = (0..16)
+        .map(|i| {
+            format!(
+                "document {i}: {}",
+                "classified memo about supply routes ".repeat(i % 5 + 1)
+            )
+        })
+        .collect();
+    let embed = |text: &str| -> (Vec<f64>, u64) {
+        let reply = server.post(
+            "/v1/embeddings",
+            &key,
+            &json!({"model": "embed", "input": text}),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let body = reply.json();
+        let vector = body["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        (vector, body["usage"]["prompt_tokens"].as_u64().unwrap())
+    };
+    let batches = || -> u64 {
+        let text = server.get("/metrics", &admin).body;
+        text.lines()
+            .find_map(|l| l.strip_prefix("airlock_embedding_batches_total{model=\"embed\"} "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let alone: Vec<(Vec<f64>, u64)> = texts.iter().map(|t| embed(t)).collect();
+    let before = batches();
+    assert_eq!(
+        before,
+        texts.len() as u64,
+        "one call per request when they come one by one"
+    );
+
+    let together: Vec<(Vec<f64>, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = texts.iter().map(|t| s.spawn(|| embed(t))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let calls = batches() - before;
+    assert!(
+        calls < texts.len() as u64,
+        "{} concurrent requests took {calls} model calls",
+        texts.len()
+    );
+    for (i, ((a, a_tokens), (b, b_tokens))) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a_tokens, b_tokens, "request {i} is billed its own tokens");
+        let cosine: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        assert!(
+            cosine > 0.99999,
+            "request {i} got its own vector: cosine {cosine}"
+        );
+    }
+    assert!(alone[0].1 < alone[4].1, "longer texts have more tokens");
+}
+
+#[test]
 fn config_check_accepts_a_valid_file_and_names_the_problem_in_a_bad_one() {
     let site = Site::new();
     let good = site.ws.path("good.toml");

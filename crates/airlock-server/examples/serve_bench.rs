@@ -230,37 +230,74 @@ async fn overhead(data: &str, key: &str) {
         panic!("embed is not an embedding model")
     };
     let sentence = "Air-gapped networks keep sensitive data inside the enclave.";
-    let seconds = 8.0;
-    let started = Instant::now();
-    let mut in_process = 0u64;
-    while started.elapsed().as_secs_f64() < seconds {
-        worker.embed(vec![sentence.to_owned()]).await.unwrap();
-        in_process += 1;
+    let clients = 4;
+    // Anchors: the model called in this process, one sentence a call (what each request
+    // asks for), and as many sentences a call as there are clients (the most that merging
+    // their requests into one batch can reach). The three take turns in 2 s slices, so
+    // drift in the machine's speed touches all of them alike.
+    let slice = Duration::from_secs(2);
+    let in_process = |per_call: usize| {
+        let texts = vec![sentence; per_call];
+        let started = Instant::now();
+        let mut embedded = 0u64;
+        while started.elapsed() < slice {
+            worker.model().embed(&texts).unwrap();
+            embedded += per_call as u64;
+        }
+        (embedded, started.elapsed())
+    };
+    let mut totals = [(0u64, Duration::ZERO); 3];
+    for _ in 0..4 {
+        for (total, (n, t)) in totals.iter_mut().zip([
+            in_process(1),
+            in_process(clients),
+            http_embeddings(&addr, key, sentence, clients, slice).await,
+        ]) {
+            total.0 += n;
+            total.1 += t;
+        }
     }
-    let in_process_rate = in_process as f64 / started.elapsed().as_secs_f64();
+    let [one_a_call, batched, http_rate] = totals.map(|(n, t)| n as f64 / t.as_secs_f64());
+    println!("embeddings, one sentence a request, 4 x 2 s slices taking turns:");
+    println!("  /v1/embeddings, {clients} clients:          {http_rate:>7.1} requests/s");
+    println!(
+        "  in-process, one sentence a call:    {one_a_call:>7.1} sentences/s  (ratio {:.2})",
+        http_rate / one_a_call
+    );
+    println!(
+        "  in-process, {clients} sentences a call:      {batched:>7.1} sentences/s  (ratio {:.2})",
+        http_rate / batched
+    );
+}
+
+/// Requests answered by `clients` keep-alive connections posting one sentence each for
+/// `slice`, and the time taken.
+async fn http_embeddings(
+    addr: &str,
+    key: &str,
+    sentence: &str,
+    clients: usize,
+    slice: Duration,
+) -> (u64, Duration) {
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (addr, key, done) = (addr.clone(), key.to_owned(), Arc::clone(&done));
-        clients.push(tokio::spawn(async move {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (addr, key, done) = (addr.to_owned(), key.to_owned(), Arc::clone(&done));
+        let body = json!({"model": "embed", "input": sentence}).to_string();
+        tasks.push(tokio::spawn(async move {
             let mut connection = Connection::open(&addr).await;
-            let body = json!({"model": "embed", "input": sentence}).to_string();
-            while started.elapsed().as_secs_f64() < seconds {
+            while started.elapsed() < slice {
                 let (status, _) = connection.post("/v1/embeddings", &key, &body).await;
                 assert_eq!(status, 200);
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
-    for c in clients {
-        c.await.unwrap();
+    for task in tasks {
+        task.await.unwrap();
     }
-    let http_rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    println!("embeddings, one sentence a request:");
-    println!("  /v1/embeddings, 4 clients: {http_rate:.1} requests/s");
-    println!("  engine in-process, 1 caller: {in_process_rate:.1} embeddings/s");
-    println!("  ratio: {:.2}", http_rate / in_process_rate);
+    (done.load(Ordering::Relaxed), started.elapsed())
 }
 
 async fn time_http(connection: &mut Connection, key: &str, body: &str) -> f64 {

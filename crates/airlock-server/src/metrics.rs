@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::models::ServedModel;
+use crate::models::{Engine, ServedModel};
 
 /// Latency bucket bounds, seconds.
 const BUCKETS: [f64; 12] = [
@@ -134,6 +134,7 @@ impl Metrics {
         out.push_str("# HELP airlock_queue_depth Requests waiting for a model.\n");
         out.push_str("# TYPE airlock_queue_depth gauge\n");
         let mut running = String::new();
+        let mut batches = String::new();
         for model in models {
             let _ = writeln!(
                 out,
@@ -147,10 +148,23 @@ impl Metrics {
                 model.alias,
                 model.running()
             );
+            if let Engine::Embedding(worker) = &model.engine {
+                let _ = writeln!(
+                    batches,
+                    "airlock_embedding_batches_total{{model=\"{}\"}} {}",
+                    model.alias,
+                    worker.batches()
+                );
+            }
         }
         out.push_str("# HELP airlock_running Requests a model is running now.\n");
         out.push_str("# TYPE airlock_running gauge\n");
         out.push_str(&running);
+        out.push_str(
+            "# HELP airlock_embedding_batches_total Model calls that answered embedding requests (waiting requests share one).\n",
+        );
+        out.push_str("# TYPE airlock_embedding_batches_total counter\n");
+        out.push_str(&batches);
         out
     }
 }

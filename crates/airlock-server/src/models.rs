@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use airlock_audit::{Entry, Outcome};
-use airlock_engine::embed::EmbeddingConfig;
+use airlock_engine::embed::{EmbeddingConfig, EmbeddingModelInfo, Embeddings};
 use airlock_engine::{ChatConfig, ChatModel, EmbeddingModel, ModelFiles};
 use airlock_registry::{Reference, Registry};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, ModelSpec};
 use crate::error::{ApiError, Error, Result};
@@ -74,7 +74,7 @@ impl ServedModel {
     pub fn queued(&self) -> usize {
         match &self.engine {
             Engine::Chat(model) => model.queued(),
-            Engine::Embedding(worker) => worker.waiting.load(Ordering::Relaxed),
+            Engine::Embedding(worker) => worker.waiting(),
         }
     }
 
@@ -82,74 +82,167 @@ impl ServedModel {
     pub fn running(&self) -> usize {
         match &self.engine {
             Engine::Chat(model) => model.running(),
-            Engine::Embedding(worker) => usize::from(worker.permit.available_permits() == 0),
+            Engine::Embedding(worker) => usize::from(worker.running()),
         }
     }
 }
 
-/// Runs embedding batches one at a time (each batch already uses every core) and bounds
-/// how many requests wait.
+/// Embeds requests on one thread, merging those that wait into one batch (the model packs
+/// texts without padding, so a merged batch costs what its tokens cost, and larger matrix
+/// products run faster than many small ones). The queue is bounded: when it is full a
+/// request is refused at once.
 #[derive(Debug)]
 pub struct EmbeddingWorker {
     model: Arc<EmbeddingModel>,
-    permit: Semaphore,
-    waiting: AtomicUsize,
+    jobs: mpsc::Sender<EmbedJob>,
     queue: usize,
+    running: Arc<AtomicBool>,
+    batches: Arc<AtomicU64>,
+}
+
+/// One request's texts and where its answer goes.
+#[derive(Debug)]
+struct EmbedJob {
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Embeddings, ApiError>>,
 }
 
 impl EmbeddingWorker {
+    /// Starts the worker thread for `model`; `queue` requests may wait, and one merged
+    /// batch holds at most `max_batch` texts. The thread ends when the worker is dropped.
+    pub fn start(model: EmbeddingModel, queue: usize, max_batch: usize) -> Result<Self> {
+        let queue = queue.max(1);
+        let (jobs, incoming) = mpsc::channel(queue);
+        let running = Arc::new(AtomicBool::new(false));
+        let batches = Arc::new(AtomicU64::new(0));
+        let model = Arc::new(model);
+        let counters = (Arc::clone(&running), Arc::clone(&batches));
+        let worker_model = Arc::clone(&model);
+        std::thread::Builder::new()
+            .name(format!("embed {}", model.info().label))
+            .spawn(move || embed_batches(&worker_model, incoming, max_batch.max(1), &counters))
+            .map_err(|source| Error::Io {
+                what: "starting the embedding worker".into(),
+                source,
+            })?;
+        Ok(Self {
+            model,
+            jobs,
+            queue,
+            running,
+            batches,
+        })
+    }
+
     /// The model's facts (dimension, maximum tokens).
-    pub fn info(&self) -> &airlock_engine::embed::EmbeddingModelInfo {
+    pub fn info(&self) -> &EmbeddingModelInfo {
         self.model.info()
     }
 
-    /// Embeds `texts`, waiting for the model if another batch runs; refuses at once with a
-    /// 429 when the queue is full.
-    pub async fn embed(
-        &self,
-        texts: Vec<String>,
-    ) -> Result<airlock_engine::embed::Embeddings, ApiError> {
-        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
-        let _leave = scopeguard(|| {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-        });
-        if waiting >= self.queue {
-            return Err(ApiError::RateLimited {
-                message: "the embedding model is busy and its queue is full".into(),
-                retry_after: 1,
-            });
-        }
-        let _permit = self
-            .permit
-            .acquire()
-            .await
-            .map_err(|e| ApiError::Internal {
-                detail: format!("embedding worker closed: {e}"),
+    /// The model itself, for in-process callers (benchmarks) that bypass the queue.
+    pub fn model(&self) -> &EmbeddingModel {
+        &self.model
+    }
+
+    /// Requests waiting for the model.
+    pub fn waiting(&self) -> usize {
+        self.queue.saturating_sub(self.jobs.capacity())
+    }
+
+    /// Whether a batch is running now.
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Batches run so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Embeds `texts` in the next batch; refuses at once with a 429 when the queue is full.
+    /// Dropping the future withdraws the request if its batch has not started.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Embeddings, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .try_send(EmbedJob { texts, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ApiError::RateLimited {
+                    message: "the embedding model is busy and its queue is full".into(),
+                    retry_after: 1,
+                },
+                mpsc::error::TrySendError::Closed(_) => ApiError::Internal {
+                    detail: "the embedding worker has stopped".into(),
+                },
             })?;
-        let model = Arc::clone(&self.model);
-        tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            model.embed(&refs)
-        })
-        .await
-        .map_err(|e| ApiError::Internal {
-            detail: format!("embedding task failed: {e}"),
+        answer.await.map_err(|_| ApiError::Internal {
+            detail: "the embedding worker dropped the request".into(),
         })?
-        .map_err(ApiError::from)
     }
 }
 
-/// Runs `f` when dropped.
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
+/// The worker loop: takes the first waiting job, adds every other waiting job while the
+/// batch stays within `max_batch` texts, embeds them together and hands each its share.
+fn embed_batches(
+    model: &EmbeddingModel,
+    mut incoming: mpsc::Receiver<EmbedJob>,
+    max_batch: usize,
+    (running, batches): &(Arc<AtomicBool>, Arc<AtomicU64>),
+) {
+    let mut carried: Option<EmbedJob> = None;
+    loop {
+        let Some(first) = carried.take().or_else(|| incoming.blocking_recv()) else {
+            return;
+        };
+        let mut texts = first.texts.len();
+        let mut batch = vec![first];
+        while let Ok(job) = incoming.try_recv() {
+            if texts + job.texts.len() > max_batch {
+                carried = Some(job);
+                break;
             }
+            texts += job.texts.len();
+            batch.push(job);
+        }
+        // Callers that went away while waiting cost nothing.
+        batch.retain(|job| !job.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        running.store(true, Ordering::Relaxed);
+        answer_batch(model, batch);
+        batches.fetch_add(1, Ordering::Relaxed);
+        running.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Embeds `batch` in one call and splits the result; if the merged call fails, each job runs
+/// alone, so one request's bad input fails only that request.
+fn answer_batch(model: &EmbeddingModel, batch: Vec<EmbedJob>) {
+    let embed = |texts: &[&str]| model.embed(texts).map_err(ApiError::from);
+    if batch.len() > 1 {
+        let all: Vec<&str> = batch
+            .iter()
+            .flat_map(|job| job.texts.iter().map(String::as_str))
+            .collect();
+        if let Ok(merged) = embed(&all) {
+            let mut vectors = merged.vectors.into_iter();
+            let mut counts = merged.text_tokens.into_iter();
+            for job in batch {
+                let n = job.texts.len();
+                let text_tokens: Vec<usize> = counts.by_ref().take(n).collect();
+                let _ = job.reply.send(Ok(Embeddings {
+                    vectors: vectors.by_ref().take(n).collect(),
+                    tokens: text_tokens.iter().sum(),
+                    text_tokens,
+                }));
+            }
+            return;
         }
     }
-    Guard(Some(f))
+    for job in batch {
+        let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
+        let _ = job.reply.send(embed(&texts));
+    }
 }
 
 /// The models being served: alias → model.
@@ -231,12 +324,10 @@ fn admit_one(
                 embedding.threads = threads;
             }
             let model = EmbeddingModel::load(&files, &embedding).map_err(|e| e.to_string())?;
-            Engine::Embedding(EmbeddingWorker {
-                model: Arc::new(model),
-                permit: Semaphore::new(1),
-                waiting: AtomicUsize::new(0),
-                queue: config.limits.embedding_queue,
-            })
+            let worker =
+                EmbeddingWorker::start(model, config.limits.embedding_queue, embedding.max_batch)
+                    .map_err(|e| e.to_string())?;
+            Engine::Embedding(worker)
         }
         other => return Err(format!("model kind {other:?} cannot be served")),
     };

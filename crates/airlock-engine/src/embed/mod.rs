@@ -58,6 +58,8 @@ pub struct Embeddings {
     pub vectors: Vec<Vec<f32>>,
     /// Tokens processed (the usage count APIs report).
     pub tokens: usize,
+    /// Tokens of each text, in order; they sum to `tokens`.
+    pub text_tokens: Vec<usize>,
 }
 
 /// What the engine knows about a loaded embedding model.
@@ -277,7 +279,8 @@ impl EmbeddingModel {
         if let Some(i) = ids.iter().position(Vec::is_empty) {
             return Err(Error::Request(format!("input {i} has no tokens")));
         }
-        let tokens = ids.iter().map(Vec::len).sum();
+        let text_tokens: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let tokens = text_tokens.iter().sum();
         let vectors = self.threads.install(|| {
             let hidden = self.bert.forward(&ids);
             pool(
@@ -288,7 +291,11 @@ impl EmbeddingModel {
                 self.info.normalized,
             )
         });
-        Ok(Embeddings { vectors, tokens })
+        Ok(Embeddings {
+            vectors,
+            tokens,
+            text_tokens,
+        })
     }
 }
 
