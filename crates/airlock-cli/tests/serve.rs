@@ -917,6 +917,70 @@ fn concurrent_embedding_requests_share_model_calls_and_each_gets_its_own_vectors
 }
 
 #[test]
+fn a_client_that_hangs_up_cancels_its_generation_at_once_streamed_or_not() {
+    let site = site_with_models();
+    let (key, _) = create_key(&site, &["--name", "impatient"]);
+    let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
+    let server = Server::start(&site, &[]);
+    let running = || -> u64 {
+        let status = server.get("/admin/status", &admin).json();
+        status["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["alias"] == "chat")
+            .unwrap()["running"]
+            .as_u64()
+            .unwrap()
+    };
+    for stream in [false, true] {
+        // Thousands of tokens: minutes of work if nothing stopped it.
+        let body = json!({
+            "model": "chat", "stream": stream, "temperature": 0, "max_tokens": 4000,
+            "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}],
+        })
+        .to_string();
+        let mut socket = TcpStream::connect(&server.addr).unwrap();
+        write!(
+            socket,
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            server.addr,
+            body.len()
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while running() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the generation never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let hung_up = std::time::Instant::now();
+        drop(socket);
+        while running() > 0 {
+            assert!(
+                hung_up.elapsed() < Duration::from_secs(3),
+                "stream {stream}: still generating after the client left"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let closed: Vec<Value> = audit_entries(&site, "40")
+        .into_iter()
+        .filter(|e| e["action"] == "api.result" && e["details"]["status"] == 499)
+        .collect();
+    assert_eq!(closed.len(), 2, "each hang-up is recorded as 499");
+    assert_eq!(closed[1]["details"]["stream"], true);
+    for entry in &closed {
+        assert_eq!(entry["details"]["finish_reason"], "client_closed");
+        assert!(entry["details"]["latency_ms"].as_f64().unwrap() < 10_000.0);
+    }
+}
+
+#[test]
 fn config_check_accepts_a_valid_file_and_names_the_problem_in_a_bad_one() {
     let site = Site::new();
     let good = site.ws.path("good.toml");
