@@ -91,6 +91,7 @@ pub(crate) enum Command {
     /// SIGHUP (or `POST /admin/reload` with an admin key) re-admits the configured models the
     /// same way, without a restart: moving a tag to a newly approved version and reloading
     /// deploys it; if any model fails the checks, nothing changes and the old set keeps serving.
+    /// A reload re-reads the registry, not the configuration: other changes take a restart.
     ///
     /// Example: airlock serve --model chat=smollm2:prod --model embed=all-minilm-l6-v2:prod
     Serve(ServeArgs),
