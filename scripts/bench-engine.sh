@@ -7,7 +7,8 @@
 #               (built from the llama_cpp_python sdist by scripts/build-llama-cpp.sh; run with
 #               flash attention on, as the engine runs), then aggregate tok/s at 1, 4, 8 and
 #               16 concurrent streams in the engine's continuous batching against llama.cpp's
-#               llama-batched-bench on the same streams.
+#               llama-batched-bench on the same streams: over the whole run (prefill included)
+#               and over the decode phase alone (against its S_TG).
 #   embeddings  all-MiniLM-L6-v2 at batch 32 on sentences of ~60 tokens: sentences/s against
 #               onnxruntime (PyPI) running the same weights as an ONNX graph, plain and after
 #               onnxruntime's own BERT optimiser (fused attention, LayerNorm, GELU); the faster
@@ -85,6 +86,7 @@ single = {**one, **best}
 results["engine_single"] = single
 ours = lines([bench, "chat", gguf, str(threads), str(prompt_tokens), str(gen_tokens), streams])
 batched = {}
+batched_decode = {}
 if llama_bench:
     results["llama_bench"] = {"prefill_tok_s": ref_pp, "decode_tok_s": ref_tg, "build": runs[0].get("build_commit")}
     # llama-batched-bench: every stream's prompt, then all streams decoding together, in
@@ -102,7 +104,9 @@ if llama_bench:
                 r = json.loads(line)
                 rate = r["pl"] * r["tg"] / r["t"]
                 batched[r["pl"]] = max(batched.get(r["pl"], 0.0), rate)
+                batched_decode[r["pl"]] = max(batched_decode.get(r["pl"], 0.0), r["speed_tg"])
     results["llama_batched_bench"] = batched
+    results["llama_batched_bench_decode"] = batched_decode
 else:
     print("   (llama-bench not built: run without --check to build it and compare)")
 print(f"   {'':24}{'prefill tok/s':>14}{'decode tok/s':>14}")
@@ -123,6 +127,12 @@ for r in aggregate:
     ref_cols = f"{ref:>11.1f}{ratio(r['tok_s'], ref):>8}" if ref else ""
     print(f"   {r['streams']:>10}{r['generated']:>11}{r['seconds']:>9.2f}{r['tok_s']:>9.1f}{ratio(r['tok_s'], base):>13}{ref_cols}")
 print("   (target at 16 streams >= 3x one stream; llama.cpp = llama-batched-bench, same streams and tokens)")
+print("   decode phase: tokens/s once every stream's prompt is in, all streams decoding together")
+print(f"   {'streams':>10}{'tok/s':>9}{'vs 1-stream decode':>20}{'llama.cpp S_TG':>16}{'ratio':>8}")
+for r in aggregate:
+    ref = batched_decode.get(r["streams"])
+    ref_cols = f"{ref:>16.1f}{ratio(r['decode_tok_s'], ref):>8}" if ref else ""
+    print(f"   {r['streams']:>10}{r['decode_tok_s']:>9.1f}{ratio(r['decode_tok_s'], single['decode_tok_s']):>20}{ref_cols}")
 
 # ~60-token sentences, the same for every tool.
 rng = random.Random(7)
