@@ -116,6 +116,18 @@ impl Server {
         let auth = format!("Bearer {key}");
         self.request("GET", path, &[("authorization", &auth)], b"")
     }
+
+    /// `alias`'s entry in `/admin/status` (version, digest, running, queued).
+    fn model_status(&self, admin_key: &str, alias: &str) -> Value {
+        let status = self.get("/admin/status", admin_key).json();
+        status["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["alias"] == alias)
+            .cloned()
+            .unwrap_or_else(|| panic!("{alias} is not served: {status}"))
+    }
 }
 
 impl Drop for Server {
@@ -745,16 +757,7 @@ fn a_reload_re_admits_every_model_deploys_a_moved_tag_and_changes_nothing_when_a
     let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
     let (user, _) = create_key(&site, &["--name", "app"]);
     let server = Server::start(&site, &[]);
-    let served = |alias: &str| -> Value {
-        let status = server.get("/admin/status", &admin).json();
-        status["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["alias"] == alias)
-            .cloned()
-            .unwrap()
-    };
+    let served = |alias: &str| server.model_status(&admin, alias);
     let reload = |key: &str| server.post("/admin/reload", key, &json!({}));
     let before = served("embed");
 
@@ -922,14 +925,8 @@ fn a_client_that_hangs_up_cancels_its_generation_at_once_streamed_or_not() {
     let (key, _) = create_key(&site, &["--name", "impatient"]);
     let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
     let server = Server::start(&site, &[]);
-    let running = || -> u64 {
-        let status = server.get("/admin/status", &admin).json();
-        status["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["alias"] == "chat")
-            .unwrap()["running"]
+    let running = || {
+        server.model_status(&admin, "chat")["running"]
             .as_u64()
             .unwrap()
     };

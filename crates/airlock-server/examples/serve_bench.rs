@@ -116,6 +116,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// `p50 X  p99 Y` of sorted values, in their unit.
+fn p50_p99(sorted: &[f64]) -> String {
+    format!(
+        "p50 {:.3}  p99 {:.3}",
+        percentile(sorted, 0.5),
+        percentile(sorted, 0.99)
+    )
+}
+
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(f64::total_cmp);
     v
@@ -167,14 +176,12 @@ async fn overhead(data: &str, key: &str) {
     let (http, direct, added) = (sorted(http), sorted(direct), sorted(added));
     println!("completion of one token from a one-word prompt, {rounds} alternating rounds (ms):");
     println!(
-        "  through HTTP (routing + auth + audit + JSON): p50 {:.3}  p99 {:.3}",
-        percentile(&http, 0.5),
-        percentile(&http, 0.99)
+        "  through HTTP (routing + auth + audit + JSON): {}",
+        p50_p99(&http)
     );
     println!(
-        "  engine in-process:                           p50 {:.3}  p99 {:.3}",
-        percentile(&direct, 0.5),
-        percentile(&direct, 0.99)
+        "  engine in-process:                           {}",
+        p50_p99(&direct)
     );
     println!(
         "  added by the server, median of paired differences: {:.3} ms (target < 1 ms)",
@@ -216,14 +223,12 @@ async fn overhead(data: &str, key: &str) {
     }
     let refused = sorted(refused);
     println!(
-        "POST /v1/chat/completions for an unknown model, 1000 requests (all but the engine): p50 {:.3} ms  p99 {:.3} ms",
-        percentile(&refused, 0.5),
-        percentile(&refused, 0.99)
+        "POST /v1/chat/completions for an unknown model, 1000 requests (all but the engine): {} ms",
+        p50_p99(&refused)
     );
     println!(
-        "GET /v1/models, 1000 requests (auth + audit append with fdatasync + routing + JSON + loopback): p50 {:.3} ms  p99 {:.3} ms",
-        percentile(&models, 0.5),
-        percentile(&models, 0.99)
+        "GET /v1/models, 1000 requests (auth + audit append with fdatasync + routing + JSON + loopback): {} ms",
+        p50_p99(&models)
     );
 
     let Engine::Embedding(worker) = &served["embed"].engine else {

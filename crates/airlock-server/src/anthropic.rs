@@ -128,11 +128,11 @@ async fn handle(
             None,
             None,
         ),
+        stream: request.stream,
     };
     let prompt = model.chat_prompt(&conversation)?;
     let (generation, prompt_tokens) =
-        generation::start(model, prompt, app.config.limits.max_tokens, ask)?;
-    record.open(Some(prompt_tokens), request.stream).await?;
+        generation::start(model, prompt, app.config.limits.max_tokens, ask, &record).await?;
     let id = format!("msg_{}", record.id());
     if request.stream {
         let format = MessageEvents {

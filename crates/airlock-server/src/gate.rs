@@ -477,16 +477,6 @@ pub async fn gate(State(app): State<Arc<App>>, mut request: Request, next: Next)
     response
 }
 
-/// The request's record, put there by [`gate`].
-pub fn record(request_extensions: &axum::http::Extensions) -> Result<Arc<RequestRecord>, ApiError> {
-    request_extensions
-        .get::<Arc<RequestRecord>>()
-        .cloned()
-        .ok_or_else(|| ApiError::Internal {
-            detail: "request reached a handler without passing the gate".into(),
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

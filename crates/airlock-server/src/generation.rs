@@ -152,15 +152,20 @@ pub(crate) struct Ask {
     pub(crate) stop: Vec<String>,
     /// Token choice.
     pub(crate) sampling: SamplingParams,
+    /// Whether the answer is streamed.
+    pub(crate) stream: bool,
 }
 
 /// Queues a generation of `prompt` on `model`, its length checked against `cap` and the
-/// context left; returns it with the prompt's token count.
-pub(crate) fn start(
+/// context left, then writes the request's audit entry while the model works; returns once
+/// that entry is durable (nothing the model produces may be sent before), with the
+/// generation and the prompt's token count.
+pub(crate) async fn start(
     model: &ChatModel,
     prompt: Vec<i32>,
     cap: usize,
     ask: Ask,
+    record: &RequestRecord,
 ) -> Result<(Generation, usize), ApiError> {
     let room = model.info().context_per_slot.saturating_sub(prompt.len());
     let max = max_tokens(ask.max_tokens, ask.param, cap, ask.default_max, room)?;
@@ -174,6 +179,7 @@ pub(crate) fn start(
             ignore_eos: false,
         },
     )?;
+    record.open(Some(prompt_tokens), ask.stream).await?;
     Ok((generation, prompt_tokens))
 }
 

@@ -211,11 +211,11 @@ async fn chat(
             request.repetition_penalty,
             request.seed,
         ),
+        stream: request.stream,
     };
     let prompt = model.chat_prompt(&messages(request.messages)?)?;
     let (generation, prompt_tokens) =
-        generation::start(model, prompt, app.config.limits.max_tokens, ask)?;
-    record.open(Some(prompt_tokens), request.stream).await?;
+        generation::start(model, prompt, app.config.limits.max_tokens, ask, &record).await?;
     let id = format!("chatcmpl-{}", record.id());
     let created = crate::unix_now();
     let alias = served.alias.clone();
@@ -493,11 +493,11 @@ async fn complete(
             request.repetition_penalty,
             request.seed,
         ),
+        stream: request.stream,
     };
     let prompt = model.text_prompt(&text);
     let (generation, prompt_tokens) =
-        generation::start(model, prompt, app.config.limits.max_tokens, ask)?;
-    record.open(Some(prompt_tokens), request.stream).await?;
+        generation::start(model, prompt, app.config.limits.max_tokens, ask, &record).await?;
     let id = format!("cmpl-{}", record.id());
     let created = crate::unix_now();
     let alias = served.alias.clone();
