@@ -1,8 +1,9 @@
 //! In-process inference on the isolated side.
 //!
-//! Chat models are GGUF files run by llama.cpp (through `llama-cpp-2`) with continuous
-//! batching ([`chat`]); embedding models are safetensors BERT-family models run by a small
-//! Rust implementation ([`embed`]). Both load only from [`ModelFiles`] the registry has
+//! Chat models run with continuous batching ([`chat`]) on a [`Backend`]: GGUF files on
+//! llama.cpp (through `llama-cpp-2`, [`LlamaCpp`]), or any other runtime that implements the
+//! trait. Embedding models are safetensors BERT-family models run by a small Rust
+//! implementation ([`embed`]). Both load only from [`ModelFiles`] the registry has
 //! re-verified, and both treat everything in a model file as untrusted: hyperparameters are
 //! checked before llama.cpp sees them, chat templates run in a sandbox ([`template`]).
 
@@ -15,8 +16,8 @@ pub mod template;
 pub mod text;
 
 pub use chat::{
-    ChatConfig, ChatModel, Completion, Event, FinishReason, GenerateParams, Generation,
-    SamplingParams, Usage,
+    Backend, BatchToken, ChatConfig, ChatModel, Completion, Decoder, DecoderShape, Event,
+    FinishReason, GenerateParams, Generation, LlamaCpp, SamplingParams, Usage,
 };
 pub use embed::EmbeddingModel;
 pub use error::{Error, Result};

@@ -1,0 +1,255 @@
+//! The llama.cpp backend (through `llama-cpp-2`): GGUF models, memory-mapped.
+
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use super::backend::{Backend, BatchToken, Decoder, DecoderShape};
+use super::{SamplingParams, random_seed};
+use crate::files::ModelFiles;
+use crate::gguf_check;
+use crate::template::ChatTemplate;
+use crate::{Error, Result};
+
+/// Bundle path suffix of GGUF weights.
+const GGUF: &str = ".gguf";
+
+/// A GGUF model loaded by llama.cpp.
+pub struct LlamaCpp {
+    model: LlamaModel,
+    architecture: String,
+    training_context: usize,
+}
+
+impl std::fmt::Debug for LlamaCpp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaCpp")
+            .field("architecture", &self.architecture)
+            .field("training_context", &self.training_context)
+            .finish_non_exhaustive()
+    }
+}
+
+/// llama.cpp's process-wide state, initialised once.
+fn runtime() -> Result<&'static LlamaBackend> {
+    static RUNTIME: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            // llama.cpp's log goes to `tracing`; without a subscriber it is silent.
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| Error::Inference(format!("llama.cpp did not initialise: {e}")))
+}
+
+impl LlamaCpp {
+    /// Loads the model's one GGUF file after checking that its hyperparameters are consistent,
+    /// and builds its chat template in the sandbox (if it has one).
+    pub(super) fn load(files: &ModelFiles) -> Result<(Self, Option<ChatTemplate>)> {
+        let label = files.label();
+        let mut ggufs = files.ending_with(GGUF);
+        let (_, path) = ggufs
+            .next()
+            .ok_or_else(|| Error::model(label, "has no .gguf file"))?;
+        if ggufs.next().is_some() {
+            return Err(Error::model(
+                label,
+                "has more than one .gguf file; split GGUF models are not supported",
+            ));
+        }
+        let facts = gguf_check::check(label, path)?;
+        let model = LlamaModel::load_from_file(runtime()?, path, &LlamaModelParams::default())
+            .map_err(|e| {
+                Error::model(
+                    label,
+                    format!("llama.cpp could not load it ({e}); its tensors do not match what a {} model needs", facts.architecture),
+                )
+            })?;
+        let backend = Self {
+            model,
+            architecture: facts.architecture,
+            training_context: facts.context_length as usize,
+        };
+        let template = match &facts.chat_template {
+            Some(source) => {
+                let vocab = backend.model.vocab();
+                let text = |token| backend.piece_text(token);
+                Some(
+                    ChatTemplate::new(source, &text(vocab.bos().0), &text(vocab.eos().0))
+                        .map_err(|e| Error::model(label, e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        Ok((backend, template))
+    }
+
+    fn piece_text(&self, token: i32) -> String {
+        let mut bytes = Vec::new();
+        self.append_piece(token, true, &mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Backend for LlamaCpp {
+    type Decoder<'m> = LlamaDecoder<'m>;
+
+    fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    fn training_context(&self) -> usize {
+        self.training_context
+    }
+
+    fn vocabulary(&self) -> usize {
+        self.model.vocab().n_tokens().max(0) as usize
+    }
+
+    fn tokenize(&self, text: &str, special: bool) -> Vec<i32> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), false, special)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
+
+    fn append_piece(&self, token: i32, special: bool, out: &mut Vec<u8>) {
+        self.model
+            .vocab()
+            .token_to_piece_into(LlamaToken(token), out, special, None);
+    }
+
+    fn prompt_start(&self) -> Option<i32> {
+        let vocab = self.model.vocab();
+        vocab.should_add_bos().then(|| vocab.bos().0)
+    }
+
+    fn ends_turn(&self, token: i32) -> bool {
+        self.model.vocab().is_eog(LlamaToken(token))
+    }
+
+    fn decoder(&self, shape: &DecoderShape) -> std::result::Result<LlamaDecoder<'_>, String> {
+        let runtime = runtime().map_err(|e| e.to_string())?;
+        let total = u32::try_from(shape.context_per_slot * shape.slots)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or("context too large")?;
+        let threads = i32::try_from(shape.threads.max(1)).unwrap_or(1);
+        let batch_tokens = shape.batch_tokens.max(shape.slots);
+        let batch = u32::try_from(batch_tokens).unwrap_or(512);
+        // Each sequence gets its own KV-cache stream and flash attention skips masked cells,
+        // so a sequence's arithmetic does not depend on what else shares its batch: the same
+        // seed gives the same tokens alone or among fifteen others.
+        let params = LlamaContextParams::default()
+            .with_n_ctx(Some(total))
+            .with_n_seq_max(shape.slots as u32)
+            .with_kv_unified(false)
+            .with_n_batch(batch)
+            .with_n_ubatch(batch)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads)
+            .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED);
+        let context = self
+            .model
+            .new_context(runtime, params)
+            .map_err(|e| format!("llama.cpp could not create a context: {e}"))?;
+        Ok(LlamaDecoder {
+            context,
+            batch: LlamaBatch::new(batch_tokens, 1),
+            vocabulary: self.model.vocab().n_tokens(),
+        })
+    }
+}
+
+/// A llama.cpp context with one KV-cache stream per sequence slot.
+pub struct LlamaDecoder<'m> {
+    context: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    vocabulary: i32,
+}
+
+impl std::fmt::Debug for LlamaDecoder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaDecoder").finish_non_exhaustive()
+    }
+}
+
+impl Decoder for LlamaDecoder<'_> {
+    type Sampler = LlamaSampler;
+
+    fn sampler(&self, params: &SamplingParams) -> LlamaSampler {
+        let mut chain = Vec::new();
+        if params.repetition_penalty != 1.0 {
+            chain.push(LlamaSampler::penalties(
+                self.vocabulary,
+                64,
+                params.repetition_penalty,
+                0.0,
+                0.0,
+            ));
+        }
+        if params.temperature == 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            if params.top_k > 0 {
+                chain.push(LlamaSampler::top_k(params.top_k.min(i32::MAX as u32) as i32));
+            }
+            if params.top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(params.top_p, 1));
+            }
+            if params.min_p > 0.0 {
+                chain.push(LlamaSampler::min_p(params.min_p, 1));
+            }
+            chain.push(LlamaSampler::temp(params.temperature));
+            chain.push(LlamaSampler::dist(params.seed.unwrap_or_else(random_seed)));
+        }
+        LlamaSampler::chain_simple(chain)
+    }
+
+    fn decode(&mut self, batch: &[BatchToken]) -> std::result::Result<(), String> {
+        self.batch.clear();
+        for t in batch {
+            // Positions and sequence ids are bounded by the context and slot count, which
+            // llama.cpp itself counts in i32.
+            self.batch
+                .add(
+                    LlamaToken(t.token),
+                    t.position as i32,
+                    &[t.seq as i32],
+                    t.logits,
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.context
+            .decode(&mut self.batch)
+            .map_err(|e| e.to_string())
+    }
+
+    fn logits(&self, index: usize) -> &[f32] {
+        self.context.get_logits_ith(index as i32)
+    }
+
+    fn sample(&mut self, sampler: &mut LlamaSampler, index: usize) -> i32 {
+        sampler.sample(&self.context, index as i32).0
+    }
+
+    fn forget(&mut self, seq: usize) {
+        let _ = self
+            .context
+            .clear_kv_cache_seq(Some(seq as u32), None, None);
+    }
+}

@@ -1,0 +1,269 @@
+//! The worker thread: continuous batching over a [`Backend`]'s sequence slots.
+//!
+//! Every step it admits queued requests into free slots, builds one batch holding the next
+//! token of every running generation plus as much of the new prompts as fits, decodes it, and
+//! samples each sequence with its own sampler.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+
+use super::backend::{Backend, BatchToken, Decoder, DecoderShape};
+use super::{Event, FinishReason, Job, Load, Usage};
+use crate::Error;
+use crate::text::{Release, TextStream};
+
+/// A generation occupying a sequence slot.
+struct Slot<S> {
+    seq: usize,
+    job: Job,
+    /// `None`: plain greedy, an argmax the scheduler takes itself.
+    sampler: Option<S>,
+    /// Prompt tokens already in the cache.
+    fed: usize,
+    /// The token to feed next once the prompt is in.
+    next: Option<i32>,
+    /// Index of this slot's logits in the current batch.
+    logits_at: Option<usize>,
+    generated: usize,
+    text: TextStream,
+}
+
+impl<S> Slot<S> {
+    fn position(&self) -> usize {
+        self.fed + self.generated.saturating_sub(1)
+    }
+
+    fn finish(&mut self, reason: FinishReason, stop_sequence: Option<String>) {
+        let text = self.text.finish();
+        let _ = self.job.events.send(Ok(Event::Done {
+            text,
+            reason,
+            stop_sequence,
+            usage: Usage {
+                prompt_tokens: self.job.prompt.len(),
+                completion_tokens: self.generated,
+            },
+        }));
+    }
+}
+
+/// The slots in use and free, with the decoder that holds their caches.
+struct Slots<'m, B: Backend + 'm> {
+    decoder: B::Decoder<'m>,
+    // Handing out the lowest free id and feeding sequences in id order matters to llama.cpp:
+    // it splits a batch over per-sequence caches into one compute per run of consecutive
+    // sequence ids, so this keeps a whole decode step in one compute.
+    free: BTreeSet<usize>,
+    running: Vec<Slot<<B::Decoder<'m> as Decoder>::Sampler>>,
+}
+
+impl<B: Backend> Slots<'_, B> {
+    fn release(&mut self, load: &Load, seq: usize) {
+        self.decoder.forget(seq);
+        self.free.insert(seq);
+        load.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs until the job queue closes and every running generation has ended. Reports on
+/// `ready` whether the decoder could be made.
+pub(super) fn run<B: Backend>(
+    backend: &B,
+    shape: DecoderShape,
+    queue: &Receiver<Job>,
+    load: &Load,
+    ready: SyncSender<Result<(), String>>,
+) {
+    let decoder = match backend.decoder(&shape) {
+        Ok(decoder) => {
+            let _ = ready.send(Ok(()));
+            decoder
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mut slots = Slots::<B> {
+        decoder,
+        free: (0..shape.slots).collect(),
+        running: Vec::with_capacity(shape.slots),
+    };
+    let capacity = shape.batch_tokens.max(shape.slots);
+    let mut batch: Vec<BatchToken> = Vec::with_capacity(capacity);
+    let mut piece = Vec::new();
+    let mut closed = false;
+    loop {
+        // Admit waiting requests into free slots; wait only when nothing is running.
+        while !closed && !slots.free.is_empty() {
+            let job = if slots.running.is_empty() {
+                match queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            } else {
+                match queue.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            };
+            load.queued.fetch_sub(1, Ordering::Relaxed);
+            if job.events.is_closed() {
+                continue;
+            }
+            let Some(seq) = slots.free.pop_first() else {
+                break;
+            };
+            load.running.fetch_add(1, Ordering::Relaxed);
+            let sampling = &job.params.sampling;
+            let sampler = (!sampling.is_plain_greedy()).then(|| slots.decoder.sampler(sampling));
+            slots.running.push(Slot {
+                seq,
+                sampler,
+                text: TextStream::new(&job.params.stop),
+                job,
+                fed: 0,
+                next: None,
+                logits_at: None,
+                generated: 0,
+            });
+        }
+        if slots.running.is_empty() {
+            if closed {
+                return;
+            }
+            continue;
+        }
+
+        // Cancelled generations free their slot before the step.
+        let mut index = 0;
+        while index < slots.running.len() {
+            if slots.running[index].job.events.is_closed() {
+                let slot = slots.running.swap_remove(index);
+                slots.release(load, slot.seq);
+            } else {
+                index += 1;
+            }
+        }
+
+        // One batch: every decoding sequence's next token first, then prompt chunks.
+        slots.running.sort_unstable_by_key(|slot| slot.seq);
+        batch.clear();
+        for slot in slots.running.iter_mut() {
+            slot.logits_at = None;
+            if let Some(token) = slot.next {
+                slot.logits_at = Some(batch.len());
+                batch.push(BatchToken {
+                    token,
+                    position: slot.position(),
+                    seq: slot.seq,
+                    logits: true,
+                });
+            }
+        }
+        for slot in slots.running.iter_mut() {
+            if slot.next.is_some() {
+                continue;
+            }
+            let take = (slot.job.prompt.len() - slot.fed).min(capacity - batch.len());
+            for position in slot.fed..slot.fed + take {
+                let last = position + 1 == slot.job.prompt.len();
+                if last {
+                    slot.logits_at = Some(batch.len());
+                }
+                batch.push(BatchToken {
+                    token: slot.job.prompt[position],
+                    position,
+                    seq: slot.seq,
+                    logits: last,
+                });
+            }
+            slot.fed += take;
+        }
+        if let Err(e) = slots.decoder.decode(&batch) {
+            for slot in std::mem::take(&mut slots.running) {
+                let _ = slot.job.events.send(Err(Error::Inference(e.clone())));
+                slots.release(load, slot.seq);
+            }
+            continue;
+        }
+
+        // Sample every sequence that produced logits and stream what became visible.
+        let Slots {
+            decoder, running, ..
+        } = &mut slots;
+        let mut finished = Vec::new();
+        for (index, slot) in running.iter_mut().enumerate() {
+            let Some(at) = slot.logits_at else { continue };
+            let token = match &mut slot.sampler {
+                Some(sampler) => decoder.sample(sampler, at),
+                None => argmax(decoder.logits(at)),
+            };
+            slot.generated += 1;
+            if backend.ends_turn(token) && !slot.job.params.ignore_eos {
+                slot.generated -= 1;
+                slot.finish(FinishReason::Stop, None);
+                finished.push(index);
+                continue;
+            }
+            piece.clear();
+            backend.append_piece(token, false, &mut piece);
+            let (text, stopped) = match slot.text.push(&piece) {
+                Release::Text(t) => (t, None),
+                Release::Stopped { text, stop } => (text, Some(stop)),
+            };
+            let _ = slot.job.events.send(Ok(Event::Token { id: token, text }));
+            let at_limit = slot
+                .job
+                .params
+                .max_tokens
+                .is_some_and(|m| slot.generated >= m);
+            let context_full = slot.fed + slot.generated >= shape.context_per_slot;
+            if let Some(stop) = stopped {
+                slot.finish(FinishReason::Stop, Some(stop));
+                finished.push(index);
+            } else if at_limit || context_full {
+                slot.finish(FinishReason::Length, None);
+                finished.push(index);
+            } else {
+                slot.next = Some(token);
+            }
+        }
+        for index in finished.into_iter().rev() {
+            let slot = slots.running.swap_remove(index);
+            slots.release(load, slot.seq);
+        }
+    }
+}
+
+/// The index of the first largest logit: what llama.cpp's greedy sampler picks.
+fn argmax(logits: &[f32]) -> i32 {
+    let mut best = 0;
+    for (i, &logit) in logits.iter().enumerate() {
+        if logit > logits[best] {
+            best = i;
+        }
+    }
+    // A vocabulary index always fits: runtimes count tokens in i32.
+    best as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_picks_the_first_of_equal_largest_logits_as_llama_cpp_greedy_does() {
+        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
+        assert_eq!(argmax(&[3.0]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -1e30, -1e30]), 1);
+    }
+}

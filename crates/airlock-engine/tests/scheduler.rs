@@ -1,0 +1,597 @@
+//! The continuous-batching scheduler, driven through the public [`Backend`] trait by a
+//! second backend: a scripted "echo" model whose decoder checks every batch it is given.
+//!
+//! The echo model reads a prompt `BOS text |` and answers `text` over and over; a `#` in the
+//! text ends its turn there. Its next token depends on the whole history of its sequence, so
+//! a token fed to the wrong sequence or at the wrong position changes the answer, and its
+//! decoder refuses any batch that skips or repeats a position or overfills the batch.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "the test backend's helpers: a broken expectation is a failed test"
+)]
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use airlock_engine::{
+    Backend, BatchToken, ChatConfig, ChatModel, Decoder, DecoderShape, Error, Event, FinishReason,
+    GenerateParams, SamplingParams,
+};
+
+const END: i32 = 256;
+const BOS: i32 = 257;
+const VOCABULARY: usize = 258;
+
+/// What the echo decoder saw, for the tests to read.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    decodes: usize,
+    /// Most distinct sequences in one batch.
+    widest: usize,
+    /// Batches that fed one sequence's prompt beside another's generated token.
+    mixed: usize,
+    largest_batch: usize,
+    forgotten: Vec<usize>,
+}
+
+#[derive(Debug, Default)]
+struct Controls {
+    seen: Mutex<Seen>,
+    /// Pause in every decode, so tests can act while generations run.
+    step_micros: AtomicU64,
+    /// The next decode fails, as a runtime whose device went away would.
+    fail_next: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Echo {
+    training_context: usize,
+    /// Decoders for more slots than this cannot be made.
+    max_slots: usize,
+    controls: Arc<Controls>,
+}
+
+impl Controls {
+    /// A copy of what the decoder has seen so far.
+    fn seen(&self) -> Seen {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Echo {
+    fn new(training_context: usize) -> (Self, Arc<Controls>) {
+        let controls = Arc::new(Controls::default());
+        let echo = Self {
+            training_context,
+            max_slots: 64,
+            controls: Arc::clone(&controls),
+        };
+        (echo, controls)
+    }
+}
+
+/// The echo model's choice after `history`.
+fn echo_next(history: &[i32]) -> i32 {
+    let Some(bar) = history.iter().position(|&t| t == i32::from(b'|')) else {
+        return END;
+    };
+    let text = &history[1..bar];
+    if text.is_empty() {
+        return END;
+    }
+    let next = text[(history.len() - bar - 1) % text.len()];
+    if next == i32::from(b'#') { END } else { next }
+}
+
+impl Backend for Echo {
+    type Decoder<'m> = EchoDecoder;
+
+    fn architecture(&self) -> &str {
+        "echo"
+    }
+
+    fn training_context(&self) -> usize {
+        self.training_context
+    }
+
+    fn vocabulary(&self) -> usize {
+        VOCABULARY
+    }
+
+    fn tokenize(&self, text: &str, _special: bool) -> Vec<i32> {
+        text.bytes().map(i32::from).collect()
+    }
+
+    fn append_piece(&self, token: i32, special: bool, out: &mut Vec<u8>) {
+        match u8::try_from(token) {
+            Ok(byte) => out.push(byte),
+            Err(_) if special => {
+                out.extend_from_slice(if token == END { b"<end>" } else { b"<bos>" })
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn prompt_start(&self) -> Option<i32> {
+        Some(BOS)
+    }
+
+    fn ends_turn(&self, token: i32) -> bool {
+        token == END
+    }
+
+    fn decoder(&self, shape: &DecoderShape) -> Result<EchoDecoder, String> {
+        if shape.slots > self.max_slots {
+            return Err(format!(
+                "{} slots asked for, {} fit",
+                shape.slots, self.max_slots
+            ));
+        }
+        Ok(EchoDecoder {
+            shape: *shape,
+            histories: vec![Vec::new(); shape.slots],
+            logits: Vec::new(),
+            controls: Arc::clone(&self.controls),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct EchoDecoder {
+    shape: DecoderShape,
+    histories: Vec<Vec<i32>>,
+    /// Logits of the last batch, by batch index, where asked for.
+    logits: Vec<Option<Vec<f32>>>,
+    controls: Arc<Controls>,
+}
+
+/// A seeded sampler: half the time the model's choice, half a seeded random letter.
+#[derive(Debug)]
+struct Dice(u64);
+
+impl Decoder for EchoDecoder {
+    type Sampler = Dice;
+
+    fn sampler(&self, params: &SamplingParams) -> Dice {
+        assert!(params.temperature > 0.0 || params.repetition_penalty != 1.0);
+        Dice(u64::from(params.seed.unwrap_or(7)) | 1)
+    }
+
+    fn decode(&mut self, batch: &[BatchToken]) -> Result<(), String> {
+        std::thread::sleep(Duration::from_micros(
+            self.controls.step_micros.load(Ordering::Relaxed),
+        ));
+        if self.controls.fail_next.swap(false, Ordering::Relaxed) {
+            return Err("the device went away".into());
+        }
+        if batch.len() > self.shape.batch_tokens {
+            return Err(format!(
+                "{} tokens in a batch of {}",
+                batch.len(),
+                self.shape.batch_tokens
+            ));
+        }
+        self.logits.clear();
+        let mut sequences = BTreeSet::new();
+        let (mut prompt_tokens, mut answer_tokens) = (false, false);
+        for t in batch {
+            let history = self
+                .histories
+                .get_mut(t.seq)
+                .ok_or_else(|| format!("sequence {} of {}", t.seq, self.shape.slots))?;
+            if t.position != history.len() {
+                return Err(format!(
+                    "sequence {} fed position {} after {} tokens",
+                    t.seq,
+                    t.position,
+                    history.len()
+                ));
+            }
+            if t.position + 1 > self.shape.context_per_slot {
+                return Err(format!("sequence {} overflows its context", t.seq));
+            }
+            let in_prompt = !history.contains(&i32::from(b'|')) || t.token == i32::from(b'|');
+            prompt_tokens |= in_prompt;
+            answer_tokens |= !in_prompt;
+            history.push(t.token);
+            sequences.insert(t.seq);
+            self.logits.push(t.logits.then(|| {
+                let mut row = vec![0.0; VOCABULARY];
+                row[echo_next(history) as usize] = 1.0;
+                row
+            }));
+        }
+        let mut seen = self.controls.seen.lock().unwrap();
+        seen.decodes += 1;
+        seen.widest = seen.widest.max(sequences.len());
+        seen.largest_batch = seen.largest_batch.max(batch.len());
+        seen.mixed += usize::from(prompt_tokens && answer_tokens);
+        Ok(())
+    }
+
+    fn logits(&self, index: usize) -> &[f32] {
+        self.logits[index]
+            .as_deref()
+            .expect("logits only where the batch asked for them")
+    }
+
+    fn sample(&mut self, dice: &mut Dice, index: usize) -> i32 {
+        dice.0 ^= dice.0 << 13;
+        dice.0 ^= dice.0 >> 7;
+        dice.0 ^= dice.0 << 17;
+        if dice.0.is_multiple_of(2) {
+            let row = self.logits(index);
+            row.iter().position(|&l| l == 1.0).unwrap() as i32
+        } else {
+            i32::from(b'a') + (dice.0 % 26) as i32
+        }
+    }
+
+    fn forget(&mut self, seq: usize) {
+        self.histories[seq].clear();
+        self.controls.seen.lock().unwrap().forgotten.push(seq);
+    }
+}
+
+fn start(config: ChatConfig, training_context: usize) -> (ChatModel<Echo>, Arc<Controls>) {
+    let (echo, controls) = Echo::new(training_context);
+    let model = ChatModel::start("echo:1", echo, None, &config).unwrap();
+    (model, controls)
+}
+
+fn config(slots: usize) -> ChatConfig {
+    ChatConfig {
+        threads: 1,
+        slots,
+        context_per_slot: None,
+        queue: 64,
+        batch_tokens: 512,
+    }
+}
+
+fn greedy(max_tokens: usize) -> GenerateParams {
+    GenerateParams {
+        max_tokens: Some(max_tokens),
+        sampling: SamplingParams::greedy(),
+        ..GenerateParams::default()
+    }
+}
+
+/// Waits (at most 10 s) until `done` holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_generation_streams_its_answer_and_ends_at_the_end_of_turn_with_its_usage() {
+    let (model, _) = start(config(1), 256);
+    let prompt = model.text_prompt("hi#|");
+    assert_eq!(prompt[0], BOS);
+    let mut generation = model.generate(prompt, greedy(50)).unwrap();
+    let mut streamed = Vec::new();
+    let done = loop {
+        match generation.next_blocking().unwrap().unwrap() {
+            Event::Token { id, text } => streamed.push((id, text)),
+            done @ Event::Done { .. } => break done,
+        }
+    };
+    assert_eq!(
+        streamed,
+        [(i32::from(b'h'), "h".into()), (i32::from(b'i'), "i".into())]
+    );
+    let Event::Done {
+        text,
+        reason,
+        stop_sequence,
+        usage,
+    } = done
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (text.as_str(), reason, stop_sequence),
+        ("", FinishReason::Stop, None)
+    );
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 2));
+    assert!(generation.next_blocking().is_none());
+    assert_eq!(model.info().architecture, "echo");
+}
+
+#[test]
+fn max_tokens_and_a_full_context_both_end_with_length_and_oversized_requests_are_refused() {
+    let (model, _) = start(config(1), 16);
+    let out = model
+        .generate(model.text_prompt("abc|"), greedy(5))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert_eq!(
+        (out.text.as_str(), out.reason),
+        ("abcab", Some(FinishReason::Length))
+    );
+
+    // 11 prompt tokens in a 16-token context: the answer runs until the context is full.
+    let unbounded = GenerateParams {
+        max_tokens: None,
+        ..greedy(0)
+    };
+    let out = model
+        .generate(model.text_prompt("abcdefghi|"), unbounded)
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert_eq!(
+        (out.text.as_str(), out.reason),
+        ("abcde", Some(FinishReason::Length))
+    );
+    assert_eq!(out.usage.prompt_tokens + out.usage.completion_tokens, 16);
+
+    let refused = model
+        .generate(model.text_prompt("abcdefghi|"), greedy(6))
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            Error::ContextLength {
+                prompt: 11,
+                requested: 6,
+                context: 16
+            }
+        ),
+        "{refused}"
+    );
+    let bad_token = model.generate(vec![BOS, 258], greedy(1)).unwrap_err();
+    assert_eq!(
+        bad_token.to_string(),
+        "token 258 is outside the 258-token vocabulary"
+    );
+}
+
+#[test]
+fn a_stop_sequence_spanning_tokens_ends_the_answer_and_none_of_it_is_ever_streamed() {
+    let (model, _) = start(config(1), 256);
+    let params = GenerateParams {
+        stop: vec!["o w".into(), "never".into()],
+        ..greedy(100)
+    };
+    let mut generation = model
+        .generate(model.text_prompt("hello world|"), params)
+        .unwrap();
+    let mut streamed = String::new();
+    loop {
+        match generation.next_blocking().unwrap().unwrap() {
+            Event::Token { text, .. } => streamed.push_str(&text),
+            Event::Done {
+                text,
+                reason,
+                stop_sequence,
+                usage,
+            } => {
+                streamed.push_str(&text);
+                assert_eq!(reason, FinishReason::Stop);
+                assert_eq!(stop_sequence.as_deref(), Some("o w"));
+                // "hello w" is seven tokens; the stop sequence ends with the seventh.
+                assert_eq!(usage.completion_tokens, 7);
+                break;
+            }
+        }
+    }
+    assert_eq!(streamed, "hell");
+}
+
+/// Sixteen requests on four slots: greedy and seeded, short and long prompts. Each must
+/// equal its run alone, and they must really have shared decode batches.
+#[test]
+fn sixteen_generations_on_four_slots_share_batches_and_each_equals_its_single_run() {
+    let requests: Vec<(String, GenerateParams)> = (0..16)
+        .map(|i| {
+            let text = format!("{}{i}|", "request-".repeat(1 + i % 5));
+            let sampling = if i % 3 == 0 {
+                SamplingParams::greedy()
+            } else {
+                SamplingParams {
+                    temperature: 0.8,
+                    seed: Some(100 + i as u32),
+                    ..SamplingParams::default()
+                }
+            };
+            let params = GenerateParams {
+                max_tokens: Some(20 + 3 * i),
+                sampling,
+                ..GenerateParams::default()
+            };
+            (text, params)
+        })
+        .collect();
+
+    let (alone, _) = start(config(1), 512);
+    let expected: Vec<_> = requests
+        .iter()
+        .map(|(text, params)| {
+            alone
+                .generate(alone.text_prompt(text), params.clone())
+                .unwrap()
+                .collect_blocking()
+                .unwrap()
+        })
+        .collect();
+
+    let (model, controls) = start(config(4), 512);
+    let generations: Vec<_> = requests
+        .iter()
+        .map(|(text, params)| {
+            model
+                .generate(model.text_prompt(text), params.clone())
+                .unwrap()
+        })
+        .collect();
+    let together: Vec<_> = generations
+        .into_iter()
+        .map(|g| g.collect_blocking().unwrap())
+        .collect();
+    for (i, (got, want)) in together.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "request {i}");
+    }
+    assert_ne!(expected[1].tokens, expected[2].tokens, "seeds differ");
+
+    // A generation's last event goes out just before its slot is released.
+    wait_until("every slot is released", || model.running() == 0);
+    let seen = controls.seen();
+    let tokens: usize = together.iter().map(|c| c.usage.completion_tokens).sum();
+    assert_eq!(seen.widest, 4, "{seen:?}");
+    assert!(seen.mixed > 0, "new prompts join running decodes: {seen:?}");
+    assert!(
+        seen.decodes < tokens / 2,
+        "{} decodes for {tokens} tokens",
+        seen.decodes
+    );
+    assert_eq!(seen.forgotten.len(), 16);
+    assert_eq!((model.running(), model.queued()), (0, 0));
+}
+
+#[test]
+fn prompts_longer_than_a_batch_are_fed_in_chunks_beside_running_generations() {
+    let (model, controls) = start(
+        ChatConfig {
+            batch_tokens: 8,
+            ..config(2)
+        },
+        512,
+    );
+    let long = format!("{}|", "0123456789".repeat(10));
+    let running = model
+        .generate(model.text_prompt("ab|"), greedy(60))
+        .unwrap();
+    let chunked = model
+        .generate(model.text_prompt(&long), greedy(12))
+        .unwrap();
+    assert_eq!(running.collect_blocking().unwrap().text, "ab".repeat(30));
+    assert_eq!(chunked.collect_blocking().unwrap().text, "012345678901");
+    let seen = controls.seen();
+    assert_eq!(seen.largest_batch, 8, "{seen:?}");
+}
+
+#[test]
+fn a_full_queue_refuses_at_once_with_busy_and_takes_requests_again_once_it_drains() {
+    let (model, controls) = start(
+        ChatConfig {
+            queue: 2,
+            ..config(1)
+        },
+        4096,
+    );
+    controls.step_micros.store(2000, Ordering::Relaxed);
+    let long = model
+        .generate(model.text_prompt("x|"), greedy(4000))
+        .unwrap();
+    wait_until("the first generation runs", || model.running() == 1);
+    let waiting: Vec<_> = (0..2)
+        .map(|_| model.generate(model.text_prompt("y|"), greedy(3)).unwrap())
+        .collect();
+    let busy = model
+        .generate(model.text_prompt("z|"), greedy(3))
+        .unwrap_err();
+    assert!(
+        matches!(
+            busy,
+            Error::Busy {
+                running: 1,
+                queued: 2
+            }
+        ),
+        "{busy}"
+    );
+
+    drop(long);
+    controls.step_micros.store(0, Ordering::Relaxed);
+    for generation in waiting {
+        assert_eq!(generation.collect_blocking().unwrap().text, "yyy");
+    }
+    let after = model.generate(model.text_prompt("z|"), greedy(3)).unwrap();
+    assert_eq!(after.collect_blocking().unwrap().text, "zzz");
+}
+
+#[test]
+fn a_dropped_generation_frees_its_slot_and_the_next_request_starts_from_an_empty_cache() {
+    let (model, controls) = start(config(1), 4096);
+    controls.step_micros.store(1000, Ordering::Relaxed);
+    let mut long = model
+        .generate(model.text_prompt("x|"), greedy(4000))
+        .unwrap();
+    assert!(matches!(
+        long.next_blocking(),
+        Some(Ok(Event::Token { .. }))
+    ));
+    let before = controls.seen().decodes;
+    drop(long);
+    wait_until("the slot is free", || model.running() == 0);
+    let seen = controls.seen();
+    assert_eq!(seen.forgotten, [0]);
+    // At most the step running when `before` was read and the one running at the drop.
+    let after_drop = seen.decodes - before;
+    assert!(after_drop <= 2, "{after_drop} steps after the drop");
+
+    controls.step_micros.store(0, Ordering::Relaxed);
+    let next = model
+        .generate(model.text_prompt("ok#|"), greedy(10))
+        .unwrap();
+    assert_eq!(next.collect_blocking().unwrap().text, "ok");
+}
+
+#[test]
+fn a_failed_decode_fails_every_running_generation_and_the_model_keeps_serving() {
+    let (model, controls) = start(config(2), 4096);
+    controls.step_micros.store(1000, Ordering::Relaxed);
+    let mut first = model
+        .generate(model.text_prompt("a|"), greedy(4000))
+        .unwrap();
+    let mut second = model
+        .generate(model.text_prompt("b|"), greedy(4000))
+        .unwrap();
+    assert!(matches!(
+        first.next_blocking(),
+        Some(Ok(Event::Token { .. }))
+    ));
+    assert!(matches!(
+        second.next_blocking(),
+        Some(Ok(Event::Token { .. }))
+    ));
+    controls.fail_next.store(true, Ordering::Relaxed);
+    for mut generation in [first, second] {
+        let failure = loop {
+            match generation.next_blocking() {
+                Some(Ok(Event::Token { .. })) => continue,
+                other => break other,
+            }
+        };
+        let message = failure.unwrap().unwrap_err().to_string();
+        assert_eq!(message, "inference failed: the device went away");
+        assert!(generation.next_blocking().is_none());
+    }
+    wait_until("both slots are free", || model.running() == 0);
+
+    controls.step_micros.store(0, Ordering::Relaxed);
+    let after = model.generate(model.text_prompt("c#|"), greedy(5)).unwrap();
+    assert_eq!(after.collect_blocking().unwrap().text, "c");
+}
+
+#[test]
+fn a_backend_that_cannot_make_its_decoder_is_a_clear_load_error() {
+    let (echo, _) = Echo::new(256);
+    let error = ChatModel::start("echo:1", echo, None, &config(65)).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "model echo:1: 65 slots asked for, 64 fit"
+    );
+    let (echo, _) = Echo::new(256);
+    let error = ChatModel::start("echo:1", echo, None, &config(0)).unwrap_err();
+    assert_eq!(error.to_string(), "slots is 0; it must be 1 to 256");
+}
