@@ -127,6 +127,12 @@ for r in aggregate:
     ref_cols = f"{ref:>11.1f}{ratio(r['tok_s'], ref):>8}" if ref else ""
     print(f"   {r['streams']:>10}{r['generated']:>11}{r['seconds']:>9.2f}{r['tok_s']:>9.1f}{ratio(r['tok_s'], base):>13}{ref_cols}")
 print("   (target at 16 streams >= 3x one stream; llama.cpp = llama-batched-bench, same streams and tokens)")
+# Every stream's prompt must be prefilled, and prefill already runs in full batches, so even
+# with decoding free the whole run cannot beat generated tokens / prefill time.
+cap = gen_tokens * single["prefill_tok_s"] / prompt_tokens
+print(f"   prefill alone caps any number of streams at {cap:.1f} tok/s ({gen_tokens} generated per "
+      f"{prompt_tokens} prefilled at {single['prefill_tok_s']:.1f} tok/s) = {ratio(cap, base)} one stream")
+results["prefill_cap_tok_s"] = cap
 print("   decode phase: tokens/s once every stream's prompt is in, all streams decoding together")
 print(f"   {'streams':>10}{'tok/s':>9}{'vs 1-stream decode':>20}{'llama.cpp S_TG':>16}{'ratio':>8}")
 for r in aggregate:
