@@ -1,6 +1,6 @@
 //! Chat models with continuous batching.
 //!
-//! [`ChatModel`] owns one worker thread ([`scheduler`]) that interleaves every running
+//! [`ChatModel`] owns one worker thread (module `scheduler`) that interleaves every running
 //! generation in shared decode batches and admits new requests between steps. Requests wait in
 //! a bounded queue; when it is full, [`ChatModel::generate`] refuses at once with
 //! [`Error::Busy`] rather than letting memory grow. The worker drives a [`Backend`]: llama.cpp
