@@ -964,11 +964,20 @@ fn a_client_that_hangs_up_cancels_its_generation_at_once_streamed_or_not() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let closed: Vec<Value> = audit_entries(&site, "40")
-        .into_iter()
-        .filter(|e| e["action"] == "api.result" && e["details"]["status"] == 499)
-        .collect();
+    // Results are appended behind the answer, and every status poll above is an entry of its
+    // own: read the whole log, and give the second result a moment to land.
+    let closed_results = || -> Vec<Value> {
+        audit_entries(&site, "100000")
+            .into_iter()
+            .filter(|e| e["action"] == "api.result" && e["details"]["status"] == 499)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut closed = closed_results();
+    while closed.len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        closed = closed_results();
+    }
     assert_eq!(closed.len(), 2, "each hang-up is recorded as 499");
     assert_eq!(closed[1]["details"]["stream"], true);
     for entry in &closed {
