@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use airlock_engine::{
     Backend, BatchToken, ChatConfig, ChatModel, Decoder, DecoderShape, Error, Event, FinishReason,
-    GenerateParams, SamplingParams,
+    GenerateParams, Generation, SamplingParams,
 };
 
 const END: i32 = 256;
@@ -259,6 +259,28 @@ fn greedy(max_tokens: usize) -> GenerateParams {
         sampling: SamplingParams::greedy(),
         ..GenerateParams::default()
     }
+}
+
+/// The greedy answer to `text`, up to `max_tokens`.
+fn answer(model: &ChatModel<Echo>, text: &str, max_tokens: usize) -> String {
+    model
+        .generate(model.text_prompt(text), greedy(max_tokens))
+        .unwrap()
+        .collect_blocking()
+        .unwrap()
+        .text
+}
+
+/// A generation of thousands of tokens, once its first token has come.
+fn running_long(model: &ChatModel<Echo>, text: &str) -> Generation {
+    let mut generation = model
+        .generate(model.text_prompt(text), greedy(4000))
+        .unwrap();
+    assert!(matches!(
+        generation.next_blocking(),
+        Some(Ok(Event::Token { .. }))
+    ));
+    generation
 }
 
 /// Waits (at most 10 s) until `done` holds.
@@ -515,21 +537,14 @@ fn a_full_queue_refuses_at_once_with_busy_and_takes_requests_again_once_it_drain
     for generation in waiting {
         assert_eq!(generation.collect_blocking().unwrap().text, "yyy");
     }
-    let after = model.generate(model.text_prompt("z|"), greedy(3)).unwrap();
-    assert_eq!(after.collect_blocking().unwrap().text, "zzz");
+    assert_eq!(answer(&model, "z|", 3), "zzz");
 }
 
 #[test]
 fn a_dropped_generation_frees_its_slot_and_the_next_request_starts_from_an_empty_cache() {
     let (model, controls) = start(config(1), 4096);
     controls.step_micros.store(1000, Ordering::Relaxed);
-    let mut long = model
-        .generate(model.text_prompt("x|"), greedy(4000))
-        .unwrap();
-    assert!(matches!(
-        long.next_blocking(),
-        Some(Ok(Event::Token { .. }))
-    ));
+    let long = running_long(&model, "x|");
     let before = controls.seen().decodes;
     drop(long);
     wait_until("the slot is free", || model.running() == 0);
@@ -540,30 +555,15 @@ fn a_dropped_generation_frees_its_slot_and_the_next_request_starts_from_an_empty
     assert!(after_drop <= 2, "{after_drop} steps after the drop");
 
     controls.step_micros.store(0, Ordering::Relaxed);
-    let next = model
-        .generate(model.text_prompt("ok#|"), greedy(10))
-        .unwrap();
-    assert_eq!(next.collect_blocking().unwrap().text, "ok");
+    assert_eq!(answer(&model, "ok#|", 10), "ok");
 }
 
 #[test]
 fn a_failed_decode_fails_every_running_generation_and_the_model_keeps_serving() {
     let (model, controls) = start(config(2), 4096);
     controls.step_micros.store(1000, Ordering::Relaxed);
-    let mut first = model
-        .generate(model.text_prompt("a|"), greedy(4000))
-        .unwrap();
-    let mut second = model
-        .generate(model.text_prompt("b|"), greedy(4000))
-        .unwrap();
-    assert!(matches!(
-        first.next_blocking(),
-        Some(Ok(Event::Token { .. }))
-    ));
-    assert!(matches!(
-        second.next_blocking(),
-        Some(Ok(Event::Token { .. }))
-    ));
+    let first = running_long(&model, "a|");
+    let second = running_long(&model, "b|");
     controls.fail_next.store(true, Ordering::Relaxed);
     for mut generation in [first, second] {
         let failure = loop {
@@ -579,8 +579,7 @@ fn a_failed_decode_fails_every_running_generation_and_the_model_keeps_serving() 
     wait_until("both slots are free", || model.running() == 0);
 
     controls.step_micros.store(0, Ordering::Relaxed);
-    let after = model.generate(model.text_prompt("c#|"), greedy(5)).unwrap();
-    assert_eq!(after.collect_blocking().unwrap().text, "c");
+    assert_eq!(answer(&model, "c#|", 5), "c");
 }
 
 #[test]

@@ -56,7 +56,7 @@ pub struct DecoderShape {
     pub context_per_slot: usize,
     /// Most tokens in one batch; never fewer than `slots`.
     pub batch_tokens: usize,
-    /// CPU threads the runtime may use.
+    /// CPU threads the runtime may use; at least 1.
     pub threads: usize,
 }
 

@@ -12,8 +12,8 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use super::SamplingParams;
 use super::backend::{Backend, BatchToken, Decoder, DecoderShape};
-use super::{SamplingParams, random_seed};
 use crate::files::ModelFiles;
 use crate::gguf_check;
 use crate::template::ChatTemplate;
@@ -145,9 +145,8 @@ impl Backend for LlamaCpp {
             .ok()
             .and_then(NonZeroU32::new)
             .ok_or("context too large")?;
-        let threads = i32::try_from(shape.threads.max(1)).unwrap_or(1);
-        let batch_tokens = shape.batch_tokens.max(shape.slots);
-        let batch = u32::try_from(batch_tokens).unwrap_or(512);
+        let threads = i32::try_from(shape.threads).unwrap_or(1);
+        let batch = u32::try_from(shape.batch_tokens).unwrap_or(512);
         // Each sequence gets its own KV-cache stream and flash attention skips masked cells,
         // so a sequence's arithmetic does not depend on what else shares its batch: the same
         // seed gives the same tokens alone or among fifteen others.
@@ -166,10 +165,15 @@ impl Backend for LlamaCpp {
             .map_err(|e| format!("llama.cpp could not create a context: {e}"))?;
         Ok(LlamaDecoder {
             context,
-            batch: LlamaBatch::new(batch_tokens, 1),
+            batch: LlamaBatch::new(shape.batch_tokens, 1),
             vocabulary: self.model.vocab().n_tokens(),
         })
     }
+}
+
+fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
 }
 
 /// A llama.cpp context with one KV-cache stream per sequence slot.

@@ -123,11 +123,6 @@ impl SamplingParams {
     }
 }
 
-pub(super) fn random_seed() -> u32 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
-}
-
 /// What to generate.
 #[derive(Debug, Clone, Default)]
 pub struct GenerateParams {
@@ -310,6 +305,8 @@ impl ChatModel<LlamaCpp> {
     /// hyperparameters are consistent and its chat template renders in the sandbox, and starts
     /// its worker.
     pub fn load(files: &ModelFiles, config: &ChatConfig) -> Result<Self> {
+        // Refuse a bad configuration before the file is mapped; `start` checks it for every
+        // backend.
         config.check()?;
         let (backend, template) = LlamaCpp::load(files)?;
         Self::start(files.label(), backend, template, config)

@@ -90,7 +90,7 @@ pub(super) fn run<B: Backend>(
         free: (0..shape.slots).collect(),
         running: Vec::with_capacity(shape.slots),
     };
-    let capacity = shape.batch_tokens.max(shape.slots);
+    let capacity = shape.batch_tokens;
     let mut batch: Vec<BatchToken> = Vec::with_capacity(capacity);
     let mut piece = Vec::new();
     let mut closed = false;
