@@ -7,7 +7,8 @@
 # audit appends per second from 8 concurrent writers (group commit) with the sync count.
 #
 #   --check            exit non-zero if import's peak RSS reaches 64 MiB
-#   AIRLOCK_BENCH_DIR  scratch directory (default: ~/.cache/airlock/bench-import; ~7 GiB free)
+#   AIRLOCK_BENCH_DIR  scratch directory (default: ~/.cache/airlock/bench-import; needs twice
+#                      the payload free, else the bundle shrinks to fit: see make-bench-bundle.sh)
 #   AIRLOCK_BENCH_GIB  bundle payload size in GiB (default 2)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

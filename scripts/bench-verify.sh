@@ -4,7 +4,8 @@
 # (cores x single-core OpenSSL SHA-256), and airlock's peak RSS.
 #
 #   --check          exit non-zero if verify's peak RSS reaches 64 MiB (memory must stay bounded)
-#   AIRLOCK_BENCH_DIR  scratch directory (default: ~/.cache/airlock/bench; ~8.5 GiB free needed)
+#   AIRLOCK_BENCH_DIR  scratch directory (default: ~/.cache/airlock/bench; needs twice the
+#                      payload free, else the bundle shrinks to fit: see make-bench-bundle.sh)
 #   AIRLOCK_BENCH_GIB  bundle payload size in GiB (default 4)
 #   AIRLOCK_BENCH_KEEP set to keep the bundle afterwards
 set -euo pipefail
