@@ -590,7 +590,32 @@ fn a_backend_that_cannot_make_its_decoder_is_a_clear_load_error() {
         error.to_string(),
         "model echo:1: 65 slots asked for, 64 fit"
     );
-    let (echo, _) = Echo::new(256);
-    let error = ChatModel::start("echo:1", echo, None, &config(0)).unwrap_err();
-    assert_eq!(error.to_string(), "slots is 0; it must be 1 to 256");
+}
+
+#[test]
+fn a_configuration_no_runtime_could_take_is_refused_by_name() {
+    let refused = |config: ChatConfig| {
+        let (echo, _) = Echo::new(256);
+        ChatModel::start("echo:1", echo, None, &config)
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(refused(config(0)), "slots is 0; it must be 1 to 256");
+    assert_eq!(refused(config(257)), "slots is 257; it must be 1 to 256");
+    let too_many_threads = ChatConfig {
+        threads: 5000,
+        ..config(1)
+    };
+    assert_eq!(
+        refused(too_many_threads),
+        "threads is 5000; it must be 1 to 1024"
+    );
+    let huge_batch = ChatConfig {
+        batch_tokens: 1 << 20,
+        ..config(1)
+    };
+    assert_eq!(
+        refused(huge_batch),
+        "batch_tokens is 1048576; it must be 1 to 65536"
+    );
 }

@@ -145,8 +145,8 @@ impl Backend for LlamaCpp {
             .ok()
             .and_then(NonZeroU32::new)
             .ok_or("context too large")?;
-        let threads = i32::try_from(shape.threads).unwrap_or(1);
-        let batch = u32::try_from(shape.batch_tokens).unwrap_or(512);
+        let threads = i32::try_from(shape.threads).map_err(|_| "too many threads")?;
+        let batch = u32::try_from(shape.batch_tokens).map_err(|_| "batch too large")?;
         // Each sequence gets its own KV-cache stream and flash attention skips masked cells,
         // so a sequence's arithmetic does not depend on what else shares its batch: the same
         // seed gives the same tokens alone or among fifteen others.

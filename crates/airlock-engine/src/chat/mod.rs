@@ -290,11 +290,21 @@ impl<B: Backend> std::fmt::Debug for ChatModel<B> {
 
 impl ChatConfig {
     fn check(&self) -> Result<()> {
+        let out_of = |what: &str, value: usize, most: usize| {
+            Err(Error::Request(format!(
+                "{what} is {value}; it must be 1 to {most}"
+            )))
+        };
         if self.slots == 0 || self.slots > 256 {
-            return Err(Error::Request(format!(
-                "slots is {}; it must be 1 to 256",
-                self.slots
-            )));
+            return out_of("slots", self.slots, 256);
+        }
+        // Zero threads or a batch smaller than the slots are raised to the least that works;
+        // beyond these bounds a runtime would refuse every decode, so refuse them here.
+        if self.threads > 1024 {
+            return out_of("threads", self.threads, 1024);
+        }
+        if self.batch_tokens > 65_536 {
+            return out_of("batch_tokens", self.batch_tokens, 65_536);
         }
         Ok(())
     }
