@@ -199,6 +199,25 @@ fn audit_entries(site: &Site, n: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The last `n` audit entries, re-read until `ready` holds of them or `within` has passed:
+/// results are appended as the answer goes out, so they may land a moment after it. The
+/// caller's assertions then say what is missing.
+fn audit_entries_once(
+    site: &Site,
+    n: &str,
+    within: Duration,
+    ready: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let entries = audit_entries(site, n);
+        if ready(&entries) || std::time::Instant::now() > deadline {
+            return entries;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn the_official_openai_and_anthropic_sdks_work_with_only_base_url_and_key_changed() {
     let site = site_with_models();
@@ -680,18 +699,13 @@ fn every_request_is_audited_ahead_of_its_answer_with_caller_model_digest_tokens_
             .cloned()
             .collect()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let entries = loop {
-        let entries = audit_entries(&site, "20");
-        let results = entries
+    let entries = audit_entries_once(&site, "20", Duration::from_secs(10), |entries| {
+        entries
             .iter()
             .filter(|e| e["action"] == "api.result")
-            .count();
-        if results >= 3 || std::time::Instant::now() > deadline {
-            break entries;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+            .count()
+            >= 3
+    });
     let digest = site.cmd(&["show", "smollm2:prod", "--json"]).ok().json()["digest"].clone();
     let chat = entries_of(&entries, &ids[0]);
     assert_eq!(chat.len(), 2, "{entries:#?}");
@@ -826,17 +840,14 @@ fn a_reload_re_admits_every_model_deploys_a_moved_tag_and_changes_nothing_when_a
         .status()
         .unwrap();
     assert!(hangup.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let reloads = loop {
-        let reloads: Vec<Value> = audit_entries(&site, "200")
-            .into_iter()
-            .filter(|e| e["action"] == "serve.reload")
-            .collect();
-        if reloads.len() >= 4 || std::time::Instant::now() > deadline {
-            break reloads;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let is_reload = |e: &Value| e["action"] == "serve.reload";
+    let reloads: Vec<Value> =
+        audit_entries_once(&site, "200", Duration::from_secs(30), |entries| {
+            entries.iter().filter(|e| is_reload(e)).count() >= 4
+        })
+        .into_iter()
+        .filter(is_reload)
+        .collect();
     let outcomes: Vec<&str> = reloads
         .iter()
         .map(|e| e["outcome"].as_str().unwrap())
@@ -964,20 +975,15 @@ fn a_client_that_hangs_up_cancels_its_generation_at_once_streamed_or_not() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    // Results are appended behind the answer, and every status poll above is an entry of its
-    // own: read the whole log, and give the second result a moment to land.
-    let closed_results = || -> Vec<Value> {
-        audit_entries(&site, "100000")
-            .into_iter()
-            .filter(|e| e["action"] == "api.result" && e["details"]["status"] == 499)
-            .collect()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut closed = closed_results();
-    while closed.len() < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        closed = closed_results();
-    }
+    // Every status poll above is an audit entry of its own: read the whole log.
+    let is_closed = |e: &Value| e["action"] == "api.result" && e["details"]["status"] == 499;
+    let closed: Vec<Value> =
+        audit_entries_once(&site, "100000", Duration::from_secs(5), |entries| {
+            entries.iter().filter(|e| is_closed(e)).count() >= 2
+        })
+        .into_iter()
+        .filter(is_closed)
+        .collect();
     assert_eq!(closed.len(), 2, "each hang-up is recorded as 499");
     assert_eq!(closed[1]["details"]["stream"], true);
     for entry in &closed {
