@@ -8,7 +8,8 @@
 #               flash attention on, as the engine runs), then aggregate tok/s at 1, 4, 8 and
 #               16 concurrent streams in the engine's continuous batching against llama.cpp's
 #               llama-batched-bench on the same streams: over the whole run (prefill included)
-#               and over the decode phase alone (against its S_TG).
+#               and over the decode phase alone (against its S_TG); then a conversation's
+#               time to first token per turn, reusing the previous turn's cache and not.
 #   embeddings  all-MiniLM-L6-v2 at batch 32 on sentences of ~60 tokens: sentences/s against
 #               onnxruntime (PyPI) running the same weights as an ONNX graph, plain and after
 #               onnxruntime's own BERT optimiser (fused attention, LayerNorm, GELU); the faster
@@ -139,6 +140,17 @@ for r in aggregate:
     ref = batched_decode.get(r["streams"])
     ref_cols = f"{ref:>16.1f}{ratio(r['decode_tok_s'], ref):>8}" if ref else ""
     print(f"   {r['streams']:>10}{r['decode_tok_s']:>9.1f}{ratio(r['decode_tok_s'], single['decode_tok_s']):>20}{ref_cols}")
+
+# A conversation whose every turn is a new request carrying the whole history, as the chat
+# APIs send it: with a cache scope each turn decodes only what was added since the last.
+turns, said, answered = (3, 16, 8) if check else (6, 64, 32)
+(conv,) = lines([bench, "turns", gguf, str(threads), str(turns), str(said), str(answered)])
+results["engine_turns"] = conv
+print(f"   conversation: {turns} turns of {said} tokens said and {answered} answered, "
+      f"{conv['final_tokens']} tokens at the end; seconds to the first token of each turn")
+print(f"   {'turn':>10}{'afresh':>9}{'reused':>9}{'ratio':>8}")
+for i, (a, r) in enumerate(zip(conv["first_token_s_afresh"], conv["first_token_s_reused"]), 1):
+    print(f"   {i:>10}{a:>9.3f}{r:>9.3f}{ratio(a, r):>8}")
 
 # ~60-token sentences, the same for every tool.
 rng = random.Random(7)

@@ -38,6 +38,15 @@ text = reply.choices[0].message.content
 check("openai chat answers Paris", "Paris" in text, text)
 check("openai chat finish_reason stop", reply.choices[0].finish_reason == "stop", reply)
 check("openai chat usage", reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 0, reply.usage)
+again = oa.chat.completions.create(
+    model=chat, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=32
+)
+check("openai chat asked again answers the same", again.choices[0].message.content == text, again)
+check(
+    "openai chat asked again reads all but one prompt token from the cache",
+    again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1,
+    again.usage,
+)
 
 pieces, usage, finish = [], None, None
 for chunk in oa.chat.completions.create(
@@ -117,7 +126,12 @@ message = an.messages.create(
 )
 check("anthropic messages answers Paris", "Paris" in message.content[0].text, message)
 check("anthropic stop_reason end_turn", message.stop_reason == "end_turn", message.stop_reason)
-check("anthropic usage", message.usage.input_tokens > 10 and message.usage.output_tokens > 0, message.usage)
+# The same conversation as the OpenAI calls', so all but its last token come from the cache.
+check(
+    "anthropic usage",
+    message.usage.input_tokens == 1 and message.usage.cache_read_input_tokens > 10 and message.usage.output_tokens > 0,
+    message.usage,
+)
 
 events = []
 with an.messages.stream(
@@ -129,7 +143,11 @@ with an.messages.stream(
 check("anthropic stream answers Paris", "Paris" in final.content[0].text, final)
 for name in ["message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]:
     check(f"anthropic stream has {name}", name in events, events)
-check("anthropic stream usage", final.usage.output_tokens > 0, final.usage)
+check(
+    "anthropic stream usage",
+    final.usage.output_tokens > 0 and final.usage.input_tokens + (final.usage.cache_read_input_tokens or 0) > 10,
+    final.usage,
+)
 
 limited = an.messages.create(
     model=chat, max_tokens=3, extra_body=GREEDY, messages=[{"role": "user", "content": "Count from one to twenty."}]

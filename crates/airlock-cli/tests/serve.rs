@@ -1110,3 +1110,68 @@ fn keys_are_listed_with_their_state_and_never_their_secret() {
         "{log}"
     );
 }
+
+#[test]
+fn a_caller_asking_again_reuses_its_own_cached_prompt_and_never_another_callers() {
+    let site = site_with_models();
+    let (alice, _) = create_key(&site, &["--name", "alice"]);
+    let (bob, _) = create_key(&site, &["--name", "bob"]);
+    let server = Server::start(&site, &[]);
+    let ask = |key: &str, body: &Value| {
+        let reply = server.post("/v1/chat/completions", key, body);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let json = reply.json();
+        let usage = &json["usage"];
+        (
+            json["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            usage["prompt_tokens"].as_u64().unwrap(),
+            usage["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap(),
+        )
+    };
+    let body = chat_body("What is the capital of France?");
+    let (answer, prompt_tokens, cached) = ask(&alice, &body);
+    assert_eq!(cached, 0);
+    // Only the prompt's last token is decoded again; the answer is the same.
+    assert_eq!(
+        ask(&alice, &body),
+        (answer.clone(), prompt_tokens, prompt_tokens - 1)
+    );
+    assert_eq!(
+        ask(&bob, &body),
+        (answer.clone(), prompt_tokens, 0),
+        "bob reuses nothing of alice's"
+    );
+    let mut seeded = body.clone();
+    seeded["seed"] = json!(7);
+    assert_eq!(
+        ask(&alice, &seeded).2,
+        0,
+        "a seeded request decodes its whole prompt"
+    );
+
+    // The Messages API counts cache reads apart from the input tokens decoded.
+    let reply = server.request(
+        "POST",
+        "/v1/messages",
+        &[("x-api-key", &alice), ("content-type", "application/json")],
+        json!({"model": "chat", "max_tokens": 8, "temperature": 0,
+               "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+        .to_string()
+        .as_bytes(),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let usage = &reply.json()["usage"];
+    assert_eq!(
+        (
+            usage["input_tokens"].as_u64(),
+            usage["cache_read_input_tokens"].as_u64()
+        ),
+        (Some(1), Some(prompt_tokens - 1)),
+        "{usage}"
+    );
+}

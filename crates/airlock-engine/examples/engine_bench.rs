@@ -2,6 +2,7 @@
 //! llama-bench and onnxruntime beside it on the same files and threads).
 //!
 //!   engine_bench chat MODEL.gguf THREADS PROMPT_TOKENS GEN_TOKENS [STREAMS,...]
+//!   engine_bench turns MODEL.gguf THREADS TURNS SAID_TOKENS ANSWER_TOKENS
 //!   engine_bench embed MODEL_DIR THREADS BATCH SENTENCES_FILE ROUNDS
 //!
 //! Prints one JSON object per measurement.
@@ -19,10 +20,11 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("chat") => chat(&args[1..]),
+        Some("turns") => turns(&args[1..]),
         Some("embed") => embed(&args[1..]),
         _ => {
             eprintln!(
-                "usage: engine_bench chat MODEL THREADS PROMPT GEN [STREAMS] | embed DIR THREADS BATCH FILE ROUNDS"
+                "usage: engine_bench chat MODEL THREADS PROMPT GEN [STREAMS] | turns MODEL THREADS TURNS SAID ANSWER | embed DIR THREADS BATCH FILE ROUNDS"
             );
             return std::process::ExitCode::from(2);
         }
@@ -155,6 +157,83 @@ fn chat(args: &[String]) {
             generated as f64 / wall.as_secs_f64()
         );
     }
+}
+
+/// A conversation of `TURNS` turns, each adding `SAID_TOKENS` of the user's and an answer of
+/// `ANSWER_TOKENS`: the time to the first token of every turn, when each turn reuses the cache
+/// its previous turn left (a cache scope) and when it decodes the whole conversation again.
+fn turns(args: &[String]) {
+    let path = std::path::Path::new(&args[0]);
+    let threads: usize = args[1].parse().unwrap();
+    let turns: usize = args[2].parse().unwrap();
+    let said: usize = args[3].parse().unwrap();
+    let answer: usize = args[4].parse().unwrap();
+    let files = ModelFiles::single("bench", "model.gguf", path);
+    let config = ChatConfig {
+        threads,
+        slots: 1,
+        context_per_slot: Some((turns * (said + answer) + 16).next_multiple_of(256)),
+        queue: 1,
+        batch_tokens: 512,
+    };
+    let model = ChatModel::load(&files, &config).unwrap();
+    let first_token = |scope: Option<&str>| {
+        let mut prompt = Vec::new();
+        let mut times = Vec::new();
+        for turn in 0..turns {
+            prompt.extend(self::prompt(&model, said, turn));
+            let params = GenerateParams {
+                max_tokens: Some(answer),
+                sampling: SamplingParams::greedy(),
+                ignore_eos: true,
+                cache_scope: scope.map(str::to_owned),
+                ..Default::default()
+            };
+            let start = Instant::now();
+            let mut generation = model.generate(prompt.clone(), params).unwrap();
+            let mut first = None;
+            while let Some(event) = generation.next_blocking() {
+                match event.unwrap() {
+                    Event::Token { id, .. } => {
+                        first.get_or_insert_with(|| start.elapsed());
+                        prompt.push(id);
+                    }
+                    Event::Done { .. } => break,
+                }
+            }
+            times.push(first.unwrap().as_secs_f64());
+        }
+        (times, prompt.len())
+    };
+    // Warm-up, then the conversation afresh and reusing, twice each, the faster counting.
+    first_token(None);
+    let mut afresh = vec![f64::MAX; turns];
+    let mut reused = vec![f64::MAX; turns];
+    let mut length = 0;
+    for round in 0..2 {
+        let scope = format!("bench {round}");
+        for (best, (times, len)) in [
+            (&mut afresh, first_token(None)),
+            (&mut reused, first_token(Some(&scope))),
+        ] {
+            length = len;
+            for (best, time) in best.iter_mut().zip(times) {
+                *best = best.min(time);
+            }
+        }
+    }
+    let list = |times: &[f64]| {
+        times
+            .iter()
+            .map(|t| format!("{t:.3}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    println!(
+        "{{\"kind\":\"turns\",\"turns\":{turns},\"said_tokens\":{said},\"answer_tokens\":{answer},\"final_tokens\":{length},\"first_token_s_afresh\":[{}],\"first_token_s_reused\":[{}]}}",
+        list(&afresh),
+        list(&reused)
+    );
 }
 
 fn embed(args: &[String]) {

@@ -172,3 +172,53 @@ fn greedy_output_equals_llama_cpp_token_for_token() {
     assert_eq!(out.tokens, expected, "ours: {:?}", out.text);
     assert_eq!(out.text, golden["text"].as_str().unwrap());
 }
+
+/// A conversation's second turn reuses the first turn's cache (its prompt and the answer fed
+/// back) and gives the greedy answer of a model that decodes the whole conversation afresh.
+#[test]
+fn the_second_turn_of_a_conversation_reuses_the_first_and_answers_as_if_decoded_afresh() {
+    let config = ChatConfig {
+        slots: 2,
+        context_per_slot: Some(512),
+        ..ChatConfig::default()
+    };
+    let params = |scope: Option<&str>| GenerateParams {
+        max_tokens: Some(24),
+        sampling: SamplingParams::greedy(),
+        cache_scope: scope.map(str::to_owned),
+        ..Default::default()
+    };
+    let model = support::smollm2(&config);
+    let run = |prompt: &[i32], params: GenerateParams| {
+        model
+            .generate(prompt.to_vec(), params)
+            .expect("queued")
+            .collect_blocking()
+            .expect("generated")
+    };
+    let mut conversation = vec![Message::new(Role::User, "Name three colours.")];
+    let first_prompt = model.chat_prompt(&conversation).expect("prompt");
+    let first = run(&first_prompt, params(Some("alice")));
+    conversation.push(Message::new(Role::Assistant, first.text.trim()));
+    conversation.push(Message::new(Role::User, "Which of them is the darkest?"));
+    let second_prompt = model.chat_prompt(&conversation).expect("prompt");
+
+    let reused = run(&second_prompt, params(Some("alice")));
+    assert!(
+        reused.usage.cached_tokens >= first_prompt.len(),
+        "{} of {} prompt tokens reused",
+        reused.usage.cached_tokens,
+        second_prompt.len()
+    );
+    let whole = support::smollm2(&config)
+        .generate(second_prompt.clone(), params(None))
+        .expect("queued")
+        .collect_blocking()
+        .expect("generated");
+    assert_eq!(whole.usage.cached_tokens, 0);
+    assert_eq!(
+        reused.tokens, whole.tokens,
+        "{:?} / {:?}",
+        reused.text, whole.text
+    );
+}

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use airlock_engine::{
-    Backend, BatchToken, ChatConfig, ChatModel, Decoder, DecoderShape, Error, Event, FinishReason,
-    GenerateParams, Generation, SamplingParams,
+    Backend, BatchToken, ChatConfig, ChatModel, Completion, Decoder, DecoderShape, Error, Event,
+    FinishReason, GenerateParams, Generation, SamplingParams,
 };
 
 const END: i32 = 256;
@@ -35,6 +35,8 @@ struct Seen {
     /// Batches that fed one sequence's prompt beside another's generated token.
     mixed: usize,
     largest_batch: usize,
+    /// Tokens decoded, over all batches.
+    tokens: usize,
     forgotten: Vec<usize>,
 }
 
@@ -45,6 +47,8 @@ struct Controls {
     step_micros: AtomicU64,
     /// The next decode fails, as a runtime whose device went away would.
     fail_next: AtomicBool,
+    /// The decoder cannot cut a sequence short, as a recurrent model's cannot.
+    refuse_cuts: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -209,6 +213,7 @@ impl Decoder for EchoDecoder {
         seen.decodes += 1;
         seen.widest = seen.widest.max(sequences.len());
         seen.largest_batch = seen.largest_batch.max(batch.len());
+        seen.tokens += batch.len();
         seen.mixed += usize::from(prompt_tokens && answer_tokens);
         Ok(())
     }
@@ -234,6 +239,21 @@ impl Decoder for EchoDecoder {
     fn forget(&mut self, seq: usize) {
         self.histories[seq].clear();
         self.controls.seen.lock().unwrap().forgotten.push(seq);
+    }
+
+    fn truncate(&mut self, seq: usize, len: usize) -> bool {
+        let history = &mut self.histories[seq];
+        assert!(
+            len <= history.len(),
+            "sequence {seq} cut to {len} of its {} tokens",
+            history.len()
+        );
+        if len > 0 && self.controls.refuse_cuts.load(Ordering::Relaxed) {
+            self.forget(seq);
+            return false;
+        }
+        history.truncate(len);
+        true
     }
 }
 
@@ -618,4 +638,161 @@ fn a_configuration_no_runtime_could_take_is_refused_by_name() {
         refused(huge_batch),
         "batch_tokens is 1048576; it must be 1 to 65536"
     );
+}
+
+/// A greedy generation of `max_tokens` from `prompt` whose cache is kept for `scope`.
+fn scoped(model: &ChatModel<Echo>, prompt: &[i32], max_tokens: usize, scope: &str) -> Completion {
+    let params = GenerateParams {
+        cache_scope: Some(scope.into()),
+        ..greedy(max_tokens)
+    };
+    model
+        .generate(prompt.to_vec(), params)
+        .unwrap()
+        .collect_blocking()
+        .unwrap()
+}
+
+/// A conversation's next prompt: the last prompt, its answer's tokens, then `said`.
+fn next_turn(prompt: &[i32], answer: &Completion, said: &str) -> Vec<i32> {
+    let mut next = prompt.to_vec();
+    next.extend(&answer.tokens);
+    next.extend(said.bytes().map(i32::from));
+    next
+}
+
+/// The same generation on a fresh model, which has nothing to reuse.
+fn cold(prompt: &[i32], max_tokens: usize) -> Completion {
+    let (model, _) = start(config(1), 256);
+    model
+        .generate(prompt.to_vec(), greedy(max_tokens))
+        .unwrap()
+        .collect_blocking()
+        .unwrap()
+}
+
+#[test]
+fn the_next_turn_of_a_conversation_decodes_only_its_new_tokens_and_answers_as_if_cold() {
+    let (model, controls) = start(config(2), 256);
+    let first_prompt = model.text_prompt("abcd|");
+    let first = scoped(&model, &first_prompt, 6, "alice");
+    assert_eq!(
+        (first.text.as_str(), first.usage.cached_tokens),
+        ("abcdab", 0)
+    );
+
+    let second_prompt = next_turn(&first_prompt, &first, "xy");
+    let before = controls.seen().tokens;
+    let second = scoped(&model, &second_prompt, 5, "alice");
+    // The cache holds the first prompt and the answer tokens fed back: all but the last.
+    let cached = first_prompt.len() + first.tokens.len() - 1;
+    assert_eq!(second.usage.cached_tokens, cached);
+    assert_eq!(second.usage.prompt_tokens, second_prompt.len());
+    assert_eq!(
+        controls.seen().tokens - before,
+        second_prompt.len() - cached + second.tokens.len() - 1,
+        "only the new prompt tokens and the fed-back answer are decoded"
+    );
+    assert_eq!(
+        second,
+        Completion {
+            usage: second.usage,
+            ..cold(&second_prompt, 5)
+        }
+    );
+
+    // A retry of the same prompt decodes only its last token.
+    let retry = scoped(&model, &second_prompt, 5, "alice");
+    assert_eq!(retry.usage.cached_tokens, second_prompt.len() - 1);
+    assert_eq!(retry.tokens, second.tokens);
+}
+
+#[test]
+fn a_cache_is_reused_only_by_requests_of_its_own_scope() {
+    let (model, controls) = start(config(1), 256);
+    let prompt = model.text_prompt("secret|");
+    scoped(&model, &prompt, 3, "alice");
+    let bob = scoped(&model, &prompt, 3, "bob");
+    assert_eq!(
+        bob.usage.cached_tokens, 0,
+        "another scope's cache is not reused"
+    );
+    let forgotten = controls.seen().forgotten.len();
+    let unscoped = model
+        .generate(prompt.clone(), greedy(3))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert_eq!(unscoped.usage.cached_tokens, 0);
+    assert_eq!(unscoped.tokens, bob.tokens);
+    // Without a scope nothing is kept: the slot is emptied once the generation finishes.
+    wait_until("the unscoped generation's cache is emptied", || {
+        controls.seen().forgotten.len() == forgotten + 1
+    });
+    let again = model
+        .generate(prompt.clone(), greedy(3))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert_eq!(again.usage.cached_tokens, 0);
+}
+
+#[test]
+fn a_new_conversation_takes_an_empty_slot_and_the_longest_unused_cache_is_given_up_first() {
+    let (model, _) = start(config(2), 256);
+    let a = model.text_prompt("first|");
+    let a1 = scoped(&model, &a, 4, "alice");
+    // Sharing only the start token with the kept conversation, it leaves that cache alone.
+    let b = model.text_prompt("second|");
+    let b1 = scoped(&model, &b, 4, "alice");
+    let a2 = scoped(&model, &next_turn(&a, &a1, "more"), 4, "alice");
+    assert_eq!(a2.usage.cached_tokens, a.len() + 3);
+    // Both slots are kept now; a third conversation gives up the one unused longest (b's).
+    let c = model.text_prompt("third|");
+    scoped(&model, &c, 4, "alice");
+    let b2_prompt = next_turn(&b, &b1, "again");
+    let b2 = scoped(&model, &b2_prompt, 4, "alice");
+    assert!(
+        b2.usage.cached_tokens <= 1,
+        "only the start token can be left of b's cache"
+    );
+    assert_eq!(b2.tokens, cold(&b2_prompt, 4).tokens);
+}
+
+#[test]
+fn a_cancelled_generation_leaves_nothing_to_reuse() {
+    let (model, _) = start(config(1), 8192);
+    let prompt = model.text_prompt("abc|");
+    let params = GenerateParams {
+        cache_scope: Some("alice".into()),
+        ..greedy(4000)
+    };
+    let mut generation = model.generate(prompt.clone(), params).unwrap();
+    assert!(matches!(
+        generation.next_blocking(),
+        Some(Ok(Event::Token { .. }))
+    ));
+    drop(generation);
+    let after = scoped(&model, &prompt, 3, "alice");
+    assert_eq!((after.text.as_str(), after.usage.cached_tokens), ("abc", 0));
+}
+
+#[test]
+fn a_runtime_that_cannot_cut_a_sequence_short_starts_it_over() {
+    let (model, controls) = start(config(1), 256);
+    controls.refuse_cuts.store(true, Ordering::Relaxed);
+    let prompt = model.text_prompt("abcdef|");
+    let first = scoped(&model, &prompt, 4, "alice");
+    // The same text with a different question needs the cache cut after the shared start.
+    let other = model.text_prompt("abcxyz|");
+    let answer = scoped(&model, &other, 4, "alice");
+    assert_eq!(
+        (answer.text.as_str(), answer.usage.cached_tokens),
+        ("abcx", 0)
+    );
+    // A continuation needs no cut, so it still reuses the whole cache.
+    let next = next_turn(&other, &answer, "!");
+    let reused = scoped(&model, &next, 4, "alice");
+    assert_eq!(reused.usage.cached_tokens, other.len() + 3);
+    assert_eq!(first.text, "abcd");
 }

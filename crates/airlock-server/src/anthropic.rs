@@ -155,9 +155,21 @@ async fn handle(
         "content": [{"type": "text", "text": text}],
         "stop_reason": stop_reason(&ending),
         "stop_sequence": ending.stop_sequence,
-        "usage": {"input_tokens": ending.usage.prompt_tokens, "output_tokens": ending.usage.completion_tokens},
+        "usage": usage(&ending),
     }))
     .into_response())
+}
+
+/// Token counts as the Messages API gives them: prompt tokens read from a kept cache are
+/// counted apart from `input_tokens`, which are the ones decoded.
+fn usage(ending: &Ending) -> Value {
+    let usage = &ending.usage;
+    json!({
+        "input_tokens": usage.prompt_tokens.saturating_sub(usage.cached_tokens),
+        "cache_read_input_tokens": usage.cached_tokens,
+        "cache_creation_input_tokens": 0,
+        "output_tokens": usage.completion_tokens,
+    })
 }
 
 fn stop_reason(ending: &Ending) -> &'static str {
@@ -215,7 +227,7 @@ impl StreamFormat for MessageEvents {
                 "message_delta",
                 &json!({"type": "message_delta",
                     "delta": {"stop_reason": stop_reason(ending), "stop_sequence": ending.stop_sequence},
-                    "usage": {"output_tokens": ending.usage.completion_tokens}}),
+                    "usage": usage(ending)}),
             ),
             event("message_stop", &json!({"type": "message_stop"})),
         ]

@@ -101,6 +101,14 @@ impl RequestRecord {
         }
     }
 
+    /// Whose generation caches this request may reuse: the caller's alone, at its current
+    /// clearance, so that no caller learns from response times what another has asked.
+    pub fn cache_scope(&self) -> Option<String> {
+        let f = self.fields();
+        let principal = f.principal.as_ref()?;
+        Some(format!("{}\n{}", principal.id, principal.clearance))
+    }
+
     /// Notes which model answers.
     pub fn model(&self, alias: &str, digest: &str) {
         self.fields().model = Some((alias.to_owned(), digest.to_owned()));

@@ -170,6 +170,12 @@ pub(crate) async fn start(
     let room = model.info().context_per_slot.saturating_sub(prompt.len());
     let max = max_tokens(ask.max_tokens, ask.param, cap, ask.default_max, room)?;
     let prompt_tokens = prompt.len();
+    // A seed asks for an answer that can be reproduced, and a reused cache can change a
+    // sampled answer in its last bits, so seeded requests decode their whole prompt.
+    let cache_scope = match ask.sampling.seed {
+        Some(_) => None,
+        None => record.cache_scope(),
+    };
     let generation = model.generate(
         prompt,
         GenerateParams {
@@ -177,6 +183,7 @@ pub(crate) async fn start(
             stop: ask.stop,
             sampling: ask.sampling,
             ignore_eos: false,
+            cache_scope,
         },
     )?;
     record.open(Some(prompt_tokens), ask.stream).await?;

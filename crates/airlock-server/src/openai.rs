@@ -264,6 +264,7 @@ fn usage(ending: &Ending) -> Value {
         "prompt_tokens": ending.usage.prompt_tokens,
         "completion_tokens": ending.usage.completion_tokens,
         "total_tokens": ending.usage.prompt_tokens + ending.usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": ending.usage.cached_tokens},
     })
 }
 

@@ -66,7 +66,7 @@ pub struct BatchToken {
     /// The token id.
     pub token: i32,
     /// Its position in its sequence. Each sequence is fed positions 0, 1, 2, … in order and
-    /// without gaps, until [`Decoder::forget`] empties it.
+    /// without gaps, until [`Decoder::forget`] empties it or [`Decoder::truncate`] cuts it.
     pub position: usize,
     /// The sequence slot it extends, below [`DecoderShape::slots`].
     pub seq: usize,
@@ -96,4 +96,13 @@ pub trait Decoder {
 
     /// Empties sequence `seq`; its slot is next fed from position 0.
     fn forget(&mut self, seq: usize);
+
+    /// Keeps the first `len` tokens of sequence `seq` and drops the rest, so that it is next
+    /// fed from position `len`. Returns `false` if the runtime cannot cut a sequence there;
+    /// it has then been emptied. A runtime that cannot cut sequences at all keeps this
+    /// default, and the scheduler never reuses a cache on it.
+    fn truncate(&mut self, seq: usize, len: usize) -> bool {
+        self.forget(seq);
+        len == 0
+    }
 }

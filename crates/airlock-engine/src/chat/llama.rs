@@ -256,4 +256,19 @@ impl Decoder for LlamaDecoder<'_> {
             .context
             .clear_kv_cache_seq(Some(seq as u32), None, None);
     }
+
+    fn truncate(&mut self, seq: usize, len: usize) -> bool {
+        // Sequence ids and positions are bounded by the slot count and the context, both far
+        // below u32::MAX. llama.cpp refuses a partial cut only for recurrent models' state.
+        if len > 0
+            && self
+                .context
+                .clear_kv_cache_seq(Some(seq as u32), Some(len as u32), None)
+                .unwrap_or(false)
+        {
+            return true;
+        }
+        self.forget(seq);
+        len == 0
+    }
 }

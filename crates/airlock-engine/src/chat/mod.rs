@@ -134,6 +134,16 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Keep generating past end-of-turn tokens (for benchmarks that need an exact length).
     pub ignore_eos: bool,
+    /// Who may reuse this generation's cache once it finishes. A later request with the same
+    /// scope whose prompt begins with the same tokens (the next turn of a conversation, a
+    /// retry) skips decoding them. Requests reuse only their own scope's caches, so one
+    /// caller cannot learn from response times what another has asked. `None`: nothing is
+    /// kept, and nothing is reused.
+    ///
+    /// llama.cpp's arithmetic differs in the last bits between prompt chunks of different
+    /// sizes, so a reused cache can change a sampled answer (greedy answers hold in practice);
+    /// leave this `None` where an answer must be reproducible from its seed.
+    pub cache_scope: Option<String>,
 }
 
 /// Why a generation ended.
@@ -153,6 +163,9 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
+    /// Prompt tokens not decoded because their cache was kept from an earlier generation in
+    /// the same [`GenerateParams::cache_scope`]; part of `prompt_tokens`.
+    pub cached_tokens: usize,
 }
 
 /// One event of a streamed generation.

@@ -3,6 +3,10 @@
 //! Every step it admits queued requests into free slots, builds one batch holding the next
 //! token of every running generation plus as much of the new prompts as fits, decodes it, and
 //! samples each sequence with its own sampler.
+//!
+//! A finished generation that names a cache scope leaves its tokens in its slot's cache. A
+//! later request of the same scope whose prompt begins with them (the next turn of the
+//! conversation) is admitted into that slot and decodes only the rest of its prompt.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -21,6 +25,10 @@ struct Slot<S> {
     sampler: Option<S>,
     /// Prompt tokens already in the cache.
     fed: usize,
+    /// Of those, the ones kept from the slot's previous generation.
+    reused: usize,
+    /// Generated tokens fed back, in order: with the prompt, what the cache holds.
+    answer: Vec<i32>,
     /// The token to feed next once the prompt is in.
     next: Option<i32>,
     /// Index of this slot's logits in the current batch.
@@ -43,9 +51,21 @@ impl<S> Slot<S> {
             usage: Usage {
                 prompt_tokens: self.job.prompt.len(),
                 completion_tokens: self.generated,
+                cached_tokens: self.reused,
             },
         }));
     }
+}
+
+/// What a free slot's cache still holds from the generation that last ran in it.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The finished generation's cache scope; only requests of the same scope reuse it.
+    scope: String,
+    /// Its prompt and fed-back answer; empty when the cache is empty.
+    tokens: Vec<i32>,
+    /// The step it finished at: the longest unused is given up first.
+    finished_at: u64,
 }
 
 /// The slots in use and free, with the decoder that holds their caches.
@@ -55,15 +75,90 @@ struct Slots<'m, B: Backend + 'm> {
     // it splits a batch over per-sequence caches into one compute per run of consecutive
     // sequence ids, so this keeps a whole decode step in one compute.
     free: BTreeSet<usize>,
+    /// By sequence id; meaningful for free slots.
+    kept: Vec<Kept>,
     running: Vec<Slot<<B::Decoder<'m> as Decoder>::Sampler>>,
+    /// Decode steps so far.
+    step: u64,
 }
 
 impl<B: Backend> Slots<'_, B> {
+    /// A free slot for `job` and how many of its prompt tokens the slot's cache already
+    /// holds; `None` if every slot is taken.
+    ///
+    /// A slot kept for the job's scope is reused when most of what it holds is the start of
+    /// the prompt (a conversation's next turn, a retry). Otherwise an empty slot is taken,
+    /// the lowest first, and failing that the one whose cache has gone unused longest,
+    /// reusing what it shares with the prompt.
+    fn take(&mut self, job: &Job) -> Option<(usize, usize)> {
+        // At least the last prompt token is decoded, for the logits of the first answer token.
+        let most = job.prompt.len() - 1;
+        let shared = |kept: &Kept| match &job.params.cache_scope {
+            Some(scope) if *scope == kept.scope => {
+                common_prefix(&kept.tokens, &job.prompt).min(most)
+            }
+            _ => 0,
+        };
+        let best = self
+            .free
+            .iter()
+            .map(|&seq| (shared(&self.kept[seq]), seq))
+            .filter(|&(n, _)| n > 0)
+            .max_by_key(|&(n, seq)| (n, std::cmp::Reverse(seq)));
+        let empty = self
+            .free
+            .iter()
+            .copied()
+            .find(|&seq| self.kept[seq].tokens.is_empty());
+        let oldest = || {
+            self.free
+                .iter()
+                .copied()
+                .min_by_key(|&seq| self.kept[seq].finished_at)
+        };
+        let seq = match (best, empty) {
+            (Some((n, seq)), _) if 2 * n >= self.kept[seq].tokens.len() => seq,
+            (_, Some(seq)) => seq,
+            (_, None) => oldest()?,
+        };
+        self.free.remove(&seq);
+        let kept = std::mem::take(&mut self.kept[seq]);
+        let keep = shared(&kept);
+        if keep == kept.tokens.len() {
+            return Some((seq, keep));
+        }
+        let kept_all = self.decoder.truncate(seq, keep);
+        Some((seq, if kept_all { keep } else { 0 }))
+    }
+
+    /// Frees a cancelled or failed generation's slot, emptying its cache.
     fn release(&mut self, load: &Load, seq: usize) {
         self.decoder.forget(seq);
+        self.kept[seq] = Kept::default();
         self.free.insert(seq);
         load.running.fetch_sub(1, Ordering::Relaxed);
     }
+
+    /// Frees a finished generation's slot, keeping its cache for its scope if it has one.
+    fn retire(&mut self, load: &Load, slot: Slot<<B::Decoder<'_> as Decoder>::Sampler>) {
+        let Some(scope) = slot.job.params.cache_scope else {
+            return self.release(load, slot.seq);
+        };
+        let mut tokens = slot.job.prompt;
+        tokens.extend_from_slice(&slot.answer);
+        self.kept[slot.seq] = Kept {
+            scope,
+            tokens,
+            finished_at: self.step,
+        };
+        self.free.insert(slot.seq);
+        load.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many tokens `a` and `b` begin with in common.
+fn common_prefix(a: &[i32], b: &[i32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Runs until the job queue closes and every running generation has ended. Reports on
@@ -88,7 +183,9 @@ pub(super) fn run<B: Backend>(
     let mut slots = Slots::<B> {
         decoder,
         free: (0..shape.slots).collect(),
+        kept: (0..shape.slots).map(|_| Kept::default()).collect(),
         running: Vec::with_capacity(shape.slots),
+        step: 0,
     };
     let capacity = shape.batch_tokens;
     let mut batch: Vec<BatchToken> = Vec::with_capacity(capacity);
@@ -119,7 +216,7 @@ pub(super) fn run<B: Backend>(
             if job.events.is_closed() {
                 continue;
             }
-            let Some(seq) = slots.free.pop_first() else {
+            let Some((seq, reused)) = slots.take(&job) else {
                 break;
             };
             load.running.fetch_add(1, Ordering::Relaxed);
@@ -130,7 +227,9 @@ pub(super) fn run<B: Backend>(
                 sampler,
                 text: TextStream::new(&job.params.stop),
                 job,
-                fed: 0,
+                fed: reused,
+                reused,
+                answer: Vec::new(),
                 next: None,
                 logits_at: None,
                 generated: 0,
@@ -160,6 +259,7 @@ pub(super) fn run<B: Backend>(
         for slot in slots.running.iter_mut() {
             slot.logits_at = None;
             if let Some(token) = slot.next {
+                slot.answer.push(token);
                 slot.logits_at = Some(batch.len());
                 batch.push(BatchToken {
                     token,
@@ -188,6 +288,7 @@ pub(super) fn run<B: Backend>(
             }
             slot.fed += take;
         }
+        slots.step += 1;
         if let Err(e) = slots.decoder.decode(&batch) {
             for slot in std::mem::take(&mut slots.running) {
                 let _ = slot.job.events.send(Err(Error::Inference(e.clone())));
@@ -239,7 +340,7 @@ pub(super) fn run<B: Backend>(
         }
         for index in finished.into_iter().rev() {
             let slot = slots.running.swap_remove(index);
-            slots.release(load, slot.seq);
+            slots.retire(load, slot);
         }
     }
 }
