@@ -1114,8 +1114,9 @@ fn keys_are_listed_with_their_state_and_never_their_secret() {
 #[test]
 fn a_caller_asking_again_reuses_its_own_cached_prompt_and_never_another_callers() {
     let site = site_with_models();
-    let (alice, _) = create_key(&site, &["--name", "alice"]);
+    let (alice, alice_id) = create_key(&site, &["--name", "alice"]);
     let (bob, _) = create_key(&site, &["--name", "bob"]);
+    let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
     let server = Server::start(&site, &[]);
     let ask = |key: &str, body: &Value| {
         let reply = server.post("/v1/chat/completions", key, body);
@@ -1173,5 +1174,26 @@ fn a_caller_asking_again_reuses_its_own_cached_prompt_and_never_another_callers(
         ),
         (Some(1), Some(prompt_tokens - 1)),
         "{usage}"
+    );
+
+    // The audit log and the metrics count what was reused.
+    let reused_by_alice = |entries: &[Value]| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == "api.result" && e["actor"] == format!("apikey:{alice_id}"))
+            .filter(|e| e["details"]["cached_tokens"] == prompt_tokens - 1)
+            .count()
+    };
+    let entries = audit_entries_once(&site, "40", Duration::from_secs(5), |e| {
+        reused_by_alice(e) == 2
+    });
+    assert_eq!(reused_by_alice(&entries), 2, "{entries:#?}");
+    let metrics = server.get("/metrics", &admin).body;
+    assert!(
+        metrics.contains(&format!(
+            "airlock_cached_prompt_tokens_total {}",
+            2 * (prompt_tokens - 1)
+        )),
+        "{metrics}"
     );
 }

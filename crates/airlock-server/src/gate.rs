@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use airlock_audit::{Entry, Outcome};
+use airlock_engine::Usage;
 use airlock_registry::KeyRole;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -68,6 +69,8 @@ struct Fields {
     model: Option<(String, String)>,
     prompt_tokens: Option<usize>,
     completion_tokens: Option<usize>,
+    /// Prompt tokens read from a kept cache rather than decoded.
+    cached_tokens: usize,
     request_sha256: Option<String>,
     request_text: Option<String>,
     completion: Option<Sha256>,
@@ -126,10 +129,11 @@ impl RequestRecord {
     }
 
     /// Notes token counts and why generation ended.
-    pub fn usage(&self, prompt: usize, completion: usize, finish_reason: Option<&str>) {
+    pub fn usage(&self, usage: &Usage, finish_reason: Option<&str>) {
         let mut f = self.fields();
-        f.prompt_tokens = Some(prompt);
-        f.completion_tokens = Some(completion);
+        f.prompt_tokens = Some(usage.prompt_tokens);
+        f.completion_tokens = Some(usage.completion_tokens);
+        f.cached_tokens = usage.cached_tokens;
         f.finish_reason = finish_reason.map(str::to_owned);
     }
 
@@ -182,7 +186,7 @@ impl RequestRecord {
         let latency = self.started.elapsed();
         self.app.metrics.record(&f.route, status, latency);
         if let (Some(p), Some(c)) = (f.prompt_tokens, f.completion_tokens) {
-            self.app.metrics.tokens(p, c);
+            self.app.metrics.tokens(p, c, f.cached_tokens);
         }
         let outcome = match status {
             0..400 => Outcome::Ok,
@@ -258,6 +262,9 @@ impl RequestRecord {
         }
         if let Some(n) = f.completion_tokens {
             entry = entry.detail("completion_tokens", n);
+        }
+        if f.cached_tokens > 0 {
+            entry = entry.detail("cached_tokens", f.cached_tokens);
         }
         if let Some(reason) = &f.finish_reason {
             entry = entry.detail("finish_reason", reason.clone());

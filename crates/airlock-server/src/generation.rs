@@ -256,11 +256,7 @@ pub(crate) async fn collect(
             } => {
                 text.push_str(&rest);
                 record.completion_text(&text);
-                record.usage(
-                    usage.prompt_tokens,
-                    usage.completion_tokens,
-                    Some(reason_name(reason)),
-                );
+                record.usage(&usage, Some(reason_name(reason)));
                 return Ok((
                     text,
                     Ending {
@@ -357,11 +353,7 @@ fn events<F: StreamFormat>(
                         let events = s.format.delta(&text);
                         s.pending.extend(events);
                     }
-                    s.record.usage(
-                        usage.prompt_tokens,
-                        usage.completion_tokens,
-                        Some(reason_name(reason)),
-                    );
+                    s.record.usage(&usage, Some(reason_name(reason)));
                     let ending = Ending {
                         reason,
                         stop_sequence,

@@ -27,6 +27,7 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    cached_tokens: AtomicU64,
     audit_failures: AtomicU64,
 }
 
@@ -51,12 +52,14 @@ impl Metrics {
         h.sum += seconds;
     }
 
-    /// Counts tokens of one generation.
-    pub fn tokens(&self, prompt: usize, completion: usize) {
+    /// Counts tokens of one generation; `cached` of its `prompt` tokens came from a kept cache.
+    pub fn tokens(&self, prompt: usize, completion: usize, cached: usize) {
         self.prompt_tokens
             .fetch_add(prompt as u64, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(completion as u64, Ordering::Relaxed);
+        self.cached_tokens
+            .fetch_add(cached as u64, Ordering::Relaxed);
     }
 
     /// Counts an audit entry the log could not take.
@@ -121,6 +124,15 @@ impl Metrics {
             out,
             "airlock_tokens_total{{kind=\"completion\"}} {}",
             self.completion_tokens.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP airlock_cached_prompt_tokens_total Prompt tokens read from a caller's kept cache instead of decoded (counted in airlock_tokens_total{kind=\"prompt\"} too).\n",
+        );
+        out.push_str("# TYPE airlock_cached_prompt_tokens_total counter\n");
+        let _ = writeln!(
+            out,
+            "airlock_cached_prompt_tokens_total {}",
+            self.cached_tokens.load(Ordering::Relaxed)
         );
         out.push_str(
             "# HELP airlock_audit_failures_total Audit entries the log could not take (each is also an error in the server log).\n",

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use airlock_engine::{FinishReason, Message, Role};
+use airlock_engine::{FinishReason, Message, Role, Usage};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -618,7 +618,13 @@ async fn embed(
     }
     // The request's entry is written while the model embeds; nothing is sent before both.
     let (embeddings, ()) = tokio::try_join!(worker.embed(texts), record.open(None, false))?;
-    record.usage(embeddings.tokens, 0, None);
+    record.usage(
+        &Usage {
+            prompt_tokens: embeddings.tokens,
+            ..Usage::default()
+        },
+        None,
+    );
     let data: Vec<Value> = embeddings
         .vectors
         .iter()

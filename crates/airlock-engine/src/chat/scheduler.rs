@@ -71,9 +71,10 @@ struct Kept {
 /// The slots in use and free, with the decoder that holds their caches.
 struct Slots<'m, B: Backend + 'm> {
     decoder: B::Decoder<'m>,
-    // Handing out the lowest free id and feeding sequences in id order matters to llama.cpp:
-    // it splits a batch over per-sequence caches into one compute per run of consecutive
-    // sequence ids, so this keeps a whole decode step in one compute.
+    // Handing out the lowest empty slot and feeding sequences in id order matters to
+    // llama.cpp: it splits a batch over per-sequence caches into one compute per run of
+    // consecutive sequence ids, so this keeps a whole decode step in one compute whenever no
+    // kept cache is being reused.
     free: BTreeSet<usize>,
     /// By sequence id; meaningful for free slots.
     kept: Vec<Kept>,
