@@ -218,6 +218,23 @@ fn audit_entries_once(
     }
 }
 
+/// The entries among the last `n` that `matches` picks, re-read until there are at least
+/// `at_least` of them or `within` has passed.
+fn audit_matching(
+    site: &Site,
+    n: &str,
+    within: Duration,
+    at_least: usize,
+    matches: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    audit_entries_once(site, n, within, |entries| {
+        entries.iter().filter(|e| matches(e)).count() >= at_least
+    })
+    .into_iter()
+    .filter(|e| matches(e))
+    .collect()
+}
+
 #[test]
 fn the_official_openai_and_anthropic_sdks_work_with_only_base_url_and_key_changed() {
     let site = site_with_models();
@@ -841,13 +858,7 @@ fn a_reload_re_admits_every_model_deploys_a_moved_tag_and_changes_nothing_when_a
         .unwrap();
     assert!(hangup.success());
     let is_reload = |e: &Value| e["action"] == "serve.reload";
-    let reloads: Vec<Value> =
-        audit_entries_once(&site, "200", Duration::from_secs(30), |entries| {
-            entries.iter().filter(|e| is_reload(e)).count() >= 4
-        })
-        .into_iter()
-        .filter(is_reload)
-        .collect();
+    let reloads = audit_matching(&site, "200", Duration::from_secs(30), 4, is_reload);
     let outcomes: Vec<&str> = reloads
         .iter()
         .map(|e| e["outcome"].as_str().unwrap())
@@ -977,13 +988,7 @@ fn a_client_that_hangs_up_cancels_its_generation_at_once_streamed_or_not() {
     }
     // Every status poll above is an audit entry of its own: read the whole log.
     let is_closed = |e: &Value| e["action"] == "api.result" && e["details"]["status"] == 499;
-    let closed: Vec<Value> =
-        audit_entries_once(&site, "100000", Duration::from_secs(5), |entries| {
-            entries.iter().filter(|e| is_closed(e)).count() >= 2
-        })
-        .into_iter()
-        .filter(is_closed)
-        .collect();
+    let closed = audit_matching(&site, "100000", Duration::from_secs(5), 2, is_closed);
     assert_eq!(closed.len(), 2, "each hang-up is recorded as 499");
     assert_eq!(closed[1]["details"]["stream"], true);
     for entry in &closed {
@@ -1177,17 +1182,13 @@ fn a_caller_asking_again_reuses_its_own_cached_prompt_and_never_another_callers(
     );
 
     // The audit log and the metrics count what was reused.
-    let reused_by_alice = |entries: &[Value]| {
-        entries
-            .iter()
-            .filter(|e| e["action"] == "api.result" && e["actor"] == format!("apikey:{alice_id}"))
-            .filter(|e| e["details"]["cached_tokens"] == prompt_tokens - 1)
-            .count()
+    let reused_by_alice = |e: &Value| {
+        e["action"] == "api.result"
+            && e["actor"] == format!("apikey:{alice_id}")
+            && e["details"]["cached_tokens"] == prompt_tokens - 1
     };
-    let entries = audit_entries_once(&site, "40", Duration::from_secs(5), |e| {
-        reused_by_alice(e) == 2
-    });
-    assert_eq!(reused_by_alice(&entries), 2, "{entries:#?}");
+    let reused = audit_matching(&site, "40", Duration::from_secs(5), 2, reused_by_alice);
+    assert_eq!(reused.len(), 2, "{reused:#?}");
     let metrics = server.get("/metrics", &admin).body;
     assert!(
         metrics.contains(&format!(

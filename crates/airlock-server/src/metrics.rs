@@ -125,23 +125,17 @@ impl Metrics {
             "airlock_tokens_total{{kind=\"completion\"}} {}",
             self.completion_tokens.load(Ordering::Relaxed)
         );
-        out.push_str(
-            "# HELP airlock_cached_prompt_tokens_total Prompt tokens read from a caller's kept cache instead of decoded (counted in airlock_tokens_total{kind=\"prompt\"} too).\n",
+        counter(
+            &mut out,
+            "airlock_cached_prompt_tokens_total",
+            "Prompt tokens read from a caller's kept cache instead of decoded (counted in airlock_tokens_total{kind=\"prompt\"} too).",
+            &self.cached_tokens,
         );
-        out.push_str("# TYPE airlock_cached_prompt_tokens_total counter\n");
-        let _ = writeln!(
-            out,
-            "airlock_cached_prompt_tokens_total {}",
-            self.cached_tokens.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP airlock_audit_failures_total Audit entries the log could not take (each is also an error in the server log).\n",
-        );
-        out.push_str("# TYPE airlock_audit_failures_total counter\n");
-        let _ = writeln!(
-            out,
-            "airlock_audit_failures_total {}",
-            self.audit_failures.load(Ordering::Relaxed)
+        counter(
+            &mut out,
+            "airlock_audit_failures_total",
+            "Audit entries the log could not take (each is also an error in the server log).",
+            &self.audit_failures,
         );
         out.push_str("# HELP airlock_queue_depth Requests waiting for a model.\n");
         out.push_str("# TYPE airlock_queue_depth gauge\n");
@@ -179,6 +173,13 @@ impl Metrics {
         out.push_str(&batches);
         out
     }
+}
+
+/// Writes an unlabelled counter with its help and type lines.
+fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
 }
 
 #[cfg(test)]
