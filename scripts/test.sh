@@ -10,14 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 2; }
 
 bash scripts/setup-test-tools.sh
-bash scripts/fetch-models.sh
-# llama.cpp is compiled by up to three cargo builds (clippy, test, release) with identical
-# flags; ccache compiles it once. Paths are made relative to each build directory, which all
-# sit at the same depth under target/, so the three builds look alike to the cache.
-if command -v ccache >/dev/null; then
-  export CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache
-  export CCACHE_BASEDIR=/ CCACHE_NOHASHDIR=1
-fi
+source scripts/lib/cargo-env.sh
 
 # One build from scratch gains nothing from incremental state, which would take a gigabyte.
 export CARGO_INCREMENTAL=0
