@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's own tools from the llama_cpp_python sdist on PyPI (which carries
 # llama.cpp's full source): llama-bench and llama-batched-bench (the engine benchmark's
-# anchors) and libllama.so (which the sdist's Python bindings load, for reference outputs). Cached; prints the build directory.
+# anchors), llama-server (the engine process airlock supervises, and the serving benchmark's
+# anchor) and libllama.so (which the sdist's Python bindings load, for reference outputs).
+# Cached; prints the directory whose build/bin holds them (llama-server is
+# build/bin/llama-server under it).
 #
 # Built for the same CPU baseline as airlock's embedded llama.cpp (.cargo/config.toml):
 # AVX2/FMA/F16C, GGML_NATIVE off (a native build picks up AMX where the host advertises it
-# without being able to run it), OpenMP on.
+# without being able to run it), OpenMP on. llama-server is built without HTTPS and without its
+# web UI (whose prebuilt assets the build would otherwise download): it cannot fetch anything.
 #
 #   AIRLOCK_CACHE  cache root (default: ~/.cache/airlock)
 set -euo pipefail
@@ -16,7 +20,13 @@ url="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58
 root="$cache/llama-cpp-python-$version"
 build="$root/build"
 
-if [ -x "$build/bin/llama-bench" ] && [ -x "$build/bin/llama-batched-bench" ] && [ -f "$build/bin/libllama.so" ]; then
+tools=(llama-bench llama-batched-bench llama-server)
+built() {
+  local tool
+  for tool in "${tools[@]}"; do [ -x "$build/bin/$tool" ] || return 1; done
+  [ -f "$build/bin/libllama.so" ]
+}
+if built; then
   echo "$root"
   exit 0
 fi
@@ -32,14 +42,19 @@ if [ ! -f "$sdist" ] || [ "$(sha256sum "$sdist" | cut -d' ' -f1)" != "$sha256" ]
 fi
 got="$(sha256sum "$sdist" | cut -d' ' -f1)"
 [ "$got" = "$sha256" ] || { echo "llama.cpp: $sdist has SHA-256 $got, pinned $sha256" >&2; exit 1; }
-rm -rf "$root"
-mkdir -p "$root"
-tar -xzf "$sdist" -C "$root" --strip-components=1
-echo "llama.cpp: building llama-bench, llama-batched-bench and libllama.so (several minutes on 2 cores)" >&2
+# An earlier build of fewer tools is extended in place; otherwise start from the sdist.
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  rm -rf "$root"
+  mkdir -p "$root"
+  tar -xzf "$sdist" -C "$root" --strip-components=1
+fi
+echo "llama.cpp: building ${tools[*]} and libllama.so (several minutes on 2 cores)" >&2
 cmake -S "$root/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
   -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
   -DGGML_SSE42=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >"$root/cmake.log" 2>&1
-cmake --build "$build" --target llama-bench llama-batched-bench llama -j "$(nproc)" >>"$root/cmake.log" 2>&1 \
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
+  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF >"$root/cmake.log" 2>&1 || { tail -30 "$root/cmake.log" >&2; exit 1; }
+cmake --build "$build" --target "${tools[@]}" llama -j "$(nproc)" >>"$root/cmake.log" 2>&1 \
   || { tail -30 "$root/cmake.log" >&2; exit 1; }
+built || { echo "llama.cpp: the build finished without ${tools[*]}" >&2; exit 1; }
 echo "$root"

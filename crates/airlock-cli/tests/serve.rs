@@ -117,7 +117,7 @@ impl Server {
         self.request("GET", path, &[("authorization", &auth)], b"")
     }
 
-    /// `alias`'s entry in `/admin/status` (version, digest, running, queued).
+    /// `alias`'s entry in `/admin/status` (version, digest, its engine's kind, state and load).
     fn model_status(&self, admin_key: &str, alias: &str) -> Value {
         let status = self.get("/admin/status", admin_key).json();
         status["models"]
@@ -948,7 +948,7 @@ fn a_client_that_hangs_up_cancels_its_generation_at_once_streamed_or_not() {
     let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
     let server = Server::start(&site, &[]);
     let running = || {
-        server.model_status(&admin, "chat")["running"]
+        server.model_status(&admin, "chat")["engine"]["running"]
             .as_u64()
             .unwrap()
     };

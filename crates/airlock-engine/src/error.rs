@@ -1,7 +1,13 @@
 //! What can go wrong loading and running a model.
 
-/// Engine errors. Each names the problem in one line.
+use std::time::Duration;
+
+use crate::interface::Param;
+
+/// Engine errors. Each names the problem in one line; [`Error::kind`] sorts them into the
+/// few classes an API answers differently.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The model's files are not what the engine can load.
     #[error("model {model}: {reason}")]
@@ -17,6 +23,14 @@ pub enum Error {
     /// The request asks for something the model cannot do.
     #[error("{0}")]
     Request(String),
+    /// A request parameter has a value no engine takes; `reason` reads after its name.
+    #[error("{param} {reason}")]
+    Invalid {
+        /// Which parameter.
+        param: Param,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The prompt and the requested answer do not fit the context window.
     #[error(
         "the prompt is {prompt} tokens and {requested} more were asked for, but the context holds {context}"
@@ -37,6 +51,19 @@ pub enum Error {
         /// Requests waiting.
         queued: usize,
     },
+    /// The engine is down for now (an engine process restarting): try again after
+    /// `retry_after`.
+    #[error("the engine is unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+        /// How long until it is expected back.
+        retry_after: Duration,
+    },
+    /// An engine process answered in a way the interface does not allow (a malformed
+    /// stream, an unexpected status).
+    #[error("the engine process failed: {0}")]
+    Upstream(String),
     /// The engine stopped (its worker ended).
     #[error("the engine has stopped: {0}")]
     Stopped(String),
@@ -53,7 +80,57 @@ pub enum Error {
     },
 }
 
+/// The classes of [`Error`] that callers answer differently. Deliberately exhaustive: a new
+/// class is a change every caller must handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or asks for what the model cannot do.
+    InvalidRequest,
+    /// The prompt and the requested answer do not fit the context.
+    ContextLength,
+    /// The engine's queue is full: try again soon.
+    Busy,
+    /// The engine is down for now: try again after [`Error::retry_after`].
+    Unavailable,
+    /// The engine or the model failed; nothing the caller can change.
+    Failed,
+}
+
 impl Error {
+    /// Which class of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Request(_) | Self::Invalid { .. } | Self::Template(_) => {
+                ErrorKind::InvalidRequest
+            }
+            Self::ContextLength { .. } => ErrorKind::ContextLength,
+            Self::Busy { .. } => ErrorKind::Busy,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Model { .. }
+            | Self::Upstream(_)
+            | Self::Stopped(_)
+            | Self::Inference(_)
+            | Self::Io { .. } => ErrorKind::Failed,
+        }
+    }
+
+    /// The parameter at fault, if one is.
+    pub fn param(&self) -> Option<Param> {
+        match self {
+            Self::Invalid { param, .. } => Some(*param),
+            _ => None,
+        }
+    }
+
+    /// How long to wait before asking again, for errors that pass.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => Some(*retry_after),
+            Self::Busy { .. } => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
     /// Whether the model's own files are at fault (inconsistent, hostile or unsupported),
     /// as opposed to the request or the machine.
     pub fn is_model_failure(&self) -> bool {

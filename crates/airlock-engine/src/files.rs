@@ -65,6 +65,11 @@ impl ModelFiles {
         self.files.get(bundle_path).map(PathBuf::as_path)
     }
 
+    /// Every file: bundle path and the verified file on disk, in bundle-path order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Path)> {
+        self.files.iter().map(|(k, v)| (k.as_str(), v.as_path()))
+    }
+
     /// The files whose bundle path ends with `suffix`.
     pub fn ending_with<'a>(&'a self, suffix: &'a str) -> impl Iterator<Item = (&'a str, &'a Path)> {
         self.files

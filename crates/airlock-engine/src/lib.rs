@@ -1,4 +1,8 @@
-//! In-process inference on the isolated side.
+//! In-process inference on the isolated side, and the interface every engine implements.
+//!
+//! The server talks to engines only through [`ChatEngine`] and [`Embedder`] ([`interface`]):
+//! one checked [`ChatRequest`] in, a stream of [`ChatEvent`]s with usage out. The embedded
+//! engine implements both here; engine processes (llama-server, vLLM) do in `airlock-upstream`.
 //!
 //! Chat models run with continuous batching ([`chat`]) on a [`Backend`]: GGUF files on
 //! llama.cpp (through `llama-cpp-2`, [`LlamaCpp`]), or any other runtime that implements the
@@ -12,14 +16,19 @@ pub mod embed;
 mod error;
 pub mod files;
 mod gguf_check;
+pub mod interface;
 pub mod template;
 pub mod text;
 
 pub use chat::{
     Backend, BatchToken, ChatConfig, ChatModel, Completion, Decoder, DecoderShape, Event,
-    FinishReason, GenerateParams, Generation, LlamaCpp, SamplingParams, Usage,
+    FinishReason, GenerateParams, Generation, LlamaCpp, Prompter, SamplingParams, Usage,
 };
-pub use embed::EmbeddingModel;
-pub use error::{Error, Result};
+pub use embed::{EmbeddingEngine, EmbeddingModel};
+pub use error::{Error, ErrorKind, Result};
 pub use files::ModelFiles;
+pub use interface::{
+    BoxFuture, ChatEngine, ChatEvent, ChatParams, ChatRequest, ChatStream, Embedder, Ending,
+    EngineKind, EngineState, EngineStatus, Param, Prompt, RequestLimits,
+};
 pub use template::{ChatTemplate, Message, Role};

@@ -12,20 +12,19 @@
 //! come back.
 
 #![expect(clippy::print_stdout, reason = "a benchmark prints its report")]
-#![expect(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "a benchmark fails loudly"
-)]
+#![expect(clippy::unwrap_used, reason = "a benchmark fails loudly")]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use airlock_engine::{GenerateParams, SamplingParams};
+use airlock_engine::embed::EmbeddingConfig;
+use airlock_engine::{
+    ChatEngine, ChatParams, ChatRequest, EmbeddingModel, ModelFiles, Prompt, RequestLimits,
+    SamplingParams,
+};
 use airlock_server::Server;
 use airlock_server::config::RawConfig;
-use airlock_server::models::Engine;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -151,9 +150,7 @@ async fn overhead(data: &str, key: &str) {
     let body = json!({"model": "chat", "prompt": prompt_text, "temperature": 0, "max_tokens": 1})
         .to_string();
     let served = app.models();
-    let Engine::Chat(model) = &served["chat"].engine else {
-        panic!("chat is not a chat model")
-    };
+    let model = served["chat"].chat().unwrap();
     let mut connection = Connection::open(&addr).await;
     let rounds = 1000;
     let (mut http, mut direct, mut added) = (Vec::new(), Vec::new(), Vec::new());
@@ -231,9 +228,16 @@ async fn overhead(data: &str, key: &str) {
         p50_p99(&models)
     );
 
-    let Engine::Embedding(worker) = &served["embed"].engine else {
-        panic!("embed is not an embedding model")
+    // The anchor calls the model itself, in this process, with no queue in between: a second
+    // copy loaded from the same approved files.
+    let files = {
+        let registry =
+            airlock_registry::Registry::open(std::path::Path::new(data), "user:bench").unwrap();
+        let reference = airlock_registry::Reference::parse("all-minilm-l6-v2:prod").unwrap();
+        let approved = registry.open_approved(&reference, "benchmark").unwrap();
+        ModelFiles::new("all-minilm-l6-v2", approved.files)
     };
+    let embedder = EmbeddingModel::load(&files, &EmbeddingConfig::default()).unwrap();
     let sentence = "Air-gapped networks keep sensitive data inside the enclave.";
     let clients = 4;
     // Anchors: the model called in this process, one sentence a call (what each request
@@ -246,7 +250,7 @@ async fn overhead(data: &str, key: &str) {
         let started = Instant::now();
         let mut embedded = 0u64;
         while started.elapsed() < slice {
-            worker.model().embed(&texts).unwrap();
+            embedder.embed(&texts).unwrap();
             embedded += per_call as u64;
         }
         (embedded, started.elapsed())
@@ -312,20 +316,17 @@ async fn time_http(connection: &mut Connection, key: &str, body: &str) -> f64 {
     started.elapsed().as_secs_f64() * 1e3
 }
 
-async fn time_direct(model: &airlock_engine::ChatModel, text: &str) -> f64 {
+/// One request straight through the engine interface, as the server makes it.
+async fn time_direct(model: &dyn ChatEngine, text: &str) -> f64 {
     let started = Instant::now();
-    let prompt = model.text_prompt(text);
-    let params = GenerateParams {
+    let params = ChatParams {
         max_tokens: Some(1),
         sampling: SamplingParams::greedy(),
-        ..GenerateParams::default()
+        ..ChatParams::default()
     };
-    let mut generation = model.generate(prompt, params).unwrap();
-    while let Some(event) = generation.next().await {
-        if let airlock_engine::Event::Done { .. } = event.unwrap() {
-            break;
-        }
-    }
+    let request =
+        ChatRequest::new(Prompt::Text(text.into()), params, &RequestLimits::default()).unwrap();
+    model.start(request).await.unwrap().collect().await.unwrap();
     started.elapsed().as_secs_f64() * 1e3
 }
 

@@ -2,20 +2,19 @@
 
 use std::sync::Arc;
 
-use airlock_engine::{FinishReason, Message, Role};
-use axum::Json;
+use airlock_engine::{ChatParams, Ending, FinishReason, Message, Param, Prompt, Role};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
+use axum::response::Response;
 use axum::response::sse::Event as SseEvent;
-use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::App;
 use crate::error::{ApiError, Dialect};
 use crate::gate::RequestRecord;
-use crate::generation::{self, Ask, Ending, StreamFormat, TextContent, parse_body, refuse_if};
+use crate::generation::{self, Shape, TextContent, parse_body, refuse_if, served_model};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,9 +66,7 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: MessagesRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
-    let served = app.model(&request.model)?;
-    record.model(&served.alias, &served.digest);
-    let model = served.chat()?;
+    let served = served_model(&app, &record, &request.model)?;
     refuse_if(&request.tools, "tools", |v| {
         v.as_array().is_some_and(|a| a.is_empty()) || v.is_null()
     })?;
@@ -77,14 +74,7 @@ async fn handle(
     refuse_if(&request.thinking, "thinking", |v| {
         v.get("type").and_then(Value::as_str) == Some("disabled") || v.is_null()
     })?;
-    if let Some(t) = request.temperature
-        && !(0.0..=1.0).contains(&t)
-    {
-        return Err(ApiError::invalid_param(
-            "temperature",
-            format!("temperature is {t}; it must be 0 to 1"),
-        ));
-    }
+    // The system prompt travels apart from the messages here, and alone it is no conversation.
     if request.messages.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
@@ -114,11 +104,8 @@ async fn handle(
         };
         conversation.push(Message::new(role, m.content.text("messages")?));
     }
-    // The engine bounds the stop sequences' number and length.
-    let ask = Ask {
+    let params = ChatParams {
         max_tokens: Some(request.max_tokens),
-        param: "max_tokens",
-        default_max: None,
         stop: request.stop_sequences.unwrap_or_default(),
         sampling: generation::sampling(
             request.temperature,
@@ -128,36 +115,14 @@ async fn handle(
             None,
             None,
         ),
-        stream: request.stream,
+        ..ChatParams::default()
     };
-    let prompt = model.chat_prompt(&conversation)?;
-    let (generation, prompt_tokens) =
-        generation::start(model, prompt, app.config.limits.max_tokens, ask, &record).await?;
-    let id = format!("msg_{}", record.id());
-    if request.stream {
-        let format = MessageEvents {
-            id,
-            model: served.alias.clone(),
-        };
-        return Ok(generation::stream(
-            generation,
-            record,
-            format,
-            prompt_tokens,
-        ));
-    }
-    let (text, ending) = generation::collect(generation, &record).await?;
-    Ok(Json(json!({
-        "id": id,
-        "type": "message",
-        "role": "assistant",
-        "model": served.alias,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": stop_reason(&ending),
-        "stop_sequence": ending.stop_sequence,
-        "usage": usage(&ending),
-    }))
-    .into_response())
+    let shape = MessageEvents {
+        id: format!("msg_{}", record.id()),
+        model: served.alias.clone(),
+    };
+    let prompt = Prompt::Chat(conversation);
+    generation::answer(&app, record, &served, prompt, params, request.stream, shape).await
 }
 
 /// Token counts as the Messages API gives them: prompt tokens read from a kept cache are
@@ -191,15 +156,35 @@ struct MessageEvents {
     model: String,
 }
 
-impl StreamFormat for MessageEvents {
-    fn start(&mut self, prompt_tokens: usize) -> Vec<SseEvent> {
+impl Shape for MessageEvents {
+    fn param_name(&self, param: Param) -> &'static str {
+        match param {
+            Param::Stop => "stop_sequences",
+            other => other.name(),
+        }
+    }
+
+    fn body(&self, text: String, ending: &Ending) -> Value {
+        json!({
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": stop_reason(ending),
+            "stop_sequence": ending.stop_sequence,
+            "usage": usage(ending),
+        })
+    }
+
+    fn start(&mut self, prompt_tokens: Option<usize>) -> Vec<SseEvent> {
         vec![
             event(
                 "message_start",
                 &json!({"type": "message_start", "message": {
                     "id": self.id, "type": "message", "role": "assistant", "model": self.model,
                     "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
+                    "usage": {"input_tokens": prompt_tokens.unwrap_or(0), "output_tokens": 0},
                 }}),
             ),
             event(

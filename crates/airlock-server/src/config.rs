@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use airlock_upstream::ProcessKind;
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -49,6 +50,18 @@ pub struct RawModel {
     pub context: Option<usize>,
     /// CPU threads.
     pub threads: Option<usize>,
+    /// What runs it: `embedded` (the default: in this process), `llama-server` or `vllm`
+    /// (an engine process airlock starts and supervises).
+    pub engine: Option<String>,
+    /// The engine process's executable; else `AIRLOCK_LLAMA_SERVER` / `AIRLOCK_VLLM`, else
+    /// the name on `PATH`.
+    pub binary: Option<PathBuf>,
+    /// Seconds an engine process may take to load (default 300).
+    pub startup_timeout_seconds: Option<u64>,
+    /// Let an engine process reuse prompt caches across callers (default false: a caller
+    /// could otherwise learn from response times whether others sent the same prompt
+    /// prefix; the embedded engine always keeps caches per caller).
+    pub share_prompt_cache: Option<bool>,
 }
 
 /// `[auth]`.
@@ -140,7 +153,47 @@ pub struct ModelSpec {
     pub context: Option<usize>,
     /// CPU threads; `None`: all cores.
     pub threads: Option<usize>,
+    /// What runs it.
+    pub engine: EngineChoice,
 }
+
+/// What runs a served model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineChoice {
+    /// The embedded engine, in this process.
+    Embedded,
+    /// An engine process airlock starts and supervises.
+    Process(ProcessChoice),
+}
+
+impl EngineChoice {
+    /// The name the configuration uses.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::Process(p) => match p.kind {
+                ProcessKind::LlamaServer => "llama-server",
+                ProcessKind::Vllm => "vllm",
+            },
+        }
+    }
+}
+
+/// An engine process's settings, its executable resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessChoice {
+    /// Which program.
+    pub kind: ProcessKind,
+    /// Its executable.
+    pub binary: PathBuf,
+    /// How long it may take to load.
+    pub startup_timeout: Duration,
+    /// Whether callers share its prompt cache.
+    pub share_prompt_cache: bool,
+}
+
+/// Seconds an engine process may take to load, by default.
+const DEFAULT_STARTUP_TIMEOUT: u64 = 300;
 
 /// Validated `[auth.oidc]`.
 #[derive(Debug, Clone)]
@@ -258,6 +311,7 @@ impl RawConfig {
             check_alias(&alias).map_err(&bad)?;
             let reference = raw
                 .reference
+                .clone()
                 .ok_or_else(|| bad(format!("model {alias:?} has no ref")))?;
             airlock_registry::Reference::parse(&reference)
                 .map_err(|e| bad(format!("model {alias:?}: {e}")))?;
@@ -275,6 +329,7 @@ impl RawConfig {
             if raw.threads.is_some_and(|t| !(1..=1024).contains(&t)) {
                 return Err(bad(format!("model {alias:?}: threads must be 1..=1024")));
             }
+            let engine = engine_choice(&alias, &raw).map_err(&bad)?;
             models.insert(
                 alias,
                 ModelSpec {
@@ -282,6 +337,7 @@ impl RawConfig {
                     slots,
                     context: raw.context,
                     threads: raw.threads,
+                    engine,
                 },
             );
         }
@@ -353,6 +409,53 @@ fn validate_oidc(raw: RawOidc, bad: &impl Fn(String) -> Error) -> Result<OidcCon
         default_clearance: raw.default_clearance.unwrap_or_else(|| "public".into()),
         leeway: Duration::from_secs(raw.leeway_seconds.unwrap_or(30).min(600)),
     })
+}
+
+/// The engine a model's settings choose, with an engine process's executable found.
+fn engine_choice(alias: &str, raw: &RawModel) -> std::result::Result<EngineChoice, String> {
+    let kind = match raw.engine.as_deref() {
+        None | Some("embedded") => {
+            let process_only = [
+                ("binary", raw.binary.is_some()),
+                (
+                    "startup_timeout_seconds",
+                    raw.startup_timeout_seconds.is_some(),
+                ),
+                ("share_prompt_cache", raw.share_prompt_cache.is_some()),
+            ];
+            if let Some((name, _)) = process_only.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "model {alias:?}: {name} applies to engine processes; set engine = \"llama-server\" or \"vllm\""
+                ));
+            }
+            return Ok(EngineChoice::Embedded);
+        }
+        Some("llama-server") => ProcessKind::LlamaServer,
+        Some("vllm") => ProcessKind::Vllm,
+        Some(other) => {
+            return Err(format!(
+                "model {alias:?}: engine {other:?} is not one of: embedded, llama-server, vllm"
+            ));
+        }
+    };
+    let binary = airlock_upstream::resolve_binary(kind, raw.binary.as_deref(), |name| {
+        std::env::var_os(name)
+    })
+    .map_err(|e| format!("model {alias:?}: {e}"))?;
+    let timeout = raw
+        .startup_timeout_seconds
+        .unwrap_or(DEFAULT_STARTUP_TIMEOUT);
+    if !(1..=3600).contains(&timeout) {
+        return Err(format!(
+            "model {alias:?}: startup_timeout_seconds must be 1..=3600"
+        ));
+    }
+    Ok(EngineChoice::Process(ProcessChoice {
+        kind,
+        binary,
+        startup_timeout: Duration::from_secs(timeout),
+        share_prompt_cache: raw.share_prompt_cache.unwrap_or(false),
+    }))
 }
 
 /// Aliases appear in URLs' JSON bodies and metric labels: keep them plain.
@@ -428,6 +531,47 @@ mod tests {
                 other => panic!("{text:?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_engine_process_needs_its_binary_and_takes_its_own_settings() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            what: "tempdir".into(),
+            source: e,
+        })?;
+        let binary = dir.path().join("llama-server");
+        std::fs::write(&binary, b"").map_err(|e| Error::Io {
+            what: "binary".into(),
+            source: e,
+        })?;
+        let config = validated(&format!(
+            "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\nengine=\"llama-server\"\nbinary={:?}\nstartup_timeout_seconds=30\nshare_prompt_cache=true",
+            binary.display()
+        ))?;
+        let EngineChoice::Process(process) = &config.models["a"].engine else {
+            panic!("an engine process was configured")
+        };
+        assert_eq!(process.kind, ProcessKind::LlamaServer);
+        assert_eq!(process.startup_timeout, Duration::from_secs(30));
+        assert!(process.share_prompt_cache);
+        assert_eq!(config.models["a"].engine.name(), "llama-server");
+        let default = validated("data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"")?;
+        assert_eq!(default.models["a"].engine, EngineChoice::Embedded);
+        for (text, needle) in [
+            ("engine=\"ollama\"", "not one of"),
+            (
+                "engine=\"llama-server\"\nbinary=\"/no/such/llama-server\"",
+                "no such file",
+            ),
+            ("binary=\"/usr/bin/true\"", "applies to engine processes"),
+        ] {
+            let text = format!("data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\n{text}");
+            match validated(&text) {
+                Err(Error::Config { reason, .. }) => assert!(reason.contains(needle), "{reason}"),
+                other => panic!("{text:?} gave {other:?}"),
+            }
+        }
+        Ok(())
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+use airlock_engine::interface::retry_after_seconds;
+use airlock_engine::{ErrorKind, Param};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -131,10 +133,13 @@ pub enum ApiError {
         /// What failed (logged only).
         detail: String,
     },
-    /// The server is not ready (still starting, or stopped taking requests).
+    /// The server or the model's engine is not ready (starting, restarting, or stopped
+    /// taking requests).
     Unavailable {
         /// Why.
         message: String,
+        /// Seconds until it is expected back, sent as `Retry-After`.
+        retry_after: Option<u64>,
     },
     /// The client went away before the answer ended (recorded, never sent).
     ClientClosed,
@@ -223,7 +228,7 @@ impl ApiError {
             | Self::Forbidden { message }
             | Self::ContextLength { message }
             | Self::RateLimited { message, .. }
-            | Self::Unavailable { message }
+            | Self::Unavailable { message, .. }
             | Self::Conflict { message } => message.clone(),
             Self::Unauthenticated { .. } => {
                 "invalid or missing credentials: send an API key or an OIDC token".into()
@@ -312,32 +317,59 @@ impl ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         // The gate reads the error back for the audit entry.
         response.extensions_mut().insert(self.clone());
-        if let Self::RateLimited { retry_after, .. } = &self {
+        let retry_after = match &self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            Self::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+
+    /// The error for an engine failure, with `param_name` giving the parameter at fault its
+    /// name in the API that was called. The mapping covers every [`ErrorKind`] by name.
+    pub fn from_engine(
+        e: airlock_engine::Error,
+        param_name: impl Fn(Param) -> &'static str,
+    ) -> Self {
+        match e.kind() {
+            ErrorKind::InvalidRequest => match e {
+                airlock_engine::Error::Invalid { param, reason } => {
+                    let name = param_name(param);
+                    Self::InvalidRequest {
+                        message: format!("{name} {reason}"),
+                        param: Some(name.to_owned()),
+                    }
+                }
+                other => Self::invalid(other.to_string()),
+            },
+            ErrorKind::ContextLength => Self::ContextLength {
+                message: e.to_string(),
+            },
+            ErrorKind::Busy => Self::RateLimited {
+                message: "the model is busy: every generation slot is taken and the queue is full"
+                    .into(),
+                retry_after: e.retry_after().map_or(1, retry_after_seconds),
+            },
+            ErrorKind::Unavailable => Self::Unavailable {
+                message: "the model's engine is restarting; try again shortly".into(),
+                retry_after: Some(e.retry_after().map_or(1, retry_after_seconds)),
+            },
+            ErrorKind::Failed => Self::Internal {
+                detail: e.to_string(),
+            },
+        }
     }
 }
 
 impl From<airlock_engine::Error> for ApiError {
+    /// An engine failure, naming parameters as OpenAI's API does.
     fn from(e: airlock_engine::Error) -> Self {
-        use airlock_engine::Error as E;
-        match e {
-            E::ContextLength { .. } => Self::ContextLength {
-                message: e.to_string(),
-            },
-            E::Busy { .. } => Self::RateLimited {
-                message: "the model is busy: every generation slot is taken and the queue is full"
-                    .into(),
-                retry_after: 1,
-            },
-            E::Request(message) | E::Template(message) => Self::invalid(message),
-            E::Model { .. } | E::Stopped(_) | E::Inference(_) | E::Io { .. } => Self::Internal {
-                detail: e.to_string(),
-            },
-        }
+        Self::from_engine(e, Param::name)
     }
 }
 

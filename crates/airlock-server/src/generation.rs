@@ -1,25 +1,29 @@
-//! What the OpenAI and Anthropic routes share: request bodies, sampling parameters, and
-//! turning an engine [`Generation`] into a response or an SSE stream.
+//! What the OpenAI and Anthropic routes share: request bodies, and the one path from a
+//! request to its answer, whole or streamed as SSE ([`answer`]).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use airlock_engine::{
-    ChatModel, Event, FinishReason, GenerateParams, Generation, SamplingParams, Usage,
+    ChatEngine, ChatEvent, ChatParams, ChatRequest, ChatStream, Ending, FinishReason, Param,
+    Prompt, SamplingParams,
 };
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
+use futures_util::{FutureExt as _, Stream};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::App;
 use crate::error::ApiError;
 use crate::gate::RequestRecord;
+use crate::models::ServedModel;
 
 /// Parses a JSON body, mapping every failure to a 4xx in the API's terms.
 pub(crate) fn parse_body<T: DeserializeOwned>(
@@ -59,25 +63,12 @@ pub(crate) enum StopSequences {
 }
 
 impl StopSequences {
-    /// The list, checked against OpenAI's ceiling of four.
-    pub(crate) fn into_vec(self, param: &str) -> Result<Vec<String>, ApiError> {
-        let stops = match self {
+    /// The list (checked with the rest of the request by [`ChatRequest::new`]).
+    pub(crate) fn into_vec(self) -> Vec<String> {
+        match self {
             Self::One(s) => vec![s],
             Self::Many(v) => v,
-        };
-        if stops.len() > 4 {
-            return Err(ApiError::invalid_param(
-                param,
-                format!("at most 4 stop sequences, got {}", stops.len()),
-            ));
         }
-        if stops.iter().any(|s| s.is_empty() || s.len() > 256) {
-            return Err(ApiError::invalid_param(
-                param,
-                "stop sequences must be 1 to 256 bytes",
-            ));
-        }
-        Ok(stops)
     }
 }
 
@@ -140,77 +131,15 @@ pub(crate) fn sampling(
     }
 }
 
-/// What a request asks the engine for, besides its prompt.
-pub(crate) struct Ask {
-    /// The requested answer length, if any.
-    pub(crate) max_tokens: Option<u64>,
-    /// The parameter it came from, for errors.
-    pub(crate) param: &'static str,
-    /// The length when none was asked for; `None`: the configured cap.
-    pub(crate) default_max: Option<usize>,
-    /// Stop sequences.
-    pub(crate) stop: Vec<String>,
-    /// Token choice.
-    pub(crate) sampling: SamplingParams,
-    /// Whether the answer is streamed.
-    pub(crate) stream: bool,
-}
-
-/// Queues a generation of `prompt` on `model`, its length checked against `cap` and the
-/// context left, then writes the request's audit entry while the model works; returns once
-/// that entry is durable (nothing the model produces may be sent before), with the
-/// generation and the prompt's token count.
-pub(crate) async fn start(
-    model: &ChatModel,
-    prompt: Vec<i32>,
-    cap: usize,
-    ask: Ask,
+/// The served model a request names, noted in its record; 404 if there is none.
+pub(crate) fn served_model(
+    app: &App,
     record: &RequestRecord,
-) -> Result<(Generation, usize), ApiError> {
-    let room = model.info().context_per_slot.saturating_sub(prompt.len());
-    let max = max_tokens(ask.max_tokens, ask.param, cap, ask.default_max, room)?;
-    let prompt_tokens = prompt.len();
-    // A seed asks for an answer that can be reproduced, and a reused cache can change a
-    // sampled answer in its last bits, so seeded requests decode their whole prompt.
-    let cache_scope = match ask.sampling.seed {
-        Some(_) => None,
-        None => record.cache_scope(),
-    };
-    let generation = model.generate(
-        prompt,
-        GenerateParams {
-            max_tokens: Some(max),
-            stop: ask.stop,
-            sampling: ask.sampling,
-            ignore_eos: false,
-            cache_scope,
-        },
-    )?;
-    record.open(Some(prompt_tokens), ask.stream).await?;
-    Ok((generation, prompt_tokens))
-}
-
-/// The answer length: what was asked for, within the configured cap and the context left;
-/// `default` when nothing was asked for.
-fn max_tokens(
-    asked: Option<u64>,
-    param: &str,
-    cap: usize,
-    default: Option<usize>,
-    room: usize,
-) -> Result<usize, ApiError> {
-    match asked {
-        Some(0) => Err(ApiError::invalid_param(
-            param,
-            format!("{param} must be at least 1"),
-        )),
-        Some(n) if n > cap as u64 => Err(ApiError::invalid_param(
-            param,
-            format!("{param} is {n}, over this server's limit of {cap}"),
-        )),
-        Some(n) => Ok(n as usize),
-        None => Ok(default.unwrap_or(cap).min(cap).min(room.max(1))),
-    }
+    alias: &str,
+) -> Result<Arc<ServedModel>, ApiError> {
+    let served = app.model(alias)?;
+    record.model(&served.alias, &served.digest);
+    Ok(served)
 }
 
 /// Refuses a parameter that is set to anything but its neutral value.
@@ -228,48 +157,114 @@ pub(crate) fn refuse_if<T>(
     }
 }
 
-/// How a finished generation ended, as the engine reports it.
-#[derive(Debug, Clone)]
-pub(crate) struct Ending {
-    /// Why.
-    pub reason: FinishReason,
-    /// The stop sequence that ended it, if one did.
-    pub stop_sequence: Option<String>,
-    /// Token counts.
-    pub usage: Usage,
+/// How one API shapes an answer: as one JSON body, or as a stream of SSE events.
+pub(crate) trait Shape: Send + 'static {
+    /// The API's name for a request parameter, in errors.
+    fn param_name(&self, param: Param) -> &'static str {
+        param.name()
+    }
+    /// The whole answer as one JSON body.
+    fn body(&self, text: String, ending: &Ending) -> Value;
+    /// Events before the first token; `prompt_tokens` if the engine counted them already.
+    fn start(&mut self, prompt_tokens: Option<usize>) -> Vec<SseEvent>;
+    /// Events for newly visible text (never empty text).
+    fn delta(&mut self, text: &str) -> Vec<SseEvent>;
+    /// Events after the last token.
+    fn done(&mut self, ending: &Ending) -> Vec<SseEvent>;
+    /// Events for a failure after the stream began.
+    fn error(&mut self, error: &ApiError) -> Vec<SseEvent>;
 }
 
-/// Runs a generation to its end, recording text and usage.
-pub(crate) async fn collect(
-    mut generation: Generation,
+/// The one path of every chat-shaped route: checks the request, starts the model, writes
+/// the request's audit entry (durable before anything the model produced is sent), then
+/// answers whole or streamed in `shape`.
+pub(crate) async fn answer<S: Shape>(
+    app: &App,
+    record: Arc<RequestRecord>,
+    served: &ServedModel,
+    prompt: Prompt,
+    mut params: ChatParams,
+    stream: bool,
+    shape: S,
+) -> Result<Response, ApiError> {
+    let engine_error = |e| ApiError::from_engine(e, |p| shape.param_name(p));
+    let engine = served.chat()?;
+    // Each caller reuses only its own kept caches, at its current clearance, so that no
+    // caller learns from response times what another has asked.
+    params.cache_scope = record.cache_scope();
+    let request = ChatRequest::new(prompt, params, &app.request_limits).map_err(engine_error)?;
+    let chat = start(engine, request, &record, stream)
+        .await
+        .map_err(|e| e.into_api(&engine_error))?;
+    if stream {
+        return Ok(self::stream(chat, record, shape));
+    }
+    let (text, ending) = collect(chat, &record).await?;
+    Ok(Json(shape.body(text, &ending)).into_response())
+}
+
+/// A failure to start: the engine's, or the audit log's.
+enum StartError {
+    Engine(airlock_engine::Error),
+    Api(ApiError),
+}
+
+impl StartError {
+    fn into_api(self, engine_error: &impl Fn(airlock_engine::Error) -> ApiError) -> ApiError {
+        match self {
+            Self::Engine(e) => engine_error(e),
+            Self::Api(e) => e,
+        }
+    }
+}
+
+/// Starts `request` on `engine` and writes the request's `api.request` entry while the model
+/// works; returns once both are done.
+async fn start(
+    engine: &dyn ChatEngine,
+    request: ChatRequest,
+    record: &RequestRecord,
+    stream: bool,
+) -> Result<ChatStream, StartError> {
+    let mut starting = engine.start(request);
+    // The embedded engine takes a request at once and knows its prompt's length, which the
+    // entry then names. An engine process answers over a socket; the entry is written
+    // meanwhile and the length comes with the usage at the end.
+    if let Some(started) = (&mut starting).now_or_never() {
+        let chat = started.map_err(StartError::Engine)?;
+        record
+            .open(chat.prompt_tokens(), stream)
+            .await
+            .map_err(StartError::Api)?;
+        return Ok(chat);
+    }
+    let (chat, ()) = tokio::try_join!(
+        starting.map(|r| r.map_err(StartError::Engine)),
+        record
+            .open(None, stream)
+            .map(|r| r.map_err(StartError::Api)),
+    )?;
+    Ok(chat)
+}
+
+/// Runs an answer to its end, recording text and usage.
+async fn collect(
+    mut chat: ChatStream,
     record: &RequestRecord,
 ) -> Result<(String, Ending), ApiError> {
     let mut text = String::new();
-    while let Some(event) = generation.next().await {
+    while let Some(event) = chat.next().await {
         match event? {
-            Event::Token { text: piece, .. } => text.push_str(&piece),
-            Event::Done {
-                text: rest,
-                reason,
-                stop_sequence,
-                usage,
-            } => {
-                text.push_str(&rest);
+            ChatEvent::Text(piece) => text.push_str(&piece),
+            ChatEvent::Done(ending) => {
                 record.completion_text(&text);
-                record.usage(&usage, Some(reason_name(reason)));
-                return Ok((
-                    text,
-                    Ending {
-                        reason,
-                        stop_sequence,
-                        usage,
-                    },
-                ));
+                record.usage(&ending.usage, Some(reason_name(ending.reason)));
+                return Ok((text, ending));
             }
         }
     }
     Err(ApiError::Internal {
-        detail: "the generation ended without finishing".into(),
+        detail: "the answer ended without finishing".into(),
     })
 }
 
@@ -280,40 +275,23 @@ fn reason_name(reason: FinishReason) -> &'static str {
     }
 }
 
-/// How one API writes a generation as SSE events.
-pub(crate) trait StreamFormat: Send + 'static {
-    /// Events before the first token.
-    fn start(&mut self, prompt_tokens: usize) -> Vec<SseEvent>;
-    /// Events for newly visible text (never empty text).
-    fn delta(&mut self, text: &str) -> Vec<SseEvent>;
-    /// Events after the last token.
-    fn done(&mut self, ending: &Ending) -> Vec<SseEvent>;
-    /// Events for a failure after the stream began.
-    fn error(&mut self, error: &ApiError) -> Vec<SseEvent>;
-}
-
-struct Streamer<F> {
-    generation: Generation,
+struct Streamer<S> {
+    chat: ChatStream,
     record: Arc<RequestRecord>,
-    format: F,
+    shape: S,
     pending: VecDeque<SseEvent>,
     finished: bool,
 }
 
-/// The SSE response for `generation`. The audit entry is written before the final events;
-/// if the client goes away first, dropping the stream cancels the generation and the
-/// record writes the entry on its own.
-pub(crate) fn stream<F: StreamFormat>(
-    generation: Generation,
-    record: Arc<RequestRecord>,
-    mut format: F,
-    prompt_tokens: usize,
-) -> Response {
-    let pending = format.start(prompt_tokens).into();
+/// The SSE response for `chat`. The audit entry is written before the final events; if the
+/// client goes away first, dropping the stream cancels the generation and the record writes
+/// the entry on its own.
+fn stream<S: Shape>(chat: ChatStream, record: Arc<RequestRecord>, mut shape: S) -> Response {
+    let pending = shape.start(chat.prompt_tokens()).into();
     let streamer = Streamer {
-        generation,
+        chat,
         record,
-        format,
+        shape,
         pending,
         finished: false,
     };
@@ -322,8 +300,8 @@ pub(crate) fn stream<F: StreamFormat>(
         .into_response()
 }
 
-fn events<F: StreamFormat>(
-    streamer: Streamer<F>,
+fn events<S: Shape>(
+    streamer: Streamer<S>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
     futures_util::stream::unfold(streamer, |mut s| async move {
         loop {
@@ -333,46 +311,26 @@ fn events<F: StreamFormat>(
             if s.finished {
                 return None;
             }
-            let next = s.generation.next().await;
-            match next {
-                Some(Ok(Event::Token { text, .. })) => {
-                    if !text.is_empty() {
-                        s.record.completion_text(&text);
-                        let events = s.format.delta(&text);
-                        s.pending.extend(events);
-                    }
+            match s.chat.next().await {
+                Some(Ok(ChatEvent::Text(text))) => {
+                    s.record.completion_text(&text);
+                    let events = s.shape.delta(&text);
+                    s.pending.extend(events);
                 }
-                Some(Ok(Event::Done {
-                    text,
-                    reason,
-                    stop_sequence,
-                    usage,
-                })) => {
-                    if !text.is_empty() {
-                        s.record.completion_text(&text);
-                        let events = s.format.delta(&text);
-                        s.pending.extend(events);
-                    }
-                    s.record.usage(&usage, Some(reason_name(reason)));
-                    let ending = Ending {
-                        reason,
-                        stop_sequence,
-                        usage,
-                    };
+                Some(Ok(ChatEvent::Done(ending))) => {
+                    s.record
+                        .usage(&ending.usage, Some(reason_name(ending.reason)));
                     let events = match s.record.finish(200).await {
-                        Ok(()) => s.format.done(&ending),
-                        Err(error) => s.format.error(&error),
+                        Ok(()) => s.shape.done(&ending),
+                        Err(error) => s.shape.error(&error),
                     };
                     s.pending.extend(events);
                     s.finished = true;
                 }
-                Some(Err(e)) => {
-                    let error = ApiError::from(e);
-                    fail(&mut s, error).await;
-                }
+                Some(Err(e)) => fail(&mut s, ApiError::from(e)).await,
                 None => {
                     let error = ApiError::Internal {
-                        detail: "the generation ended without finishing".into(),
+                        detail: "the answer ended without finishing".into(),
                     };
                     fail(&mut s, error).await;
                 }
@@ -381,11 +339,11 @@ fn events<F: StreamFormat>(
     })
 }
 
-async fn fail<F: StreamFormat>(s: &mut Streamer<F>, error: ApiError) {
+async fn fail<S: Shape>(s: &mut Streamer<S>, error: ApiError) {
     s.record.error(&error);
     // The entry is best effort here: the stream is already failing either way.
     let _ = s.record.finish(error.status().as_u16()).await;
-    let events = s.format.error(&error);
+    let events = s.shape.error(&error);
     s.pending.extend(events);
     s.finished = true;
 }

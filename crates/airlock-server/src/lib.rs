@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
 use airlock_audit::{AuditLog, Entry, Outcome};
+use airlock_engine::RequestLimits;
 use airlock_registry::{KeyStore, Registry};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -76,6 +77,8 @@ pub struct App {
     auth: Authenticator,
     audit: Arc<AuditLog>,
     limiter: Limiter,
+    /// What every chat request is checked against.
+    request_limits: RequestLimits,
     metrics: Metrics,
     audit_backlog: gate::Backlog,
     id_prefix: String,
@@ -212,6 +215,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     } else {
         ApiError::Unavailable {
             message: "shutting down".into(),
+            retry_after: None,
         }
         .into_response_for(Dialect::OpenAi)
     }
@@ -236,7 +240,7 @@ async fn status(State(app): State<Arc<App>>) -> Response {
         .map(|m| {
             json!({
                 "alias": m.alias, "name": m.name, "version": m.version, "digest": m.digest,
-                "kind": m.kind(), "running": m.running(), "queued": m.queued(),
+                "kind": m.kind(), "engine": m.status(),
             })
         })
         .collect();
@@ -278,6 +282,32 @@ impl Server {
     pub fn start(config: Config, actor: &str) -> Result<Self> {
         let registry = Registry::open(&config.data_dir, actor)?;
         let models = models::admit(&registry, &config)?;
+        Self::assemble(config, actor, registry, models)
+    }
+
+    /// A server over engines made by the caller, each served under its alias, **without
+    /// admission**: nothing checks that a registry approved what they run. For in-process
+    /// tests with scripted engines. The data directory must hold a registry (keys, audit
+    /// log); a reload replaces these engines with the configured, admitted models.
+    pub fn with_unverified_engines(
+        config: Config,
+        actor: &str,
+        engines: impl IntoIterator<Item = ServedModel>,
+    ) -> Result<Self> {
+        let registry = Registry::open(&config.data_dir, actor)?;
+        let models = engines
+            .into_iter()
+            .map(|m| (m.alias.clone(), Arc::new(m)))
+            .collect();
+        Self::assemble(config, actor, registry, models)
+    }
+
+    fn assemble(
+        config: Config,
+        actor: &str,
+        registry: Registry,
+        models: ServedModels,
+    ) -> Result<Self> {
         let auth = Authenticator::new(KeyStore::open(&config.data_dir)?, config.oidc.as_ref())?;
         let mut prefix = [0u8; 6];
         rand_prefix(&mut prefix);
@@ -286,6 +316,10 @@ impl Server {
                 config.limits.per_key_concurrency,
                 config.limits.per_key_per_minute,
             ),
+            request_limits: RequestLimits {
+                max_tokens: config.limits.max_tokens,
+                ..RequestLimits::default()
+            },
             config,
             models: RwLock::new(Arc::new(models)),
             audit: registry.audit_log(),

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::models::{Engine, ServedModel};
+use airlock_engine::EngineState;
+
+use crate::models::ServedModel;
 
 /// Latency bucket bounds, seconds.
 const BUCKETS: [f64; 12] = [
@@ -141,25 +143,37 @@ impl Metrics {
         out.push_str("# TYPE airlock_queue_depth gauge\n");
         let mut running = String::new();
         let mut batches = String::new();
+        let mut up = String::new();
+        let mut restarts = String::new();
         for model in models {
+            let status = model.status();
             let _ = writeln!(
                 out,
                 "airlock_queue_depth{{model=\"{}\"}} {}",
-                model.alias,
-                model.queued()
+                model.alias, status.queued
             );
             let _ = writeln!(
                 running,
                 "airlock_running{{model=\"{}\"}} {}",
-                model.alias,
-                model.running()
+                model.alias, status.running
             );
-            if let Engine::Embedding(worker) = &model.engine {
+            let kind = status.kind.as_str();
+            let ready = u8::from(status.state == EngineState::Ready);
+            let _ = writeln!(
+                up,
+                "airlock_engine_up{{model=\"{}\",engine=\"{kind}\"}} {ready}",
+                model.alias
+            );
+            let _ = writeln!(
+                restarts,
+                "airlock_engine_restarts_total{{model=\"{}\",engine=\"{kind}\"}} {}",
+                model.alias, status.restarts
+            );
+            if let Some(n) = status.batches {
                 let _ = writeln!(
                     batches,
-                    "airlock_embedding_batches_total{{model=\"{}\"}} {}",
-                    model.alias,
-                    worker.batches()
+                    "airlock_embedding_batches_total{{model=\"{}\"}} {n}",
+                    model.alias
                 );
             }
         }
@@ -171,6 +185,16 @@ impl Metrics {
         );
         out.push_str("# TYPE airlock_embedding_batches_total counter\n");
         out.push_str(&batches);
+        out.push_str(
+            "# HELP airlock_engine_up Whether a model's engine takes requests (1) or is starting, restarting or failed (0).\n",
+        );
+        out.push_str("# TYPE airlock_engine_up gauge\n");
+        out.push_str(&up);
+        out.push_str(
+            "# HELP airlock_engine_restarts_total Times a model's engine process was started again after going down.\n",
+        );
+        out.push_str("# TYPE airlock_engine_restarts_total counter\n");
+        out.push_str(&restarts);
         out
     }
 }

@@ -2,15 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use airlock_audit::{Entry, Outcome};
-use airlock_engine::embed::{EmbeddingConfig, EmbeddingModelInfo, Embeddings};
-use airlock_engine::{ChatConfig, ChatModel, EmbeddingModel, ModelFiles};
-use airlock_registry::{Reference, Registry};
-use tokio::sync::{mpsc, oneshot};
+use airlock_engine::embed::EmbeddingConfig;
+use airlock_engine::{
+    ChatConfig, ChatEngine, ChatModel, Embedder, EmbeddingEngine, EmbeddingModel, EngineStatus,
+    ModelFiles,
+};
+use airlock_registry::{ApprovedModel, Reference, Registry};
+use airlock_upstream::{EngineProcess, Hooks, ProcessEvent, ProcessKind, ProcessSpec};
 
-use crate::config::{Config, ModelSpec};
+use crate::config::{Config, EngineChoice, ModelSpec, ProcessChoice};
 use crate::error::{ApiError, Error, Result};
 
 /// A model being served.
@@ -30,13 +32,13 @@ pub struct ServedModel {
     pub engine: Engine,
 }
 
-/// What runs a served model.
-#[derive(Debug)]
+/// What runs a served model: any engine behind the request-level interface.
+#[derive(Debug, Clone)]
 pub enum Engine {
-    /// A chat model with its own scheduler.
-    Chat(ChatModel),
-    /// An embedding model, one batch at a time.
-    Embedding(EmbeddingWorker),
+    /// A chat model.
+    Chat(Arc<dyn ChatEngine>),
+    /// An embedding model.
+    Embedding(Arc<dyn Embedder>),
 }
 
 impl ServedModel {
@@ -48,10 +50,10 @@ impl ServedModel {
         }
     }
 
-    /// The chat model, or a 400 naming what this model is.
-    pub fn chat(&self) -> Result<&ChatModel, ApiError> {
+    /// The chat engine, or a 400 naming what this model is.
+    pub fn chat(&self) -> Result<&dyn ChatEngine, ApiError> {
         match &self.engine {
-            Engine::Chat(model) => Ok(model),
+            Engine::Chat(engine) => Ok(engine.as_ref()),
             Engine::Embedding(_) => Err(ApiError::invalid_param(
                 "model",
                 format!("{} is an embedding model; use /v1/embeddings", self.alias),
@@ -59,10 +61,10 @@ impl ServedModel {
         }
     }
 
-    /// The embedding model, or a 400 naming what this model is.
-    pub fn embedding(&self) -> Result<&EmbeddingWorker, ApiError> {
+    /// The embedding engine, or a 400 naming what this model is.
+    pub fn embedding(&self) -> Result<&dyn Embedder, ApiError> {
         match &self.engine {
-            Engine::Embedding(worker) => Ok(worker),
+            Engine::Embedding(engine) => Ok(engine.as_ref()),
             Engine::Chat(_) => Err(ApiError::invalid_param(
                 "model",
                 format!("{} is a chat model; use /v1/chat/completions", self.alias),
@@ -70,178 +72,12 @@ impl ServedModel {
         }
     }
 
-    /// Requests waiting for this model.
-    pub fn queued(&self) -> usize {
+    /// Its engine's kind, state and load now.
+    pub fn status(&self) -> EngineStatus {
         match &self.engine {
-            Engine::Chat(model) => model.queued(),
-            Engine::Embedding(worker) => worker.waiting(),
+            Engine::Chat(engine) => engine.status(),
+            Engine::Embedding(engine) => engine.status(),
         }
-    }
-
-    /// Requests this model is running.
-    pub fn running(&self) -> usize {
-        match &self.engine {
-            Engine::Chat(model) => model.running(),
-            Engine::Embedding(worker) => usize::from(worker.running()),
-        }
-    }
-}
-
-/// Embeds requests on one thread, merging those that wait into one batch (the model packs
-/// texts without padding, so a merged batch costs what its tokens cost, and larger matrix
-/// products run faster than many small ones). The queue is bounded: when it is full a
-/// request is refused at once.
-#[derive(Debug)]
-pub struct EmbeddingWorker {
-    model: Arc<EmbeddingModel>,
-    jobs: mpsc::Sender<EmbedJob>,
-    queue: usize,
-    running: Arc<AtomicBool>,
-    batches: Arc<AtomicU64>,
-}
-
-/// One request's texts and where its answer goes.
-#[derive(Debug)]
-struct EmbedJob {
-    texts: Vec<String>,
-    reply: oneshot::Sender<Result<Embeddings, ApiError>>,
-}
-
-impl EmbeddingWorker {
-    /// Starts the worker thread for `model`; `queue` requests may wait, and one merged
-    /// batch holds at most `max_batch` texts. The thread ends when the worker is dropped.
-    pub fn start(model: EmbeddingModel, queue: usize, max_batch: usize) -> Result<Self> {
-        let queue = queue.max(1);
-        let (jobs, incoming) = mpsc::channel(queue);
-        let running = Arc::new(AtomicBool::new(false));
-        let batches = Arc::new(AtomicU64::new(0));
-        let model = Arc::new(model);
-        let counters = (Arc::clone(&running), Arc::clone(&batches));
-        let worker_model = Arc::clone(&model);
-        std::thread::Builder::new()
-            .name(format!("embed {}", model.info().label))
-            .spawn(move || embed_batches(&worker_model, incoming, max_batch.max(1), &counters))
-            .map_err(|source| Error::Io {
-                what: "starting the embedding worker".into(),
-                source,
-            })?;
-        Ok(Self {
-            model,
-            jobs,
-            queue,
-            running,
-            batches,
-        })
-    }
-
-    /// The model's facts (dimension, maximum tokens).
-    pub fn info(&self) -> &EmbeddingModelInfo {
-        self.model.info()
-    }
-
-    /// The model itself, for in-process callers (benchmarks) that bypass the queue.
-    pub fn model(&self) -> &EmbeddingModel {
-        &self.model
-    }
-
-    /// Requests waiting for the model.
-    pub fn waiting(&self) -> usize {
-        self.queue.saturating_sub(self.jobs.capacity())
-    }
-
-    /// Whether a batch is running now.
-    pub fn running(&self) -> bool {
-        self.running.load(Ordering::Relaxed)
-    }
-
-    /// Batches run so far.
-    pub fn batches(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
-    }
-
-    /// Embeds `texts` in the next batch; refuses at once with a 429 when the queue is full.
-    /// Dropping the future withdraws the request if its batch has not started.
-    pub async fn embed(&self, texts: Vec<String>) -> Result<Embeddings, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .try_send(EmbedJob { texts, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ApiError::RateLimited {
-                    message: "the embedding model is busy and its queue is full".into(),
-                    retry_after: 1,
-                },
-                mpsc::error::TrySendError::Closed(_) => ApiError::Internal {
-                    detail: "the embedding worker has stopped".into(),
-                },
-            })?;
-        answer.await.map_err(|_| ApiError::Internal {
-            detail: "the embedding worker dropped the request".into(),
-        })?
-    }
-}
-
-/// The worker loop: takes the first waiting job, adds every other waiting job while the
-/// batch stays within `max_batch` texts, embeds them together and hands each its share.
-fn embed_batches(
-    model: &EmbeddingModel,
-    mut incoming: mpsc::Receiver<EmbedJob>,
-    max_batch: usize,
-    (running, batches): &(Arc<AtomicBool>, Arc<AtomicU64>),
-) {
-    let mut carried: Option<EmbedJob> = None;
-    loop {
-        let Some(first) = carried.take().or_else(|| incoming.blocking_recv()) else {
-            return;
-        };
-        let mut texts = first.texts.len();
-        let mut batch = vec![first];
-        while let Ok(job) = incoming.try_recv() {
-            if texts + job.texts.len() > max_batch {
-                carried = Some(job);
-                break;
-            }
-            texts += job.texts.len();
-            batch.push(job);
-        }
-        // Callers that went away while waiting cost nothing.
-        batch.retain(|job| !job.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        running.store(true, Ordering::Relaxed);
-        answer_batch(model, batch);
-        batches.fetch_add(1, Ordering::Relaxed);
-        running.store(false, Ordering::Relaxed);
-    }
-}
-
-/// Embeds `batch` in one call and splits the result; if the merged call fails, each job runs
-/// alone, so one request's bad input fails only that request.
-fn answer_batch(model: &EmbeddingModel, batch: Vec<EmbedJob>) {
-    let embed = |texts: &[&str]| model.embed(texts).map_err(ApiError::from);
-    if batch.len() > 1 {
-        let all: Vec<&str> = batch
-            .iter()
-            .flat_map(|job| job.texts.iter().map(String::as_str))
-            .collect();
-        if let Ok(merged) = embed(&all) {
-            let mut vectors = merged.vectors.into_iter();
-            let mut counts = merged.text_tokens.into_iter();
-            for job in batch {
-                let n = job.texts.len();
-                let text_tokens: Vec<usize> = counts.by_ref().take(n).collect();
-                let _ = job.reply.send(Ok(Embeddings {
-                    vectors: vectors.by_ref().take(n).collect(),
-                    tokens: text_tokens.iter().sum(),
-                    text_tokens,
-                }));
-            }
-            return;
-        }
-    }
-    for job in batch {
-        let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
-        let _ = job.reply.send(embed(&texts));
     }
 }
 
@@ -305,8 +141,8 @@ fn admit_one(
         format!("{}:{}", approved.name, approved.version),
         approved.files.clone(),
     );
-    let engine = match approved.kind.as_str() {
-        "llm" => {
+    let engine = match (&spec.engine, approved.kind.as_str()) {
+        (EngineChoice::Embedded, "llm") => {
             let mut chat = ChatConfig {
                 slots: spec.slots,
                 context_per_slot: spec.context,
@@ -316,20 +152,32 @@ fn admit_one(
             if let Some(threads) = spec.threads {
                 chat.threads = threads;
             }
-            Engine::Chat(ChatModel::load(&files, &chat).map_err(|e| e.to_string())?)
+            Engine::Chat(Arc::new(
+                ChatModel::load(&files, &chat).map_err(|e| e.to_string())?,
+            ))
         }
-        "embedding" => {
+        (EngineChoice::Embedded, "embedding") => {
             let mut embedding = EmbeddingConfig::default();
             if let Some(threads) = spec.threads {
                 embedding.threads = threads;
             }
             let model = EmbeddingModel::load(&files, &embedding).map_err(|e| e.to_string())?;
-            let worker =
-                EmbeddingWorker::start(model, config.limits.embedding_queue, embedding.max_batch)
+            let engine =
+                EmbeddingEngine::start(model, config.limits.embedding_queue, embedding.max_batch)
                     .map_err(|e| e.to_string())?;
-            Engine::Embedding(worker)
+            Engine::Embedding(Arc::new(engine))
         }
-        other => return Err(format!("model kind {other:?} cannot be served")),
+        (EngineChoice::Process(process), "llm") => Engine::Chat(Arc::new(start_process(
+            registry, config, alias, spec, process, &approved, files,
+        )?)),
+        (EngineChoice::Process(_), other) => {
+            return Err(format!(
+                "engine processes serve chat models, and this is a {other:?} model; serve it embedded"
+            ));
+        }
+        (EngineChoice::Embedded, other) => {
+            return Err(format!("model kind {other:?} cannot be served"));
+        }
     };
     Ok(Arc::new(ServedModel {
         alias: alias.to_owned(),
@@ -340,3 +188,96 @@ fn admit_one(
         engine,
     }))
 }
+
+/// Starts an engine process on the approved files. Before every restart its files are
+/// verified again through the registry (re-hashed; approval checked); every start, exit and
+/// refusal is an audit entry.
+fn start_process(
+    registry: &Registry,
+    config: &Config,
+    alias: &str,
+    spec: &ModelSpec,
+    process: &ProcessChoice,
+    approved: &ApprovedModel,
+    files: ModelFiles,
+) -> std::result::Result<EngineProcess, String> {
+    let engine = spec.engine.name();
+    let runs = match process.kind {
+        ProcessKind::LlamaServer => "gguf",
+        ProcessKind::Vllm => "safetensors",
+    };
+    if approved.format != runs {
+        return Err(format!(
+            "{engine} runs {runs} models, and this one is {}",
+            approved.format
+        ));
+    }
+    let label = files.label().to_owned();
+    let verify = {
+        let data_dir = config.data_dir.clone();
+        let actor = registry.actor().to_owned();
+        let reference = format!("{}@{}", approved.name, approved.digest);
+        let label = label.clone();
+        move || {
+            let registry = Registry::open(&data_dir, &actor).map_err(|e| e.to_string())?;
+            let reference = Reference::parse(&reference).map_err(|e| e.to_string())?;
+            let approved = registry
+                .open_approved(&reference, "serve")
+                .map_err(|e| e.to_string())?;
+            Ok(ModelFiles::new(label.clone(), approved.files))
+        }
+    };
+    let on_event = {
+        let audit = registry.audit_log();
+        let actor = registry.actor().to_owned();
+        let alias = alias.to_owned();
+        let digest = approved.digest.clone();
+        move |event: ProcessEvent| {
+            let entry = |action: &str, outcome| {
+                Entry::new(&actor, action, outcome)
+                    .subject(digest.clone())
+                    .detail("alias", alias.clone())
+                    .detail("engine", engine)
+            };
+            let entry = match event {
+                ProcessEvent::Started { pid, seconds } => entry("engine.start", Outcome::Ok)
+                    .detail("pid", pid)
+                    .detail("seconds", (seconds * 1e3).round() / 1e3),
+                ProcessEvent::Exited { pid, reason, log } => entry("engine.exit", Outcome::Failed)
+                    .reason(reason)
+                    .detail("pid", pid)
+                    .detail("log", log),
+                ProcessEvent::Failed { reason } => {
+                    entry("engine.start", Outcome::Failed).reason(reason)
+                }
+                ProcessEvent::Refused { reason } => {
+                    entry("engine.start", Outcome::Refused).reason(reason)
+                }
+                ProcessEvent::Stopped { pid, status } => entry("engine.stop", Outcome::Ok)
+                    .detail("pid", pid)
+                    .detail("status", status),
+            };
+            if let Err(e) = audit.append(entry) {
+                tracing::error!("audit log append failed: {e}");
+            }
+        }
+    };
+    let process_spec = ProcessSpec {
+        kind: process.kind,
+        binary: process.binary.clone(),
+        slots: spec.slots,
+        context_per_slot: spec.context.unwrap_or(DEFAULT_PROCESS_CONTEXT),
+        threads: spec.threads,
+        startup_timeout: process.startup_timeout,
+        share_prompt_cache: process.share_prompt_cache,
+    };
+    let hooks = Hooks {
+        verify: Box::new(verify),
+        on_event: Box::new(on_event),
+    };
+    EngineProcess::start(&label, process_spec, files, hooks).map_err(|e| e.to_string())
+}
+
+/// Tokens per request of an engine process when the config does not say (cut to the model's
+/// training context), as for the embedded engine.
+const DEFAULT_PROCESS_CONTEXT: usize = 4096;

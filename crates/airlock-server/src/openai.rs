@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use airlock_engine::{FinishReason, Message, Role, Usage};
+use airlock_engine::{ChatParams, Ending, FinishReason, Message, Param, Prompt, Role, Usage};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,6 +15,7 @@ use axum::extract::{Extension, State};
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use futures_util::FutureExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -22,7 +23,7 @@ use crate::App;
 use crate::error::{ApiError, Dialect};
 use crate::gate::RequestRecord;
 use crate::generation::{
-    self, Ask, Ending, StopSequences, StreamFormat, TextContent, parse_body, refuse_if,
+    self, Shape, StopSequences, TextContent, parse_body, refuse_if, served_model,
 };
 
 /// Answers with the handler's response, or its error in OpenAI's shape.
@@ -140,12 +141,6 @@ impl ChatRequest {
 }
 
 fn messages(raw: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
-    if raw.is_empty() {
-        return Err(ApiError::invalid_param(
-            "messages",
-            "messages must not be empty",
-        ));
-    }
     raw.into_iter()
         .map(|m| {
             let role = match m.role.as_str() {
@@ -189,20 +184,16 @@ async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: ChatRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
-    let served = app.model(&request.model)?;
-    record.model(&served.alias, &served.digest);
-    let model = served.chat()?;
+    let served = served_model(&app, &record, &request.model)?;
     request.refuse_unsupported()?;
     let include_usage = stream_usage(request.stream_options.as_ref(), request.stream)?;
-    let (max_tokens, param) = match (request.max_completion_tokens, request.max_tokens) {
+    let (max_tokens, max_tokens_param) = match (request.max_completion_tokens, request.max_tokens) {
         (Some(n), _) => (Some(n), "max_completion_tokens"),
         (None, n) => (n, "max_tokens"),
     };
-    let ask = Ask {
+    let params = ChatParams {
         max_tokens,
-        param,
-        default_max: None,
-        stop: stops(request.stop)?,
+        stop: stops(request.stop),
         sampling: generation::sampling(
             request.temperature,
             request.top_p,
@@ -211,45 +202,19 @@ async fn chat(
             request.repetition_penalty,
             request.seed,
         ),
-        stream: request.stream,
+        ..ChatParams::default()
     };
-    let prompt = model.chat_prompt(&messages(request.messages)?)?;
-    let (generation, prompt_tokens) =
-        generation::start(model, prompt, app.config.limits.max_tokens, ask, &record).await?;
-    let id = format!("chatcmpl-{}", record.id());
-    let created = crate::unix_now();
-    let alias = served.alias.clone();
-    if request.stream {
-        let format = Chunks {
-            id,
-            created,
-            model: alias,
-            include_usage,
-            kind: ChunkKind::Chat,
-        };
-        return Ok(generation::stream(
-            generation,
-            record,
-            format,
-            prompt_tokens,
-        ));
-    }
-    let (text, ending) = generation::collect(generation, &record).await?;
-    Ok(Json(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": alias,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": null},
-            "logprobs": null,
-            "finish_reason": finish_reason(ending.reason),
-        }],
-        "usage": usage(&ending),
-        "system_fingerprint": served.digest,
-    }))
-    .into_response())
+    let prompt = Prompt::Chat(messages(request.messages)?);
+    let shape = Chunks {
+        id: format!("chatcmpl-{}", record.id()),
+        created: crate::unix_now(),
+        model: served.alias.clone(),
+        fingerprint: served.digest.clone(),
+        include_usage,
+        kind: ChunkKind::Chat,
+        max_tokens_param,
+    };
+    generation::answer(&app, record, &served, prompt, params, request.stream, shape).await
 }
 
 fn finish_reason(reason: FinishReason) -> &'static str {
@@ -281,13 +246,17 @@ enum ChunkKind {
     Text,
 }
 
-/// The streamed chunks of `/v1/chat/completions` and `/v1/completions`.
+/// The answers of `/v1/chat/completions` and `/v1/completions`, whole or in streamed chunks.
 struct Chunks {
     id: String,
     created: u64,
     model: String,
+    /// The served bundle's digest, as `system_fingerprint`.
+    fingerprint: String,
     include_usage: bool,
     kind: ChunkKind,
+    /// `max_tokens` or `max_completion_tokens`, whichever the request used.
+    max_tokens_param: &'static str,
 }
 
 impl Chunks {
@@ -327,8 +296,43 @@ impl Chunks {
     }
 }
 
-impl StreamFormat for Chunks {
-    fn start(&mut self, _prompt_tokens: usize) -> Vec<SseEvent> {
+impl Shape for Chunks {
+    fn param_name(&self, param: Param) -> &'static str {
+        match param {
+            Param::MaxTokens => self.max_tokens_param,
+            other => other.name(),
+        }
+    }
+
+    fn body(&self, text: String, ending: &Ending) -> Value {
+        let finish = finish_reason(ending.reason);
+        let choice = match self.kind {
+            ChunkKind::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": null},
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+            ChunkKind::Text => {
+                json!({"text": text, "index": 0, "logprobs": null, "finish_reason": finish})
+            }
+        };
+        let object = match self.kind {
+            ChunkKind::Chat => "chat.completion",
+            ChunkKind::Text => "text_completion",
+        };
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": usage(ending),
+            "system_fingerprint": self.fingerprint,
+        })
+    }
+
+    fn start(&mut self, _prompt_tokens: Option<usize>) -> Vec<SseEvent> {
         match self.kind {
             ChunkKind::Chat => vec![self.chunk(None, None)],
             ChunkKind::Text => Vec::new(),
@@ -373,17 +377,14 @@ fn stream_usage(options: Option<&StreamOptions>, stream: bool) -> Result<bool, A
     }
 }
 
-fn stops(stop: Option<StopSequences>) -> Result<Vec<String>, ApiError> {
-    Ok(stop
-        .map(|s| s.into_vec("stop"))
-        .transpose()?
-        .unwrap_or_default())
+fn stops(stop: Option<StopSequences>) -> Vec<String> {
+    stop.map(StopSequences::into_vec).unwrap_or_default()
 }
 
 /// `prompt` of `/v1/completions`: one string (a list of one is accepted).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum Prompt {
+enum PromptInput {
     One(String),
     Many(Vec<Value>),
 }
@@ -393,7 +394,7 @@ enum Prompt {
 #[serde(deny_unknown_fields)]
 struct CompletionRequest {
     model: String,
-    prompt: Prompt,
+    prompt: PromptInput,
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
@@ -438,9 +439,7 @@ async fn complete(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
-    let served = app.model(&request.model)?;
-    record.model(&served.alias, &served.digest);
-    let model = served.chat()?;
+    let served = served_model(&app, &record, &request.model)?;
     refuse_if(&request.n, "n", |n| *n == 1)?;
     refuse_if(&request.best_of, "best_of", |n| *n == 1)?;
     refuse_if(&request.echo, "echo", |v| !v)?;
@@ -454,15 +453,10 @@ async fn complete(
         v.as_object().is_some_and(|o| o.is_empty()) || v.is_null()
     })?;
     let text = match request.prompt {
-        Prompt::One(text) => text,
-        Prompt::Many(items) => match items.as_slice() {
+        PromptInput::One(text) => text,
+        PromptInput::Many(items) => match items.as_slice() {
             [Value::String(text)] => text.clone(),
-            [] => {
-                return Err(ApiError::invalid_param(
-                    "prompt",
-                    "prompt must not be empty",
-                ));
-            }
+            [] => String::new(),
             [Value::String(_), ..] => {
                 return Err(ApiError::unsupported("prompt", "one prompt per request"));
             }
@@ -474,18 +468,11 @@ async fn complete(
             }
         },
     };
-    if text.is_empty() {
-        return Err(ApiError::invalid_param(
-            "prompt",
-            "prompt must not be empty",
-        ));
-    }
     let include_usage = stream_usage(request.stream_options.as_ref(), request.stream)?;
-    let ask = Ask {
+    let params = ChatParams {
         max_tokens: request.max_tokens,
-        param: "max_tokens",
-        default_max: Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
-        stop: stops(request.stop)?,
+        default_max_tokens: Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
+        stop: stops(request.stop),
         sampling: generation::sampling(
             request.temperature,
             request.top_p,
@@ -494,40 +481,19 @@ async fn complete(
             request.repetition_penalty,
             request.seed,
         ),
-        stream: request.stream,
+        ..ChatParams::default()
     };
-    let prompt = model.text_prompt(&text);
-    let (generation, prompt_tokens) =
-        generation::start(model, prompt, app.config.limits.max_tokens, ask, &record).await?;
-    let id = format!("cmpl-{}", record.id());
-    let created = crate::unix_now();
-    let alias = served.alias.clone();
-    if request.stream {
-        let format = Chunks {
-            id,
-            created,
-            model: alias,
-            include_usage,
-            kind: ChunkKind::Text,
-        };
-        return Ok(generation::stream(
-            generation,
-            record,
-            format,
-            prompt_tokens,
-        ));
-    }
-    let (text, ending) = generation::collect(generation, &record).await?;
-    Ok(Json(json!({
-        "id": id,
-        "object": "text_completion",
-        "created": created,
-        "model": alias,
-        "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish_reason(ending.reason)}],
-        "usage": usage(&ending),
-        "system_fingerprint": served.digest,
-    }))
-    .into_response())
+    let shape = Chunks {
+        id: format!("cmpl-{}", record.id()),
+        created: crate::unix_now(),
+        model: served.alias.clone(),
+        fingerprint: served.digest.clone(),
+        include_usage,
+        kind: ChunkKind::Text,
+        max_tokens_param: "max_tokens",
+    };
+    let prompt = Prompt::Text(text);
+    generation::answer(&app, record, &served, prompt, params, request.stream, shape).await
 }
 
 /// `input` of `/v1/embeddings`.
@@ -568,9 +534,8 @@ async fn embed(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: EmbeddingRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
-    let served = app.model(&request.model)?;
-    record.model(&served.alias, &served.digest);
-    let worker = served.embedding()?;
+    let served = served_model(&app, &record, &request.model)?;
+    let engine = served.embedding()?;
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -581,7 +546,7 @@ async fn embed(
             ));
         }
     };
-    let dimension = worker.info().dimension;
+    let dimension = engine.dimension();
     if let Some(d) = request.dimensions
         && d != dimension
     {
@@ -617,7 +582,10 @@ async fn embed(
         ));
     }
     // The request's entry is written while the model embeds; nothing is sent before both.
-    let (embeddings, ()) = tokio::try_join!(worker.embed(texts), record.open(None, false))?;
+    let (embeddings, ()) = tokio::try_join!(
+        engine.embed(texts).map(|r| r.map_err(ApiError::from)),
+        record.open(None, false)
+    )?;
     record.usage(
         &Usage {
             prompt_tokens: embeddings.tokens,

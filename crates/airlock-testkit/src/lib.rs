@@ -418,3 +418,238 @@ pub mod tar {
         vec![0u8; 1024]
     }
 }
+
+#[cfg(feature = "engine")]
+pub mod engine {
+    //! A scripted engine behind the real engine interface, so that server tests run
+    //! in-process (`oneshot`) with no model: each request takes the next scripted reply
+    //! (or, with none left, an echo of its last message), and every request is kept for
+    //! the test to inspect.
+    //!
+    //! ```
+    //! use airlock_engine::{ChatEngine, ChatParams, ChatRequest, Prompt, RequestLimits};
+    //! use airlock_testkit::engine::{Reply, ScriptedChat};
+    //! let engine = ScriptedChat::new([Reply::text(["Par", "is"])]);
+    //! let request = ChatRequest::new(Prompt::Text("Capital?".into()), ChatParams::default(),
+    //!     &RequestLimits::default()).unwrap();
+    //! let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    //! let (text, _) = runtime.block_on(async { engine.start(request).await?.collect().await })
+    //!     .unwrap();
+    //! assert_eq!(text, "Paris");
+    //! ```
+
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use airlock_engine::{
+        BoxFuture, ChatEngine, ChatEvent, ChatRequest, ChatStream, Embedder, Ending, EngineKind,
+        EngineState, EngineStatus, Error, FinishReason, Prompt, Result, Usage, embed::Embeddings,
+    };
+    use futures_util::StreamExt as _;
+
+    /// What the engine does with one request.
+    #[derive(Debug)]
+    pub enum Reply {
+        /// Refuse it at start with this error.
+        Refuse(Error),
+        /// Answer with these events, in order.
+        Events(Vec<Result<ChatEvent>>),
+        /// Send these events, then never finish (until the caller hangs up).
+        Hang(Vec<ChatEvent>),
+    }
+
+    impl Reply {
+        /// An answer made of `pieces` that ends its turn, with usage counting a ten-token
+        /// prompt and one token per piece.
+        pub fn text<'a>(pieces: impl IntoIterator<Item = &'a str>) -> Self {
+            let mut events: Vec<Result<ChatEvent>> = pieces
+                .into_iter()
+                .map(|p| Ok(ChatEvent::Text(p.to_owned())))
+                .collect();
+            let completion_tokens = events.len();
+            events.push(Ok(ChatEvent::Done(Ending {
+                reason: FinishReason::Stop,
+                stop_sequence: None,
+                usage: Usage {
+                    prompt_tokens: 10,
+                    completion_tokens,
+                    cached_tokens: 0,
+                },
+            })));
+            Self::Events(events)
+        }
+    }
+
+    /// A chat engine that answers from a script.
+    #[derive(Debug)]
+    pub struct ScriptedChat {
+        replies: Mutex<VecDeque<Reply>>,
+        requests: Mutex<Vec<ChatRequest>>,
+        open: Arc<AtomicUsize>,
+        state: Mutex<EngineState>,
+        /// Pause before each event, so streams interleave with other work.
+        pace: Duration,
+    }
+
+    impl ScriptedChat {
+        /// An engine that gives `replies` to its first requests in order, then echoes.
+        pub fn new(replies: impl IntoIterator<Item = Reply>) -> Self {
+            Self {
+                replies: Mutex::new(replies.into_iter().collect()),
+                requests: Mutex::new(Vec::new()),
+                open: Arc::new(AtomicUsize::new(0)),
+                state: Mutex::new(EngineState::Ready),
+                pace: Duration::ZERO,
+            }
+        }
+
+        /// The same engine, waiting `pace` before each event.
+        pub fn paced(mut self, pace: Duration) -> Self {
+            self.pace = pace;
+            self
+        }
+
+        /// Adds replies for the next requests.
+        pub fn push(&self, reply: Reply) {
+            self.replies.lock().unwrap().push_back(reply);
+        }
+
+        /// Every request taken so far, in order.
+        pub fn requests(&self) -> Vec<ChatRequest> {
+            self.requests.lock().unwrap().clone()
+        }
+
+        /// Answers still being read (a dropped answer is no longer open).
+        pub fn open_streams(&self) -> usize {
+            self.open.load(Ordering::SeqCst)
+        }
+
+        /// Sets the state [`ChatEngine::status`] reports.
+        pub fn set_state(&self, state: EngineState) {
+            *self.state.lock().unwrap() = state;
+        }
+
+        fn echo(request: &ChatRequest) -> Reply {
+            let text = match request.prompt() {
+                Prompt::Chat(messages) => messages
+                    .last()
+                    .map(|m| m.content.clone())
+                    .unwrap_or_default(),
+                Prompt::Text(text) => text.clone(),
+            };
+            Reply::text([text.as_str()])
+        }
+    }
+
+    /// Counts an answer as open until it is dropped.
+    struct OpenGuard(Arc<AtomicUsize>);
+
+    impl Drop for OpenGuard {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl ChatEngine for ScriptedChat {
+        fn start(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream>> {
+            let reply = self
+                .replies
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| Self::echo(&request));
+            self.requests.lock().unwrap().push(request);
+            let (events, hang) = match reply {
+                Reply::Refuse(error) => return Box::pin(std::future::ready(Err(error))),
+                Reply::Events(events) => (events, false),
+                Reply::Hang(events) => (events.into_iter().map(Ok).collect(), true),
+            };
+            self.open.fetch_add(1, Ordering::SeqCst);
+            let guard = OpenGuard(Arc::clone(&self.open));
+            let pace = self.pace;
+            let stream = futures_util::stream::iter(events)
+                .then(move |event| async move {
+                    if !pace.is_zero() {
+                        tokio::time::sleep(pace).await;
+                    }
+                    event
+                })
+                .chain(if hang {
+                    futures_util::stream::pending().left_stream()
+                } else {
+                    futures_util::stream::empty().right_stream()
+                })
+                .map(move |event| {
+                    let _ = &guard;
+                    event
+                });
+            Box::pin(std::future::ready(Ok(ChatStream::new(stream, Some(10)))))
+        }
+
+        fn status(&self) -> EngineStatus {
+            EngineStatus {
+                state: self.state.lock().unwrap().clone(),
+                ..EngineStatus::ready(EngineKind::Scripted, self.open_streams(), 0)
+            }
+        }
+    }
+
+    /// An embedding engine that gives each text a vector of `dimension` from its length, or
+    /// refuses with the scripted errors first.
+    #[derive(Debug)]
+    pub struct ScriptedEmbedder {
+        dimension: usize,
+        refusals: Mutex<VecDeque<Error>>,
+        calls: AtomicUsize,
+    }
+
+    impl ScriptedEmbedder {
+        /// Vectors of `dimension`; the first requests get `refusals`, in order.
+        pub fn new(dimension: usize, refusals: impl IntoIterator<Item = Error>) -> Self {
+            Self {
+                dimension,
+                refusals: Mutex::new(refusals.into_iter().collect()),
+                calls: AtomicUsize::new(0),
+            }
+        }
+
+        /// Requests taken so far.
+        pub fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Embedder for ScriptedEmbedder {
+        fn dimension(&self) -> usize {
+            self.dimension
+        }
+
+        fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Embeddings>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(error) = self.refusals.lock().unwrap().pop_front() {
+                return Box::pin(std::future::ready(Err(error)));
+            }
+            let text_tokens: Vec<usize> =
+                texts.iter().map(|t| t.split_whitespace().count()).collect();
+            let vectors = texts
+                .iter()
+                .map(|t| {
+                    let mut v = vec![0.0; self.dimension];
+                    v[t.len() % self.dimension] = 1.0;
+                    v
+                })
+                .collect();
+            Box::pin(std::future::ready(Ok(Embeddings {
+                vectors,
+                tokens: text_tokens.iter().sum(),
+                text_tokens,
+            })))
+        }
+
+        fn status(&self) -> EngineStatus {
+            EngineStatus::ready(EngineKind::Scripted, 0, 0)
+        }
+    }
+}

@@ -49,8 +49,13 @@ pub(crate) fn serve(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<Ex
         let app = server.app();
         let mut text = format!("airlock: serving on http://{addr}/v1\n");
         for model in app.models().values() {
+            let status = model.status();
+            let engine = match status.pid {
+                Some(pid) => format!("{} pid {pid}", status.kind.as_str()),
+                None => status.kind.as_str().to_owned(),
+            };
             text.push_str(&format!(
-                "  {} = {}:{} ({}, {})\n",
+                "  {} = {}:{} ({}, {engine}, {})\n",
                 model.alias,
                 model.name,
                 model.version,
@@ -129,7 +134,10 @@ pub(crate) fn config(command: ConfigCommand, data: Option<PathBuf>) -> anyhow::R
             .map(|(alias, m)| {
                 (
                     alias.clone(),
-                    json!({"ref": m.reference, "slots": m.slots, "context": m.context, "threads": m.threads}),
+                    json!({
+                        "ref": m.reference, "slots": m.slots, "context": m.context,
+                        "threads": m.threads, "engine": model_engine(&m.engine),
+                    }),
                 )
             })
             .collect();
@@ -151,12 +159,36 @@ pub(crate) fn config(command: ConfigCommand, data: Option<PathBuf>) -> anyhow::R
             },
         }))?;
     } else {
-        output::out(&format!(
+        let mut text = format!(
             "configuration is valid: listen {}, {} model(s), OIDC {}\n",
             config.listen,
             config.models.len(),
             if config.oidc.is_some() { "on" } else { "off" }
-        ))?;
+        );
+        for (alias, m) in &config.models {
+            let engine = match &m.engine {
+                airlock_server::config::EngineChoice::Embedded => m.engine.name().to_owned(),
+                airlock_server::config::EngineChoice::Process(p) => {
+                    format!("{} {}", m.engine.name(), p.binary.display())
+                }
+            };
+            text.push_str(&format!("  {alias} = {} on {engine}\n", m.reference));
+        }
+        output::out(&text)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An engine choice as `config check --json` shows it.
+fn model_engine(engine: &airlock_server::config::EngineChoice) -> serde_json::Value {
+    use airlock_server::config::EngineChoice;
+    match engine {
+        EngineChoice::Embedded => json!({"kind": engine.name()}),
+        EngineChoice::Process(p) => json!({
+            "kind": engine.name(),
+            "binary": p.binary,
+            "startup_timeout_seconds": p.startup_timeout.as_secs(),
+            "share_prompt_cache": p.share_prompt_cache,
+        }),
+    }
 }

@@ -55,6 +55,18 @@ impl LlamaCpp {
     /// Loads the model's one GGUF file after checking that its hyperparameters are consistent,
     /// and builds its chat template in the sandbox (if it has one).
     pub(super) fn load(files: &ModelFiles) -> Result<(Self, Option<ChatTemplate>)> {
+        Self::load_with(files, &LlamaModelParams::default())
+    }
+
+    /// The vocabulary and chat template alone: tokenises, but cannot decode.
+    pub(super) fn load_vocabulary(files: &ModelFiles) -> Result<(Self, Option<ChatTemplate>)> {
+        Self::load_with(files, &LlamaModelParams::default().with_vocab_only(true))
+    }
+
+    fn load_with(
+        files: &ModelFiles,
+        params: &LlamaModelParams,
+    ) -> Result<(Self, Option<ChatTemplate>)> {
         let label = files.label();
         let mut ggufs = files.ending_with(GGUF);
         let (_, path) = ggufs
@@ -67,7 +79,7 @@ impl LlamaCpp {
             ));
         }
         let facts = gguf_check::check(label, path)?;
-        let model = LlamaModel::load_from_file(runtime()?, path, &LlamaModelParams::default())
+        let model = LlamaModel::load_from_file(runtime()?, path, params)
             .map_err(|e| {
                 Error::model(
                     label,

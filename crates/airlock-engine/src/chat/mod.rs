@@ -10,10 +10,14 @@ mod backend;
 mod llama;
 mod scheduler;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
+
+use futures_core::Stream;
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -21,6 +25,10 @@ pub use backend::{Backend, BatchToken, Decoder, DecoderShape};
 pub use llama::{LlamaCpp, LlamaDecoder};
 
 use crate::files::ModelFiles;
+use crate::interface::{
+    BoxFuture, ChatEngine, ChatEvent, ChatRequest, ChatStream, Ending, EngineKind, EngineStatus,
+    Param, Prompt,
+};
 use crate::template::{ChatTemplate, Message, Segment};
 use crate::{Error, Result};
 
@@ -91,23 +99,26 @@ impl SamplingParams {
         }
     }
 
-    /// Refuses values outside their meaningful ranges.
+    /// Refuses values outside their meaningful ranges, naming the parameter.
     pub fn check(&self) -> Result<()> {
-        let bad = |what: &str, v: f32, range: &str| {
-            Err(Error::Request(format!("{what} is {v}; it must be {range}")))
+        let bad = |param: Param, v: f32, range: &str| {
+            Err(Error::Invalid {
+                param,
+                reason: format!("is {v}; it must be {range}"),
+            })
         };
         if !(0.0..=2.0).contains(&self.temperature) {
-            return bad("temperature", self.temperature, "0 to 2");
+            return bad(Param::Temperature, self.temperature, "0 to 2");
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p", self.top_p, "above 0 and at most 1");
+            return bad(Param::TopP, self.top_p, "above 0 and at most 1");
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad("min_p", self.min_p, "0 to 1");
+            return bad(Param::MinP, self.min_p, "0 to 1");
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
             return bad(
-                "repetition_penalty",
+                Param::RepetitionPenalty,
                 self.repetition_penalty,
                 "above 0 and at most 10",
             );
@@ -250,6 +261,134 @@ pub struct Completion {
     pub reason: Option<FinishReason>,
     /// Token counts.
     pub usage: Usage,
+}
+
+/// The tokens of a conversation rendered with `template`, ending with the assistant's turn
+/// opened: template text may hold control tokens, message content is plain text.
+fn chat_tokens<B: Backend>(
+    backend: &B,
+    template: Option<&ChatTemplate>,
+    label: &str,
+    messages: &[Message],
+) -> Result<Vec<i32>> {
+    if messages.is_empty() {
+        return Err(Error::Request("the conversation has no messages".into()));
+    }
+    let template = template
+        .ok_or_else(|| Error::model(label, "has no chat template; use a plain text prompt"))?;
+    let segments = template.render(messages, true)?;
+    let mut tokens = Vec::new();
+    for segment in segments {
+        match segment {
+            Segment::Template(text) => tokens.extend(backend.tokenize(&text, true)),
+            Segment::Content(text) => tokens.extend(backend.tokenize(&text, false)),
+        }
+    }
+    // Templates that write the BOS token themselves must not get a second one.
+    if let Some(start) = backend.prompt_start()
+        && tokens.first() != Some(&start)
+    {
+        tokens.insert(0, start);
+    }
+    Ok(tokens)
+}
+
+/// The tokens of plain text, after the start token if the model wants one.
+fn text_tokens<B: Backend>(backend: &B, text: &str) -> Vec<i32> {
+    let mut tokens: Vec<i32> = backend.prompt_start().into_iter().collect();
+    tokens.extend(backend.tokenize(text, false));
+    tokens
+}
+
+/// A GGUF model's tokeniser and chat template without its weights: turns a request's prompt
+/// into exactly the tokens the embedded engine would decode, for engine processes that take
+/// token ids (llama-server). Loading it maps the file's metadata, not its tensors.
+pub struct Prompter {
+    backend: LlamaCpp,
+    template: Option<ChatTemplate>,
+    label: String,
+}
+
+impl std::fmt::Debug for Prompter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prompter")
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prompter {
+    /// Reads the vocabulary and chat template of the model's one GGUF file, after the same
+    /// checks as a full load.
+    pub fn load(files: &ModelFiles) -> Result<Self> {
+        let (backend, template) = LlamaCpp::load_vocabulary(files)?;
+        Ok(Self {
+            backend,
+            template,
+            label: files.label().to_owned(),
+        })
+    }
+
+    /// The tokens of `prompt`: a conversation through the chat template, or plain text.
+    pub fn tokens(&self, prompt: &Prompt) -> Result<Vec<i32>> {
+        match prompt {
+            Prompt::Chat(messages) => {
+                chat_tokens(&self.backend, self.template.as_ref(), &self.label, messages)
+            }
+            Prompt::Text(text) => Ok(text_tokens(&self.backend, text)),
+        }
+    }
+
+    /// The context the model was trained with.
+    pub fn training_context(&self) -> usize {
+        self.backend.training_context()
+    }
+}
+
+/// A [`Generation`] read as the interface's [`ChatEvent`]s: token ids dropped, empty text
+/// skipped, text released at the end sent before the ending.
+struct ChatEvents {
+    generation: Generation,
+    ending: Option<Ending>,
+}
+
+impl Stream for ChatEvents {
+    type Item = Result<ChatEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(ending) = self.ending.take() {
+            return Poll::Ready(Some(Ok(ChatEvent::Done(ending))));
+        }
+        loop {
+            let event = match self.generation.events.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(event))) => event,
+            };
+            match event {
+                Event::Token { text, .. } if text.is_empty() => {}
+                Event::Token { text, .. } => return Poll::Ready(Some(Ok(ChatEvent::Text(text)))),
+                Event::Done {
+                    text,
+                    reason,
+                    stop_sequence,
+                    usage,
+                } => {
+                    let ending = Ending {
+                        reason,
+                        stop_sequence,
+                        usage,
+                    };
+                    if text.is_empty() {
+                        return Poll::Ready(Some(Ok(ChatEvent::Done(ending))));
+                    }
+                    self.ending = Some(ending);
+                    return Poll::Ready(Some(Ok(ChatEvent::Text(text))));
+                }
+            }
+        }
+    }
 }
 
 struct Job {
@@ -437,37 +576,17 @@ impl<B: Backend> ChatModel<B> {
     /// The prompt tokens of a conversation, rendered with the model's chat template and
     /// ending with the assistant's turn opened. Message content is tokenised as plain text.
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<i32>> {
-        if messages.is_empty() {
-            return Err(Error::Request("the conversation has no messages".into()));
-        }
-        let template = self.template.as_ref().ok_or_else(|| {
-            Error::model(
-                &self.info.label,
-                "has no chat template; use a plain text prompt",
-            )
-        })?;
-        let segments = template.render(messages, true)?;
-        let mut tokens = Vec::new();
-        for segment in segments {
-            match segment {
-                Segment::Template(text) => tokens.extend(self.tokenize(&text, true)),
-                Segment::Content(text) => tokens.extend(self.tokenize(&text, false)),
-            }
-        }
-        // Templates that write the BOS token themselves must not get a second one.
-        if let Some(start) = self.backend.prompt_start()
-            && tokens.first() != Some(&start)
-        {
-            tokens.insert(0, start);
-        }
-        Ok(tokens)
+        chat_tokens(
+            &*self.backend,
+            self.template.as_ref(),
+            &self.info.label,
+            messages,
+        )
     }
 
     /// The prompt tokens of plain text (no template; control-token text stays plain text).
     pub fn text_prompt(&self, text: &str) -> Vec<i32> {
-        let mut tokens: Vec<i32> = self.backend.prompt_start().into_iter().collect();
-        tokens.extend(self.tokenize(text, false));
-        tokens
+        text_tokens(&*self.backend, text)
     }
 
     /// Queues a generation from `prompt` tokens. Refuses at once if the prompt and
@@ -522,6 +641,46 @@ impl<B: Backend> ChatModel<B> {
                 Err(Error::Stopped("the worker has ended".into()))
             }
         }
+    }
+}
+
+impl<B: Backend> ChatModel<B> {
+    /// Starts answering a checked request: renders and tokenises its prompt, fits the
+    /// answer's length to the context, and queues it (see [`ChatModel::generate`]).
+    pub fn answer(&self, request: ChatRequest) -> Result<ChatStream> {
+        let prompt = match &request.prompt {
+            Prompt::Chat(messages) => self.chat_prompt(messages)?,
+            Prompt::Text(text) => self.text_prompt(text),
+        };
+        let prompt_tokens = prompt.len();
+        let max_tokens = request.answer_tokens(prompt_tokens, self.info.context_per_slot);
+        let generation = self.generate(
+            prompt,
+            GenerateParams {
+                max_tokens: Some(max_tokens),
+                stop: request.stop,
+                sampling: request.sampling,
+                ignore_eos: request.ignore_eos,
+                cache_scope: request.cache_scope,
+            },
+        )?;
+        let events = ChatEvents {
+            generation,
+            ending: None,
+        };
+        Ok(ChatStream::new(events, Some(prompt_tokens)))
+    }
+}
+
+impl<B: Backend> ChatEngine for ChatModel<B> {
+    fn start(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream>> {
+        // Rendering and tokenising a prompt takes microseconds to a millisecond, less than a
+        // hop to a blocking thread would cost.
+        Box::pin(std::future::ready(self.answer(request)))
+    }
+
+    fn status(&self) -> EngineStatus {
+        EngineStatus::ready(EngineKind::Embedded, self.running(), self.queued())
     }
 }
 

@@ -7,6 +7,7 @@
 //! crate from `tokenizer.json`, run through [`bert::Bert`], pooled and normalised as those
 //! files say.
 
+mod batcher;
 mod bert;
 mod math;
 mod weights;
@@ -19,6 +20,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 use crate::files::ModelFiles;
 use crate::{Error, Result};
 
+pub use batcher::EmbeddingEngine;
 pub use bert::BertConfig;
 
 /// How an embedding model is run.
