@@ -18,9 +18,8 @@
 # Targets: single stream >= 0.95 x llama.cpp; 16 streams >= 3 x our single stream;
 # embeddings >= 1.0 x onnxruntime.
 #
-#   --check            fewer tokens and sentences, and llama-bench only if it is already built
-#                      (building it takes several minutes): checks that every part runs (used
-#                      by scripts/test.sh; figures are not judged)
+#   --check            fewer tokens and sentences: checks that every part runs (used by
+#                      scripts/test.sh; figures are not judged)
 #   AIRLOCK_THREADS    threads for every tool (default 2)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,12 +32,7 @@ minilm="$models/all-minilm-l6-v2"
 
 bash scripts/fetch-models.sh >&2
 python="$(bash scripts/reference-venv.sh)"
-llama_bench=""
-if [ "$check" = 0 ]; then
-  llama_bench="$(bash scripts/build-llama-cpp.sh)/build/bin/llama-bench"
-elif [ -x "$cache/llama-cpp-python-0.3.36/build/bin/llama-bench" ]; then
-  llama_bench="$cache/llama-cpp-python-0.3.36/build/bin/llama-bench"
-fi
+llama_bench="$(bash scripts/build-llama-cpp.sh)/build/bin/llama-bench"
 cargo build --release --locked --quiet -p airlock-engine --example engine_bench
 bench="$PWD/target/release/examples/engine_bench"
 

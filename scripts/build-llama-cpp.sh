@@ -11,6 +11,7 @@
 # without being able to run it), OpenMP on. llama-server is built without HTTPS and without its
 # web UI (whose prebuilt assets the build would otherwise download): it cannot fetch anything.
 #
+#   --check        builds nothing: says what is missing and exits 1 if anything is
 #   AIRLOCK_CACHE  cache root (default: ~/.cache/airlock)
 set -euo pipefail
 cache="${AIRLOCK_CACHE:-$HOME/.cache/airlock}"
@@ -27,8 +28,12 @@ built() {
   [ -f "$build/bin/libllama.so" ]
 }
 if built; then
-  echo "$root"
+  [ "${1:-}" = "--check" ] || echo "$root"
   exit 0
+fi
+if [ "${1:-}" = "--check" ]; then
+  echo "missing: llama.cpp's ${tools[*]} in $build (scripts/build-llama-cpp.sh)"
+  exit 1
 fi
 # shellcheck source=lib/debian.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/debian.sh"
@@ -49,7 +54,9 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
   tar -xzf "$sdist" -C "$root" --strip-components=1
 fi
 echo "llama.cpp: building ${tools[*]} and libllama.so (several minutes on 2 cores)" >&2
-cmake -S "$root/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+cmake -S "$root/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON "${launcher[@]}" \
   -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
   -DGGML_SSE42=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \

@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 2; }
-bash scripts/setup-test-tools.sh
+bash scripts/setup-test-tools.sh --demo
 source scripts/lib/cargo-env.sh
 cargo build --release --locked --quiet
 airlock="$PWD/target/release/airlock"

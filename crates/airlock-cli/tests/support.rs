@@ -290,6 +290,20 @@ pub fn model_signing() -> PathBuf {
     path
 }
 
+/// llama.cpp's `llama-server`, built by `scripts/build-llama-cpp.sh` (which `scripts/test.sh`
+/// runs first); `AIRLOCK_LLAMA_SERVER` names another.
+pub fn llama_server() -> PathBuf {
+    let path = std::env::var_os("AIRLOCK_LLAMA_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("llama-cpp-python-0.3.36/build/bin/llama-server"));
+    assert!(
+        path.is_file(),
+        "{} not found: run scripts/build-llama-cpp.sh (scripts/test.sh does) or set AIRLOCK_LLAMA_SERVER",
+        path.display()
+    );
+    path
+}
+
 /// The default models, fetched by `scripts/fetch-models.sh`.
 pub fn models_dir() -> PathBuf {
     let dir = std::env::var_os("AIRLOCK_MODELS")

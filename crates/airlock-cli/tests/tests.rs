@@ -17,6 +17,7 @@ mod engine;
 mod hostile;
 mod interop;
 mod pack_verify;
+mod processes;
 mod real_models;
 mod registry;
 mod serve;

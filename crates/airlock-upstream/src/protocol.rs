@@ -55,6 +55,12 @@ pub(crate) fn llama_server_body(
     if let Some(seed) = s.seed {
         body["seed"] = json!(seed);
     }
+    // Greedy decoding picks the most likely token, which no filter removes: keeping only it
+    // spares llama-server's sampler chain a pass over the whole vocabulary for each token of
+    // each sequence (the embedded engine takes the argmax for the same reason).
+    if s.temperature == 0.0 && s.repetition_penalty == 1.0 {
+        body["top_k"] = json!(1);
+    }
     body
 }
 
@@ -304,12 +310,30 @@ mod tests {
         assert_eq!(body["prompt"], json!([1, 2, 3]));
         assert_eq!(body["n_predict"], 32);
         assert_eq!(body["stop"], json!(["END"]));
+        // Greedy: only the most likely token is kept.
+        assert_eq!(body["top_k"], 1);
+        let sampled = ChatRequest::new(
+            Prompt::Text("hi".into()),
+            ChatParams {
+                sampling: SamplingParams {
+                    temperature: 0.7,
+                    ..SamplingParams::default()
+                },
+                ..ChatParams::default()
+            },
+            &RequestLimits::default(),
+        )
+        .unwrap();
         // llama-server's own defaults (top_k 40, top_p 0.95, min_p 0.05) differ from ours.
+        let body = llama_server_body(&sampled, &[1], 8, false);
         assert_eq!(body["top_k"], 0);
         assert_eq!(body["top_p"], 1.0);
         assert_eq!(body["min_p"], 0.0);
-        assert_eq!(body["seed"], 5);
+        assert!(body.get("seed").is_none(), "no seed asked for, none sent");
         assert_eq!(body["cache_prompt"], false);
+        let seeded = llama_server_body(&request(&[]), &[1], 8, true);
+        assert_eq!(seeded["seed"], 5);
+        assert_eq!(seeded["cache_prompt"], true);
     }
 
     #[test]
