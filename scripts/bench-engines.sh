@@ -42,17 +42,8 @@ trap cleanup EXIT
 
 # A registry with SmolLM2 approved and tagged prod, and a key.
 export AIRLOCK_DATA="$work/data"
-"$airlock" keygen -o "$work/keys" --name publisher >/dev/null
-"$airlock" keygen -o "$work/keys" --name approver >/dev/null
-"$airlock" pack "$models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" --name smollm2 --version 1.0.0 \
-  --license Apache-2.0 --key "$work/keys/publisher.key" -o "$work/smollm2.airlock" >/dev/null
-"$airlock" init >/dev/null
-"$airlock" trust add --publisher "$work/keys/publisher.pub" >/dev/null
-"$airlock" trust add --approver "$work/keys/approver.pub" >/dev/null
-"$airlock" import "$work/smollm2.airlock" >/dev/null
-"$airlock" approve smollm2:1.0.0 --key "$work/keys/approver.key" >/dev/null
-"$airlock" tag smollm2:1.0.0 prod >/dev/null
-key="$("$airlock" keys create --name bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
+source scripts/lib/bench-registry.sh
+key="$(bench_registry "$airlock" "$work" smollm2)"
 # Each airlock server has its own copy of the registry (and so its own audit log).
 cp -a "$work/data" "$work/data-fronted"
 

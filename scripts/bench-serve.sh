@@ -16,7 +16,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 clients="${AIRLOCK_LOAD_CLIENTS:-64}"
 seconds="${AIRLOCK_LOAD_SECONDS:-60}"
-models="${AIRLOCK_CACHE:-$HOME/.cache/airlock}/models"
 bash scripts/fetch-models.sh >&2
 cargo build --release --locked --quiet -p airlock-cli
 cargo build --release --locked --quiet -p airlock-server --example serve_bench
@@ -29,21 +28,8 @@ trap cleanup EXIT
 export AIRLOCK_DATA="$work/data"
 
 # A registry with both models approved and tagged prod, and a key.
-"$airlock" keygen -o "$work/keys" --name publisher >/dev/null
-"$airlock" keygen -o "$work/keys" --name approver >/dev/null
-"$airlock" pack "$models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" --name smollm2 --version 1.0.0 \
-  --license Apache-2.0 --key "$work/keys/publisher.key" -o "$work/smollm2.airlock" >/dev/null
-"$airlock" pack "$models/all-minilm-l6-v2" --name all-minilm-l6-v2 --version 1.0.0 --kind embedding \
-  --license Apache-2.0 --key "$work/keys/publisher.key" -o "$work/minilm.airlock" >/dev/null 2>&1
-"$airlock" init >/dev/null
-"$airlock" trust add --publisher "$work/keys/publisher.pub" >/dev/null
-"$airlock" trust add --approver "$work/keys/approver.pub" >/dev/null
-for m in smollm2 minilm; do "$airlock" import "$work/$m.airlock" >/dev/null; done
-for m in smollm2 all-minilm-l6-v2; do
-  "$airlock" approve "$m:1.0.0" --key "$work/keys/approver.key" >/dev/null
-  "$airlock" tag "$m:1.0.0" prod >/dev/null
-done
-key="$("$airlock" keys create --name bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
+source scripts/lib/bench-registry.sh
+key="$(bench_registry "$airlock" "$work" smollm2 all-minilm-l6-v2)"
 
 echo "== server overhead (in-process server, same engine)"
 "$bench" overhead "$AIRLOCK_DATA" "$key"

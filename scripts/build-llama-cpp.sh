@@ -10,10 +10,13 @@
 # AVX2/FMA/F16C, GGML_NATIVE off (a native build picks up AMX where the host advertises it
 # without being able to run it), OpenMP on. llama-server is built without HTTPS and without its
 # web UI (whose prebuilt assets the build would otherwise download): it cannot fetch anything.
+# ggml and libllama compile as unity builds (scripts/lib/llama-unity.cmake), which keeps the
+# whole build to minutes on two cores.
 #
 #   --check        builds nothing: says what is missing and exits 1 if anything is
 #   AIRLOCK_CACHE  cache root (default: ~/.cache/airlock)
 set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${AIRLOCK_CACHE:-$HOME/.cache/airlock}"
 version=0.3.36
 sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
@@ -36,7 +39,7 @@ if [ "${1:-}" = "--check" ]; then
   exit 1
 fi
 # shellcheck source=lib/debian.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/debian.sh"
+source "$here/lib/debian.sh"
 debian_require cmake g++ curl >&2
 mkdir -p "$cache/dl"
 sdist="$cache/dl/llama_cpp_python-$version.tar.gz"
@@ -57,6 +60,7 @@ echo "llama.cpp: building ${tools[*]} and libllama.so (several minutes on 2 core
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 cmake -S "$root/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON "${launcher[@]}" \
+  -DCMAKE_PROJECT_INCLUDE="$here/lib/llama-unity.cmake" \
   -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
   -DGGML_SSE42=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \

@@ -2,8 +2,7 @@
 //! supervises (the real llama-server built by `scripts/build-llama-cpp.sh`, the real SmolLM2),
 //! and start failures named by the process's own last words (small stand-in programs).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -88,21 +87,10 @@ fn an_engine_process_killed_mid_answer_fails_that_answer_cleanly_and_the_next_su
     let first_pid = engine(&server, &admin)["pid"].as_u64().unwrap();
 
     // A long streamed answer; once its first words arrive, the process is killed.
-    let body = json!({
-        "model": "chat", "stream": true, "temperature": 0, "max_tokens": 900,
-        "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}],
-    })
-    .to_string();
-    let mut socket = TcpStream::connect(&server.addr).unwrap();
+    let socket = server.ask_for_a_long_answer(&key, true, 900);
     socket
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    write!(
-        socket,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
     let mut reader = BufReader::new(socket);
     let mut seen = String::new();
     while !seen.contains("\"content\":\"") || seen.matches("data: ").count() < 3 {
@@ -154,6 +142,13 @@ fn an_engine_process_killed_mid_answer_fails_that_answer_cleanly_and_the_next_su
     assert_eq!(status["state"], "ready");
     assert_eq!(status["restarts"], 1);
     assert_ne!(status["pid"].as_u64().unwrap(), first_pid, "a new process");
+    let metrics = server.get("/metrics", &admin).body;
+    for line in [
+        "airlock_engine_restarts_total{model=\"chat\",engine=\"llama-server\"} 1",
+        "airlock_engine_up{model=\"chat\",engine=\"llama-server\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     assert!(
         refusals >= 1,
         "the restart takes at least its backoff second"
@@ -181,6 +176,55 @@ fn an_engine_process_killed_mid_answer_fails_that_answer_cleanly_and_the_next_su
     assert_eq!(cut["details"]["status"], 503, "{cut}");
     assert_eq!(cut["details"]["error"], "unavailable");
     assert_eq!(results.last().unwrap()["details"]["status"], 200);
+}
+
+/// CPU seconds a process has used.
+fn cpu_seconds(pid: u64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command may hold spaces; the fields after it are fixed.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn a_client_that_hangs_up_cancels_its_answer_inside_the_engine_process() {
+    let site = site_with_models();
+    let (key, _) = create_key(&site, &["--name", "impatient"]);
+    let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
+    let server = start_with_process(&site, "");
+    let pid = engine(&server, &admin)["pid"].as_u64().unwrap();
+    for stream in [false, true] {
+        let socket = server.ask_for_a_long_answer(&key, stream, 900);
+        wait_for_engine(&server, &admin, Duration::from_secs(10), |e| {
+            e["running"] == 1
+        });
+        // It is generating: the process uses CPU.
+        let busy = cpu_seconds(pid);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            cpu_seconds(pid) - busy > 0.2,
+            "stream {stream}: the process is generating"
+        );
+        drop(socket);
+        wait_for_engine(&server, &admin, Duration::from_secs(3), |e| {
+            e["running"] == 0
+        });
+        // Within a step it stops: a second later the process is idle.
+        std::thread::sleep(Duration::from_millis(300));
+        let before = cpu_seconds(pid);
+        std::thread::sleep(Duration::from_secs(1));
+        let used = cpu_seconds(pid) - before;
+        assert!(
+            used < 0.15,
+            "stream {stream}: still generating after the client left ({used:.2} s of CPU in 1 s)"
+        );
+    }
 }
 
 #[test]

@@ -130,6 +130,30 @@ impl Server {
         self.request("GET", path, &[("authorization", &auth)], b"")
     }
 
+    /// Sends a chat request for `max_tokens` of a long story (greedy; streamed or not) on a
+    /// connection of its own and returns it unread: minutes of work if nothing stops it.
+    pub(crate) fn ask_for_a_long_answer(
+        &self,
+        key: &str,
+        stream: bool,
+        max_tokens: u32,
+    ) -> TcpStream {
+        let body = json!({
+            "model": "chat", "stream": stream, "temperature": 0, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}],
+        })
+        .to_string();
+        let mut socket = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            socket,
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        socket
+    }
+
     /// `alias`'s entry in `/admin/status` (version, digest, its engine's kind, state and load).
     pub(crate) fn model_status(&self, admin_key: &str, alias: &str) -> Value {
         let status = self.get("/admin/status", admin_key).json();
@@ -978,20 +1002,7 @@ fn a_client_that_hangs_up_cancels_its_generation_at_once_streamed_or_not() {
             .unwrap()
     };
     for stream in [false, true] {
-        // Thousands of tokens: minutes of work if nothing stopped it.
-        let body = json!({
-            "model": "chat", "stream": stream, "temperature": 0, "max_tokens": 4000,
-            "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}],
-        })
-        .to_string();
-        let mut socket = TcpStream::connect(&server.addr).unwrap();
-        write!(
-            socket,
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            server.addr,
-            body.len()
-        )
-        .unwrap();
+        let socket = server.ask_for_a_long_answer(&key, stream, 4000);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while running() == 0 {
             assert!(

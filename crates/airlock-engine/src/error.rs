@@ -114,10 +114,11 @@ impl Error {
         }
     }
 
-    /// The parameter at fault, if one is.
-    pub fn param(&self) -> Option<Param> {
+    /// The parameter at fault and what is wrong with it (reading after its name), if one
+    /// parameter is at fault.
+    pub fn invalid_param(&self) -> Option<(Param, &str)> {
         match self {
-            Self::Invalid { param, .. } => Some(*param),
+            Self::Invalid { param, reason } => Some((*param, reason)),
             _ => None,
         }
     }

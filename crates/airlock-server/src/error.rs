@@ -337,15 +337,15 @@ impl ApiError {
         param_name: impl Fn(Param) -> &'static str,
     ) -> Self {
         match e.kind() {
-            ErrorKind::InvalidRequest => match e {
-                airlock_engine::Error::Invalid { param, reason } => {
+            ErrorKind::InvalidRequest => match e.invalid_param() {
+                Some((param, reason)) => {
                     let name = param_name(param);
                     Self::InvalidRequest {
                         message: format!("{name} {reason}"),
                         param: Some(name.to_owned()),
                     }
                 }
-                other => Self::invalid(other.to_string()),
+                None => Self::invalid(e.to_string()),
             },
             ErrorKind::ContextLength => Self::ContextLength {
                 message: e.to_string(),
