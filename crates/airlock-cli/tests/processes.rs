@@ -309,56 +309,28 @@ fn an_engine_process_gets_no_setting_that_could_reach_the_network() {
     let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
     // airlock's own environment carries what would send a careless runtime online.
     let config = process_config(&site, "");
-    let mut child = crate::support::airlock()
-        .arg("--data")
-        .arg(&site.data)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
+    let hostile = [
+        ("HTTPS_PROXY", "http://203.0.113.7:3128"),
+        ("HTTP_PROXY", "http://203.0.113.7:3128"),
+        ("ALL_PROXY", "socks5://203.0.113.7:1080"),
+        ("HF_ENDPOINT", "http://203.0.113.7"),
+        ("HF_HUB_OFFLINE", "0"),
+        ("LLAMA_ARG_HF_REPO", "evil/model"),
+        ("LLAMA_ARG_MODEL_URL", "http://203.0.113.7/model.gguf"),
+        ("LLAMA_ARG_TOOLS", "all"),
+        ("LLAMA_ARG_HOST", "0.0.0.0"),
+    ];
+    let server = Server::start_with_env(
+        &site,
+        &[
             "--model",
             "embed=all-minilm-l6-v2:prod",
             "--config",
-        ])
-        .arg(&config)
-        .env("HTTPS_PROXY", "http://203.0.113.7:3128")
-        .env("HTTP_PROXY", "http://203.0.113.7:3128")
-        .env("ALL_PROXY", "socks5://203.0.113.7:1080")
-        .env("HF_ENDPOINT", "http://203.0.113.7")
-        .env("HF_HUB_OFFLINE", "0")
-        .env("LLAMA_ARG_HF_REPO", "evil/model")
-        .env("LLAMA_ARG_MODEL_URL", "http://203.0.113.7/model.gguf")
-        .env("LLAMA_ARG_TOOLS", "all")
-        .env("LLAMA_ARG_HOST", "0.0.0.0")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("airlock: serving on http://")
-        .unwrap_or_else(|| panic!("server did not start: {line}"))
-        .trim_end_matches("/v1")
-        .to_owned();
-    let status = crate::serve::http(
-        &addr,
-        "GET",
-        "/admin/status",
-        &[("authorization", &format!("Bearer {admin}"))],
-        b"",
+            config.to_str().unwrap(),
+        ],
+        &hostile,
     );
-    let models = status.json()["models"].clone();
-    let chat = models
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["alias"] == "chat")
-        .unwrap();
-    let pid = chat["engine"]["pid"].as_u64().unwrap();
+    let pid = engine(&server, &admin)["pid"].as_u64().unwrap();
 
     let allowed = [
         "HF_HUB_OFFLINE",
@@ -440,8 +412,6 @@ fn an_engine_process_gets_no_setting_that_could_reach_the_network() {
             );
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A stand-in for an engine binary: a shell script.

@@ -73,11 +73,17 @@ impl Server {
 
     /// Serves what `args` (after `serve --listen 127.0.0.1:0`) configure.
     pub(crate) fn start_with(site: &Site, args: &[&str]) -> Self {
+        Self::start_with_env(site, args, &[])
+    }
+
+    /// Serves what `args` configure, with `env` added to the server's environment.
+    pub(crate) fn start_with_env(site: &Site, args: &[&str], env: &[(&str, &str)]) -> Self {
         let args = [&["serve", "--listen", "127.0.0.1:0"][..], args].concat();
         let mut child = airlock()
             .arg("--data")
             .arg(&site.data)
             .args(&args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
