@@ -215,15 +215,21 @@ fn a_client_that_hangs_up_cancels_its_answer_inside_the_engine_process() {
         wait_for_engine(&server, &admin, Duration::from_secs(3), |e| {
             e["running"] == 0
         });
-        // Within a step it stops: a second later the process is idle.
-        std::thread::sleep(Duration::from_millis(300));
-        let before = cpu_seconds(pid);
-        std::thread::sleep(Duration::from_secs(1));
-        let used = cpu_seconds(pid) - before;
-        assert!(
-            used < 0.15,
-            "stream {stream}: still generating after the client left ({used:.2} s of CPU in 1 s)"
-        );
+        // It stops within moments, not after the 900 tokens (half a minute) it was asked for:
+        // some half-second window in the next five shows it idle.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let before = cpu_seconds(pid);
+            std::thread::sleep(Duration::from_millis(500));
+            let used = cpu_seconds(pid) - before;
+            if used < 0.08 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stream {stream}: still generating after the client left ({used:.2} s of CPU in 0.5 s)"
+            );
+        }
     }
 }
 

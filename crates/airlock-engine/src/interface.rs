@@ -442,6 +442,12 @@ pub trait Embedder: Send + Sync + fmt::Debug {
     /// Length of every vector.
     fn dimension(&self) -> usize;
 
+    /// Longest text, in tokens, the model reads whole; longer texts are cut.
+    fn max_tokens(&self) -> usize;
+
+    /// How many tokens the model reads of `text` (special tokens included), uncut.
+    fn count_tokens(&self, text: &str) -> Result<usize>;
+
     /// Embeds `texts`, one vector each, in order. Resolves with [`Error::Busy`] at once when
     /// the engine's queue is full; dropping the future withdraws the request if its batch
     /// has not started.

@@ -596,13 +596,15 @@ pub mod engine {
         }
     }
 
-    /// An embedding engine that gives each text a vector of `dimension` from its length, or
-    /// refuses with the scripted errors first.
+    /// An embedding engine that gives each text the normalised bag of its lowercase words,
+    /// each word hashed to one of `dimension` axes (so texts sharing words are close), or
+    /// refuses with the scripted errors first. Tokens are words, plus two.
     #[derive(Debug)]
     pub struct ScriptedEmbedder {
         dimension: usize,
         refusals: Mutex<VecDeque<Error>>,
         calls: AtomicUsize,
+        texts: AtomicUsize,
     }
 
     impl ScriptedEmbedder {
@@ -612,12 +614,41 @@ pub mod engine {
                 dimension,
                 refusals: Mutex::new(refusals.into_iter().collect()),
                 calls: AtomicUsize::new(0),
+                texts: AtomicUsize::new(0),
             }
         }
 
         /// Requests taken so far.
         pub fn calls(&self) -> usize {
             self.calls.load(Ordering::SeqCst)
+        }
+
+        /// Texts embedded so far.
+        pub fn texts(&self) -> usize {
+            self.texts.load(Ordering::SeqCst)
+        }
+
+        /// The vector of `text`.
+        pub fn vector(&self, text: &str) -> Vec<f32> {
+            let mut v = vec![0.0f32; self.dimension];
+            for word in text
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+            {
+                // FNV-1a: stable across runs and platforms.
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in word.to_lowercase().bytes() {
+                    h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+                v[(h % self.dimension as u64) as usize] += 1.0;
+            }
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x /= norm);
+            } else {
+                v[0] = 1.0;
+            }
+            v
         }
     }
 
@@ -626,21 +657,23 @@ pub mod engine {
             self.dimension
         }
 
+        fn max_tokens(&self) -> usize {
+            512
+        }
+
+        fn count_tokens(&self, text: &str) -> Result<usize> {
+            Ok(text.split_whitespace().count() + 2)
+        }
+
         fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Embeddings>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             if let Some(error) = self.refusals.lock().unwrap().pop_front() {
                 return Box::pin(std::future::ready(Err(error)));
             }
+            self.texts.fetch_add(texts.len(), Ordering::SeqCst);
             let text_tokens: Vec<usize> =
                 texts.iter().map(|t| t.split_whitespace().count()).collect();
-            let vectors = texts
-                .iter()
-                .map(|t| {
-                    let mut v = vec![0.0; self.dimension];
-                    v[t.len() % self.dimension] = 1.0;
-                    v
-                })
-                .collect();
+            let vectors = texts.iter().map(|t| self.vector(t)).collect();
             Box::pin(std::future::ready(Ok(Embeddings {
                 vectors,
                 tokens: text_tokens.iter().sum(),
@@ -651,5 +684,252 @@ pub mod engine {
         fn status(&self) -> EngineStatus {
             EngineStatus::ready(EngineKind::Scripted, 0, 0)
         }
+    }
+}
+
+#[cfg(feature = "documents")]
+pub mod documents {
+    //! Office documents built in tests: PDFs with text placed where a layout puts it
+    //! (headings, paragraphs, tables), and DOCX files from paragraphs, headings and tables.
+    //!
+    //! ```
+    //! use airlock_testkit::documents::{Pdf, docx, DocxBlock};
+    //! let pdf = Pdf::new().heading("Leave").line("Annual leave is 25 days.").build();
+    //! assert!(pdf.starts_with(b"%PDF"));
+    //! let word = docx(&[DocxBlock::Paragraph("Hello".into())]);
+    //! assert!(word.starts_with(b"PK"));
+    //! ```
+
+    use std::io::Write as _;
+
+    use lopdf::content::{Content, Operation};
+    use lopdf::{Document, Object, Stream, dictionary};
+
+    /// Page height, points (A4).
+    const HEIGHT: f32 = 842.0;
+    /// Body text size.
+    const BODY: f32 = 10.0;
+
+    /// A PDF built line by line, top to bottom, in Courier.
+    #[derive(Debug, Default)]
+    pub struct Pdf {
+        pages: Vec<Vec<(f32, f32, f32, String)>>,
+        y: f32,
+        title: Option<String>,
+    }
+
+    impl Pdf {
+        /// An empty one-page document.
+        pub fn new() -> Self {
+            Self {
+                pages: vec![Vec::new()],
+                y: 60.0,
+                title: None,
+            }
+        }
+
+        /// Sets the document's title (its Info dictionary).
+        pub fn title(mut self, title: &str) -> Self {
+            self.title = Some(title.into());
+            self
+        }
+
+        fn put(&mut self, x: f32, size: f32, text: &str) {
+            if let Some(page) = self.pages.last_mut() {
+                page.push((x, HEIGHT - self.y, size, text.to_owned()));
+            }
+        }
+
+        /// A heading line in large type, with space around it.
+        pub fn heading(mut self, text: &str) -> Self {
+            self.y += 12.0;
+            self.put(72.0, 20.0, text);
+            self.y += 30.0;
+            self
+        }
+
+        /// A line of body text.
+        pub fn line(mut self, text: &str) -> Self {
+            self.put(72.0, BODY, text);
+            self.y += 12.0;
+            self
+        }
+
+        /// A blank line (ends a paragraph).
+        pub fn gap(mut self) -> Self {
+            self.y += 14.0;
+            self
+        }
+
+        /// A table: each row's cells start at the same columns.
+        pub fn table(mut self, rows: &[&[&str]]) -> Self {
+            for row in rows {
+                for (i, cell) in row.iter().enumerate() {
+                    self.put(72.0 + 150.0 * i as f32, BODY, cell);
+                }
+                self.y += 12.0;
+            }
+            self.y += 14.0;
+            self
+        }
+
+        /// Starts a new page.
+        pub fn page(mut self) -> Self {
+            self.pages.push(Vec::new());
+            self.y = 60.0;
+            self
+        }
+
+        /// The PDF's bytes.
+        pub fn build(self) -> Vec<u8> {
+            let mut doc = Document::with_version("1.5");
+            let pages_id = doc.new_object_id();
+            let font_id = doc.add_object(dictionary! {
+                "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Courier",
+            });
+            let resources_id = doc.add_object(dictionary! {
+                "Font" => dictionary! { "F1" => font_id },
+            });
+            let mut kids = Vec::new();
+            for page in &self.pages {
+                let mut operations = Vec::new();
+                for (x, y, size, text) in page {
+                    operations.push(Operation::new("BT", vec![]));
+                    operations.push(Operation::new("Tf", vec!["F1".into(), (*size).into()]));
+                    operations.push(Operation::new("Td", vec![(*x).into(), (*y).into()]));
+                    operations.push(Operation::new(
+                        "Tj",
+                        vec![Object::string_literal(text.as_str())],
+                    ));
+                    operations.push(Operation::new("ET", vec![]));
+                }
+                let content = Content { operations };
+                let content_id =
+                    doc.add_object(Stream::new(dictionary! {}, content.encode().unwrap()));
+                let page_id = doc.add_object(dictionary! {
+                    "Type" => "Page", "Parent" => pages_id, "Contents" => content_id,
+                });
+                kids.push(page_id.into());
+            }
+            let count = kids.len() as i64;
+            doc.objects.insert(
+                pages_id,
+                Object::Dictionary(dictionary! {
+                    "Type" => "Pages", "Kids" => kids, "Count" => count,
+                    "Resources" => resources_id,
+                    "MediaBox" => vec![0.into(), 0.into(), 595.into(), 842.into()],
+                }),
+            );
+            let catalog_id =
+                doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
+            doc.trailer.set("Root", catalog_id);
+            if let Some(title) = &self.title {
+                let info = doc
+                    .add_object(dictionary! { "Title" => Object::string_literal(title.as_str()) });
+                doc.trailer.set("Info", info);
+            }
+            let mut out = Vec::new();
+            doc.save_to(&mut out).unwrap();
+            out
+        }
+    }
+
+    /// A block of a Word document.
+    #[derive(Debug, Clone)]
+    pub enum DocxBlock {
+        /// A heading (`Heading1`…).
+        Heading(u8, String),
+        /// A paragraph.
+        Paragraph(String),
+        /// A table; its first row is the header.
+        Table(Vec<Vec<String>>),
+    }
+
+    fn escape(text: &str) -> String {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    }
+
+    fn paragraph(style: Option<String>, text: &str) -> String {
+        let style = style
+            .map(|s| format!("<w:pPr><w:pStyle w:val=\"{s}\"/></w:pPr>"))
+            .unwrap_or_default();
+        format!(
+            "<w:p>{style}<w:r><w:t xml:space=\"preserve\">{}</w:t></w:r></w:p>",
+            escape(text)
+        )
+    }
+
+    /// A Word document holding `blocks`.
+    pub fn docx(blocks: &[DocxBlock]) -> Vec<u8> {
+        let mut body = String::new();
+        for block in blocks {
+            match block {
+                DocxBlock::Heading(level, text) => {
+                    body.push_str(&paragraph(Some(format!("Heading{level}")), text));
+                }
+                DocxBlock::Paragraph(text) => body.push_str(&paragraph(None, text)),
+                DocxBlock::Table(rows) => {
+                    body.push_str("<w:tbl>");
+                    for row in rows {
+                        body.push_str("<w:tr>");
+                        for cell in row {
+                            body.push_str(&format!("<w:tc>{}</w:tc>", paragraph(None, cell)));
+                        }
+                        body.push_str("</w:tr>");
+                    }
+                    body.push_str("</w:tbl>");
+                }
+            }
+        }
+        docx_with_document(&format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><w:document xmlns:w=\"http://schemas.openxmlformats.org/wordprocessingml/2006/main\"><w:body>{body}</w:body></w:document>"
+        ))
+    }
+
+    /// A Word container whose document part is `xml` as given.
+    pub fn docx_with_document(xml: &str) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        {
+            let mut zip = zip::ZipWriter::new(&mut out);
+            let options = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            let parts = [
+                (
+                    "[Content_Types].xml",
+                    "<?xml version=\"1.0\"?><Types xmlns=\"http://schemas.openxmlformats.org/package/2006/content-types\"><Default Extension=\"xml\" ContentType=\"application/xml\"/></Types>".to_owned(),
+                ),
+                ("word/document.xml", xml.to_owned()),
+            ];
+            for (name, text) in parts {
+                zip.start_file(name, options).unwrap();
+                zip.write_all(text.as_bytes()).unwrap();
+            }
+            zip.finish().unwrap();
+        }
+        out.into_inner()
+    }
+
+    /// A Word container whose document part unpacks to `unpacked` bytes (of spaces, which
+    /// compress a thousandfold): a compression bomb.
+    pub fn docx_bomb(unpacked: usize) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        {
+            let mut zip = zip::ZipWriter::new(&mut out);
+            let options = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated)
+                .large_file(true);
+            zip.start_file("word/document.xml", options).unwrap();
+            let block = vec![b' '; 1 << 20];
+            let mut left = unpacked;
+            while left > 0 {
+                let n = left.min(block.len());
+                zip.write_all(&block[..n]).unwrap();
+                left -= n;
+            }
+            zip.finish().unwrap();
+        }
+        out.into_inner()
     }
 }

@@ -93,6 +93,14 @@ impl Embedder for EmbeddingEngine {
         self.model.info().dimension
     }
 
+    fn max_tokens(&self) -> usize {
+        self.model.info().max_tokens
+    }
+
+    fn count_tokens(&self, text: &str) -> Result<usize> {
+        self.model.count_tokens(text)
+    }
+
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Embeddings>> {
         Box::pin(self.embed_queued(texts))
     }

@@ -83,6 +83,8 @@ pub struct EmbeddingModelInfo {
 pub struct EmbeddingModel {
     info: EmbeddingModelInfo,
     tokenizer: Tokenizer,
+    /// The same tokenizer without truncation, for counting how long a text is.
+    counter: Tokenizer,
     bert: bert::Bert,
     threads: rayon::ThreadPool,
     max_batch: usize,
@@ -200,6 +202,10 @@ impl EmbeddingModel {
         let mut tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
             .map_err(|e| Error::model(&label, format!("tokenizer.json: {e}")))?;
         tokenizer.with_padding(None);
+        let mut counter = tokenizer.clone();
+        counter
+            .with_truncation(None)
+            .map_err(|e| Error::model(&label, format!("tokenizer.json: {e}")))?;
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: max_tokens,
@@ -234,6 +240,7 @@ impl EmbeddingModel {
                 normalized,
             },
             tokenizer,
+            counter,
             bert,
             threads,
             max_batch: config.max_batch.max(1),
@@ -255,6 +262,15 @@ impl EmbeddingModel {
             .into_iter()
             .map(|e| e.get_ids().to_vec())
             .collect())
+    }
+
+    /// How many tokens the model would read of `text` (`[CLS]`/`[SEP]` included) if it were
+    /// not cut at [`EmbeddingModelInfo::max_tokens`].
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        self.counter
+            .encode(text, true)
+            .map(|e| e.get_ids().len())
+            .map_err(|e| Error::Request(format!("cannot tokenise: {e}")))
     }
 
     /// The text of `ids`, special tokens left out (BERT tokenizers normalise: lower case,
