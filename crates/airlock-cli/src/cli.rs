@@ -101,6 +101,164 @@ pub(crate) enum Command {
     /// Check a server configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Create and inspect knowledge collections: internal documents for retrieval.
+    ///
+    /// A collection pins an approved embedding model by digest and holds documents, each
+    /// with a data class (public < internal < confidential < secret unless created with
+    /// --classes). Example:
+    ///
+    ///   airlock collection create policies --embed all-minilm-l6-v2:prod --default-class internal
+    #[command(subcommand)]
+    Collection(CollectionCommand),
+    /// Ingest documents into a collection: files, directory trees, git repositories (the
+    /// tracked files at one commit), Jira and Confluence JSON exports.
+    ///
+    /// Reads text, Markdown, HTML, PDF and DOCX. Each document gets a class: from the first
+    /// matching rule of --rules, else --class, else the collection's default. Unchanged
+    /// documents cost a hash; a changed one replaces all its chunks; everything an ingest
+    /// changes becomes visible at once when it ends, so an interrupted ingest leaves the
+    /// collection as it was (and the next one reuses what it embedded). Parsers run in a
+    /// separate process with limits: a hostile file fails alone.
+    ///
+    /// Example: airlock ingest policies ./handbook ./exports/jira.json --rules rules.toml --prune
+    Ingest(IngestArgs),
+    /// Search a collection by meaning and keywords at a clearance: chunks above it never
+    /// reach the ranking.
+    ///
+    /// Example: airlock search policies "how many days of leave" --clearance internal -k 5
+    Search(SearchArgs),
+    /// Parses documents for `airlock ingest`, one request per line on stdin (internal).
+    #[command(hide = true)]
+    ParseWorker,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CollectionCommand {
+    /// Create a collection pinned to an approved embedding model.
+    Create(CollectionCreateArgs),
+    /// List collections.
+    Ls(JsonArgs),
+    /// Show a collection: documents, chunks per class, embedding model, size.
+    Show(CollectionShowArgs),
+    /// Remove one document (by its id, as `show --documents` lists it).
+    RmDoc(CollectionRmDocArgs),
+    /// Re-embed every chunk with another approved embedding model: a complete rebuild.
+    Rebuild(CollectionRebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CollectionCreateArgs {
+    /// Its name: 1-64 lowercase letters, digits, '-' or '_'.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+    /// The approved embedding model (NAME:TAG, NAME:VERSION or NAME@sha256:HEX); the
+    /// collection is pinned to the digest it resolves to now.
+    #[arg(long, value_name = "REF")]
+    pub(crate) embed: String,
+    /// The class of documents nothing else classifies [default: the lowest class].
+    #[arg(long, value_name = "CLASS")]
+    pub(crate) default_class: Option<String>,
+    /// The classes, least sensitive first [default: public,internal,confidential,secret].
+    #[arg(long, value_delimiter = ',', value_name = "CLASS,...")]
+    pub(crate) classes: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CollectionShowArgs {
+    /// The collection.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+    /// List every document too (id, class, chunks, version).
+    #[arg(long)]
+    pub(crate) documents: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CollectionRmDocArgs {
+    /// The collection.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+    /// The document's id.
+    #[arg(value_name = "DOC")]
+    pub(crate) document: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CollectionRebuildArgs {
+    /// The collection.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+    /// The approved embedding model to pin to from now on.
+    #[arg(long, value_name = "REF")]
+    pub(crate) embed: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IngestArgs {
+    /// The collection.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+    /// Files, directories, git repositories or export files.
+    #[arg(value_name = "PATH", required = true)]
+    pub(crate) paths: Vec<PathBuf>,
+    /// The class of documents no rule classifies [default: the collection's default].
+    #[arg(long, value_name = "CLASS")]
+    pub(crate) class: Option<String>,
+    /// Rules file mapping path globs and export fields to classes and access groups.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) rules: Option<PathBuf>,
+    /// Remove documents of these paths that are no longer there.
+    #[arg(long)]
+    pub(crate) prune: bool,
+    /// The revision of git repositories among the paths [default: HEAD].
+    #[arg(long, value_name = "REV")]
+    pub(crate) rev: Option<String>,
+    /// CPU threads for embedding [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SearchArgs {
+    /// The collection.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+    /// What to look for.
+    #[arg(value_name = "QUERY")]
+    pub(crate) query: String,
+    /// The most sensitive class the results may have [default: the collection's lowest].
+    #[arg(long, value_name = "CLASS")]
+    pub(crate) clearance: Option<String>,
+    /// Access groups of the caller (documents limited to groups need one of them).
+    #[arg(long, value_delimiter = ',', value_name = "GROUP,...")]
+    pub(crate) groups: Vec<String>,
+    /// Results.
+    #[arg(short, default_value_t = 5, value_name = "N")]
+    pub(crate) k: usize,
+    /// Weight of the dense (meaning) ranking in the fusion.
+    #[arg(long, default_value_t = 1.0, value_name = "W")]
+    pub(crate) dense_weight: f32,
+    /// Weight of the keyword (BM25) ranking in the fusion.
+    #[arg(long, default_value_t = 0.2, value_name = "W")]
+    pub(crate) keyword_weight: f32,
+    /// Print {"results": [...]} as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

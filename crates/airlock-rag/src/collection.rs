@@ -173,6 +173,12 @@ impl Serialize for ChunkRow {
     }
 }
 
+/// The live chunks of one published generation.
+struct VisibleAt {
+    generation: u64,
+    chunks: Arc<HashMap<u64, Visible>>,
+}
+
 /// A collection, open for searching (or, with [`Collection::open_writer`], for changes).
 pub struct Collection {
     name: String,
@@ -184,7 +190,7 @@ pub struct Collection {
     classes: Classes,
     default_class: String,
     pin: EmbeddingPin,
-    visible: Mutex<Option<(u64, Arc<HashMap<u64, Visible>>)>>,
+    visible: Mutex<Option<VisibleAt>>,
     _lock: Option<File>,
 }
 
@@ -369,20 +375,21 @@ impl Collection {
 
     /// What it holds.
     pub fn info(&self) -> Result<CollectionInfo> {
-        let (documents, chunks, pending, by_class) = self.store.counts()?;
+        let counts = self.store.counts()?;
         let bytes = dir_size(&self.dir);
         Ok(CollectionInfo {
             name: self.name.clone(),
             embedding: self.pin.clone(),
             classes: self.classes.names().to_vec(),
             default_class: self.default_class.clone(),
-            documents,
-            chunks,
-            chunks_by_class: by_class
+            documents: counts.documents,
+            chunks: counts.live,
+            chunks_by_class: counts
+                .by_class
                 .into_iter()
                 .map(|(rank, n)| (self.classes.name(rank).unwrap_or("?").to_owned(), n))
                 .collect(),
-            pending_chunks: pending,
+            pending_chunks: counts.pending,
             generation: self.store.generation()?,
             bytes,
         })
@@ -634,9 +641,9 @@ impl Collection {
         if ids.is_empty() {
             return Ok(());
         }
-        for (id, heading, text, vector) in self.store.chunk_content(ids)? {
-            self.keyword.upsert(id, &heading, &text)?;
-            self.vectors.upsert(id, &vector)?;
+        for chunk in self.store.chunk_content(ids)? {
+            self.keyword.upsert(chunk.id, &chunk.heading, &chunk.text)?;
+            self.vectors.upsert(chunk.id, &chunk.vector)?;
         }
         self.keyword.commit()?;
         let file = self.save_vectors()?;
@@ -769,14 +776,17 @@ impl Collection {
     fn visible(&self) -> Result<Arc<HashMap<u64, Visible>>> {
         let generation = self.store.generation()?;
         let mut cached = self.visible.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((g, map)) = cached.as_ref()
-            && *g == generation
+        if let Some(at) = cached.as_ref()
+            && at.generation == generation
         {
-            return Ok(Arc::clone(map));
+            return Ok(Arc::clone(&at.chunks));
         }
-        let map = Arc::new(self.store.visible()?);
-        *cached = Some((generation, Arc::clone(&map)));
-        Ok(map)
+        let chunks = Arc::new(self.store.visible()?);
+        *cached = Some(VisibleAt {
+            generation,
+            chunks: Arc::clone(&chunks),
+        });
+        Ok(chunks)
     }
 
     /// Rereads what another process has published (a long-running searcher calls this
@@ -963,7 +973,7 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 /// Runs a future to its end on this thread (the embedding engine's futures need no runtime).
-pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     struct Unpark(std::thread::Thread);
     impl std::task::Wake for Unpark {
         fn wake(self: Arc<Self>) {

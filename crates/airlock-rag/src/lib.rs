@@ -40,6 +40,7 @@ mod store;
 mod vector;
 
 pub use class::{Classes, Clearance};
+pub use collection::block_on;
 pub use collection::{
     Collection, CollectionInfo, EmbeddingPin, Hit, IngestOptions, IngestReport, Progress, Weights,
     collections_dir,

@@ -88,6 +88,27 @@ pub struct ChunkRow {
     pub commit: Option<String>,
 }
 
+/// What a chunk is indexed by.
+#[derive(Debug)]
+pub(crate) struct ChunkContent {
+    pub(crate) id: u64,
+    pub(crate) heading: String,
+    pub(crate) text: String,
+    pub(crate) vector: Vec<f32>,
+}
+
+/// What a collection holds.
+#[derive(Debug)]
+pub(crate) struct Counts {
+    pub(crate) documents: u64,
+    /// Live chunks.
+    pub(crate) live: u64,
+    /// Staged or indexed chunks, not yet live.
+    pub(crate) pending: u64,
+    /// Live chunks per class rank.
+    pub(crate) by_class: Vec<(u32, u64)>,
+}
+
 /// What a search may see of a live chunk: its class rank and access groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Visible {
@@ -272,10 +293,7 @@ impl Store {
     }
 
     /// Texts (heading line, text) and vectors of chunks, for (re)indexing.
-    pub(crate) fn chunk_content(
-        &self,
-        ids: &[u64],
-    ) -> Result<Vec<(u64, String, String, Vec<f32>)>> {
+    pub(crate) fn chunk_content(&self, ids: &[u64]) -> Result<Vec<ChunkContent>> {
         let mut stmt = self
             .conn
             .prepare("SELECT heading, text, vector FROM chunks WHERE id = ?1")?;
@@ -291,7 +309,12 @@ impl Store {
                 })
                 .optional()?
             {
-                out.push((id, heading, text, vector_of(&vector)));
+                out.push(ChunkContent {
+                    id,
+                    heading,
+                    text,
+                    vector: vector_of(&vector),
+                });
             }
         }
         Ok(out)
@@ -504,8 +527,8 @@ impl Store {
         Ok(out)
     }
 
-    /// (documents, live chunks, staged or indexed chunks, chunks per class rank).
-    pub(crate) fn counts(&self) -> Result<(u64, u64, u64, Vec<(u32, u64)>)> {
+    /// How much it holds.
+    pub(crate) fn counts(&self) -> Result<Counts> {
         let documents: i64 = self
             .conn
             .query_row("SELECT COUNT(*) FROM documents", [], |r| r.get(0))?;
@@ -527,7 +550,12 @@ impl Store {
                 Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        Ok((documents as u64, live as u64, pending as u64, by_class))
+        Ok(Counts {
+            documents: documents as u64,
+            live: live as u64,
+            pending: pending as u64,
+            by_class,
+        })
     }
 }
 

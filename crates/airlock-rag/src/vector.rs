@@ -157,7 +157,7 @@ impl VectorIndex {
         }
         let found = self
             .index
-            .filtered_search(query, k, |id| admit(id))
+            .filtered_search(query, k, admit)
             .map_err(|e| failed("searching", e))?;
         Ok(found
             .keys

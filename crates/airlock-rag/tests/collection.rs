@@ -3,7 +3,7 @@
 //! hostile documents failing alone. The embedding model is a scripted one (a bag of hashed
 //! words), so dense retrieval finds shared words.
 
-#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+#![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
 use std::path::{Path, PathBuf};
 
@@ -76,7 +76,7 @@ impl Site {
     }
 
     fn ingest(&self) -> IngestReport {
-        self.ingest_with(&[self.docs.clone()], &IngestOptions::default())
+        self.ingest_with(std::slice::from_ref(&self.docs), &IngestOptions::default())
     }
 
     fn search_at(&self, query: &str, class: &str, k: usize) -> Vec<Hit> {
@@ -346,7 +346,7 @@ fn classified_site() -> Site {
     let rules_file = site.docs.join("../rules.toml");
     std::fs::write(&rules_file, rules).unwrap();
     let report = site.ingest_with(
-        &[site.docs.clone()],
+        std::slice::from_ref(&site.docs),
         &IngestOptions {
             rules: Some(rules_file),
             ..IngestOptions::default()
@@ -458,7 +458,7 @@ fn an_edit_re_embeds_only_its_document_and_prune_and_removal_take_documents_away
         "without --prune a missing file stays"
     );
     let pruned = site.ingest_with(
-        &[site.docs.clone()],
+        std::slice::from_ref(&site.docs),
         &IngestOptions {
             prune: true,
             ..IngestOptions::default()
@@ -494,7 +494,7 @@ fn another_embedding_model_is_refused_until_a_complete_rebuild() {
     site.ingest();
     let mut collection = Collection::open_writer(&site.data, "kb").unwrap();
     let refused = collection.ingest(
-        &[site.docs.clone()],
+        std::slice::from_ref(&site.docs),
         &IngestOptions::default(),
         &mut Parser::in_process(),
         &site.embedder,
@@ -515,7 +515,7 @@ fn another_embedding_model_is_refused_until_a_complete_rebuild() {
     site.write("b.md", "# B\n\nAnother text about otters.\n");
     let report = collection
         .ingest(
-            &[site.docs.clone()],
+            std::slice::from_ref(&site.docs),
             &IngestOptions::default(),
             &mut Parser::in_process(),
             &site.embedder,
@@ -544,7 +544,7 @@ fn a_change_of_class_alone_re_embeds_nothing() {
     )
     .unwrap();
     let report = site.ingest_with(
-        &[site.docs.clone()],
+        std::slice::from_ref(&site.docs),
         &IngestOptions {
             rules: Some(rules),
             ..IngestOptions::default()

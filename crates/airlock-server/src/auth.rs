@@ -32,7 +32,13 @@ pub struct Principal {
     pub role: KeyRole,
     /// Highest data class it may read.
     pub clearance: String,
+    /// Access groups (documents limited to groups need one of them); OIDC tokens carry
+    /// them in the groups claim, API keys have none.
+    pub groups: Vec<String>,
 }
+
+/// Most access groups taken from a token.
+const MAX_GROUPS: usize = 256;
 
 /// The largest token or key looked at; longer credentials are refused unread.
 const MAX_CREDENTIAL_BYTES: usize = 8 << 10;
@@ -76,6 +82,7 @@ impl Authenticator {
                     name: key.name,
                     role: key.role,
                     clearance: key.clearance,
+                    groups: Vec::new(),
                 }),
                 Err(KeyRejection::Unknown) => Err(unauthenticated("unknown API key".into())),
                 Err(KeyRejection::Revoked { id }) => {
@@ -211,11 +218,22 @@ impl Oidc {
             .and_then(Value::as_str)
             .unwrap_or(sub)
             .to_owned();
+        let groups = match claims.get(&self.config.groups_claim) {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .take(MAX_GROUPS)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(Principal {
             id: format!("oidc:{sub}"),
             name,
             role,
             clearance,
+            groups,
         })
     }
 }
@@ -311,6 +329,7 @@ mod tests {
             user_roles: Vec::new(),
             clearance_claim: "clearance".into(),
             default_clearance: "public".into(),
+            groups_claim: "groups".into(),
             leeway: Duration::from_secs(0),
         };
         Authenticator::new(KeyStore::open(dir).unwrap(), Some(&oidc)).unwrap()

@@ -35,6 +35,9 @@ pub struct RawConfig {
     /// What the audit log keeps of each request.
     #[serde(default)]
     pub audit: RawAudit,
+    /// Knowledge collections to serve for search; absent: every collection of the data
+    /// directory.
+    pub collections: Option<Vec<String>>,
 }
 
 /// One served model.
@@ -92,6 +95,8 @@ pub struct RawOidc {
     pub clearance_claim: Option<String>,
     /// Clearance of a token without that claim.
     pub default_clearance: Option<String>,
+    /// Claim holding the caller's access groups (a string or an array of strings).
+    pub groups_claim: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_seconds: Option<u64>,
 }
@@ -140,6 +145,8 @@ pub struct Config {
     pub limits: Limits,
     /// Keep bodies in the audit log.
     pub log_bodies: bool,
+    /// Collections to serve; `None`: every one the data directory holds.
+    pub collections: Option<Vec<String>>,
 }
 
 /// A model to serve.
@@ -214,6 +221,8 @@ pub struct OidcConfig {
     pub clearance_claim: String,
     /// Clearance when the claim is absent.
     pub default_clearance: String,
+    /// Claim with the access groups.
+    pub groups_claim: String,
     /// Tolerated clock skew.
     pub leeway: Duration,
 }
@@ -384,6 +393,7 @@ impl RawConfig {
             oidc,
             limits,
             log_bodies: self.audit.log_bodies.unwrap_or(false),
+            collections: self.collections,
         })
     }
 }
@@ -407,6 +417,7 @@ fn validate_oidc(raw: RawOidc, bad: &impl Fn(String) -> Error) -> Result<OidcCon
         user_roles: raw.user_roles.unwrap_or_default(),
         clearance_claim: raw.clearance_claim.unwrap_or_else(|| "clearance".into()),
         default_clearance: raw.default_clearance.unwrap_or_else(|| "public".into()),
+        groups_claim: raw.groups_claim.unwrap_or_else(|| "groups".into()),
         leeway: Duration::from_secs(raw.leeway_seconds.unwrap_or(30).min(600)),
     })
 }

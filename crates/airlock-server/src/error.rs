@@ -104,6 +104,11 @@ pub enum ApiError {
         /// The alias asked for.
         model: String,
     },
+    /// The collection is not served here.
+    UnknownCollection {
+        /// The name asked for.
+        name: String,
+    },
     /// The route does not exist.
     NotFound {
         /// The path asked for.
@@ -187,7 +192,9 @@ impl ApiError {
             }
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::UnknownModel { .. } | Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::UnknownModel { .. } | Self::UnknownCollection { .. } | Self::NotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ClientClosed => {
                 StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST)
@@ -208,6 +215,7 @@ impl ApiError {
             Self::Unauthenticated { .. } => "unauthenticated",
             Self::Forbidden { .. } => "forbidden",
             Self::UnknownModel { .. } => "model_not_found",
+            Self::UnknownCollection { .. } => "vector_store_not_found",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ClientClosed => "client_closed",
@@ -232,6 +240,9 @@ impl ApiError {
             | Self::Conflict { message } => message.clone(),
             Self::Unauthenticated { .. } => {
                 "invalid or missing credentials: send an API key or an OIDC token".into()
+            }
+            Self::UnknownCollection { name } => {
+                format!("the vector store {name:?} does not exist or is not served here")
             }
             Self::UnknownModel { model } => {
                 format!("the model {model:?} does not exist or is not served here")
@@ -276,6 +287,11 @@ impl ApiError {
                         ("authentication_error", None, Some("invalid_api_key"))
                     }
                     Self::Forbidden { .. } => ("permission_error", None, None),
+                    Self::UnknownCollection { .. } => (
+                        "invalid_request_error",
+                        Some("vector_store_id".to_owned()),
+                        Some("vector_store_not_found"),
+                    ),
                     Self::UnknownModel { .. } => (
                         "invalid_request_error",
                         Some("model".to_owned()),
@@ -305,7 +321,9 @@ impl ApiError {
                     | Self::Conflict { .. } => "invalid_request_error",
                     Self::Unauthenticated { .. } => "authentication_error",
                     Self::Forbidden { .. } => "permission_error",
-                    Self::UnknownModel { .. } | Self::NotFound { .. } => "not_found_error",
+                    Self::UnknownModel { .. }
+                    | Self::UnknownCollection { .. }
+                    | Self::NotFound { .. } => "not_found_error",
                     Self::TooLarge { .. } => "request_too_large",
                     Self::RateLimited { .. } => "rate_limit_error",
                     Self::Internal { .. } => "api_error",

@@ -83,6 +83,9 @@ struct Fields {
     opened: bool,
     /// The last entry was written (or handed to the log).
     audited: bool,
+    /// What the handler adds to the request's last entry (a search's collection, clearance
+    /// and the chunks it returned).
+    details: Vec<(String, serde_json::Value)>,
 }
 
 impl RequestRecord {
@@ -140,6 +143,16 @@ impl RequestRecord {
     /// Notes the error a handler answered with.
     pub fn error(&self, error: &ApiError) {
         self.fields().error = Some(error.clone());
+    }
+
+    /// Adds `key` = `value` to the request's last entry.
+    pub fn detail(&self, key: &str, value: impl Into<serde_json::Value>) {
+        self.fields().details.push((key.to_owned(), value.into()));
+    }
+
+    /// Who is asking, once authenticated.
+    pub fn principal(&self) -> Option<Principal> {
+        self.fields().principal.clone()
     }
 
     /// Writes the `api.request` entry once a model's work for this request is queued, and
@@ -282,6 +295,9 @@ impl RequestRecord {
             entry = entry
                 .reason(truncated(&error.detail()))
                 .detail("error", error.kind());
+        }
+        for (key, value) in f.details.drain(..) {
+            entry = entry.detail(&key, value);
         }
         entry
     }

@@ -24,6 +24,7 @@
 
 mod anthropic;
 pub mod auth;
+pub mod collections;
 pub mod config;
 mod error;
 pub mod gate;
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod metrics;
 pub mod models;
 mod openai;
+mod vector_stores;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -71,6 +73,8 @@ pub struct App {
     pub config: Config,
     /// Alias → loaded model; replaced as a whole by a reload.
     models: RwLock<Arc<ServedModels>>,
+    /// Knowledge collections served for search.
+    collections: collections::ServedCollections,
     /// Held for admission checks; one reload at a time.
     registry: Mutex<Registry>,
     actor: String,
@@ -92,6 +96,11 @@ impl App {
     /// pulls a model out from under a generation.
     pub fn models(&self) -> Arc<ServedModels> {
         Arc::clone(&self.models.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The collections served for search.
+    pub fn collections(&self) -> &collections::ServedCollections {
+        &self.collections
     }
 
     /// The served model called `alias`.
@@ -181,6 +190,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/messages", post(anthropic::messages))
+        .route(
+            "/v1/vector_stores/{name}/search",
+            post(vector_stores::search),
+        )
         .route("/metrics", get(metrics))
         .route("/admin/status", get(status))
         .route("/admin/reload", post(reload))
@@ -244,10 +257,16 @@ async fn status(State(app): State<Arc<App>>) -> Response {
             })
         })
         .collect();
+    let collections: Vec<_> = app
+        .collections
+        .values()
+        .map(|c| json!({"name": c.name, "embedding": c.digest}))
+        .collect();
     axum::Json(json!({
         "uptime_seconds": app.started.elapsed().as_secs(),
         "listen": app.config.listen.to_string(),
         "models": models,
+        "collections": collections,
         "log_bodies": app.config.log_bodies,
     }))
     .into_response()
@@ -282,7 +301,8 @@ impl Server {
     pub fn start(config: Config, actor: &str) -> Result<Self> {
         let registry = Registry::open(&config.data_dir, actor)?;
         let models = models::admit(&registry, &config)?;
-        Self::assemble(config, actor, registry, models)
+        let collections = collections::open(&registry, &config)?;
+        Self::assemble(config, actor, registry, models, collections)
     }
 
     /// A server over engines made by the caller, each served under its alias, **without
@@ -299,7 +319,13 @@ impl Server {
             .into_iter()
             .map(|m| (m.alias.clone(), Arc::new(m)))
             .collect();
-        Self::assemble(config, actor, registry, models)
+        Self::assemble(
+            config,
+            actor,
+            registry,
+            models,
+            collections::ServedCollections::new(),
+        )
     }
 
     fn assemble(
@@ -307,6 +333,7 @@ impl Server {
         actor: &str,
         registry: Registry,
         models: ServedModels,
+        collections: collections::ServedCollections,
     ) -> Result<Self> {
         let auth = Authenticator::new(KeyStore::open(&config.data_dir)?, config.oidc.as_ref())?;
         let mut prefix = [0u8; 6];
@@ -322,6 +349,7 @@ impl Server {
             },
             config,
             models: RwLock::new(Arc::new(models)),
+            collections,
             audit: registry.audit_log(),
             registry: Mutex::new(registry),
             actor: actor.to_owned(),

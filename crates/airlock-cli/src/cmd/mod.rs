@@ -6,6 +6,7 @@ mod inspect;
 mod keygen;
 mod keys;
 mod pack;
+mod rag;
 mod registry;
 mod run;
 mod serve;
@@ -42,6 +43,13 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::serve(args, data),
         Command::Config(cmd) => serve::config(cmd, data),
         Command::Keys(cmd) => keys::run(cmd, &data_dir(data)?),
+        Command::Collection(cmd) => rag::collection(cmd, &data_dir(data)?),
+        Command::Ingest(args) => rag::ingest(args, &data_dir(data)?),
+        Command::Search(args) => rag::search(args, &data_dir(data)?),
+        Command::ParseWorker => {
+            airlock_rag::parse::worker::serve()?;
+            Ok(ExitCode::SUCCESS)
+        }
         other => registry::run(other, &data_dir(data)?),
     }
 }

@@ -63,6 +63,12 @@ pub(crate) fn serve(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<Ex
                 model.digest
             ));
         }
+        for collection in app.collections().values() {
+            text.push_str(&format!(
+                "  vector store {} (embedding {})\n",
+                collection.name, collection.digest
+            ));
+        }
         output::out(&text)?;
         tokio::spawn(reload_on_hangup(app));
         server.run(listener, shutdown_signal()).await?;

@@ -13,6 +13,17 @@ enum Open {
     Code,
 }
 
+/// A table being read: its header, its rows, the row and cell being read, its span.
+#[derive(Default)]
+struct TableState {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    row: Vec<String>,
+    cell: String,
+    start: usize,
+    end: usize,
+}
+
 pub(super) fn parse(source: &str, limits: &ParseLimits) -> Result<Parsed, String> {
     // Byte offset of each line start, to turn spans into line numbers.
     let starts: Vec<usize> = std::iter::once(0)
@@ -23,15 +34,7 @@ pub(super) fn parse(source: &str, limits: &ParseLimits) -> Result<Parsed, String
     let mut title = None;
     let mut depth = 0usize;
     let mut open: Option<(Open, String, usize, usize)> = None;
-    // A table: header cells, rows, the row being read, the cell being read, its span.
-    let mut table: Option<(
-        Vec<String>,
-        Vec<Vec<String>>,
-        Vec<String>,
-        String,
-        usize,
-        usize,
-    )> = None;
+    let mut table: Option<TableState> = None;
     for (event, span) in Parser::new_ext(source, Options::ENABLE_TABLES).into_offset_iter() {
         match event {
             Event::Start(tag) => {
@@ -58,18 +61,15 @@ pub(super) fn parse(source: &str, limits: &ParseLimits) -> Result<Parsed, String
                         open = Some((Open::Code, String::new(), span.start, span.end));
                     }
                     Tag::Table(_) => {
-                        table = Some((
-                            Vec::new(),
-                            Vec::new(),
-                            Vec::new(),
-                            String::new(),
-                            span.start,
-                            span.end,
-                        ));
+                        table = Some(TableState {
+                            start: span.start,
+                            end: span.end,
+                            ..TableState::default()
+                        });
                     }
                     Tag::TableCell => {
                         if let Some(t) = table.as_mut() {
-                            t.3.clear();
+                            t.cell.clear();
                         }
                     }
                     _ => {}
@@ -106,29 +106,29 @@ pub(super) fn parse(source: &str, limits: &ParseLimits) -> Result<Parsed, String
                     }
                     TagEnd::TableCell => {
                         if let Some(t) = table.as_mut() {
-                            let cell = super::squeeze(&t.3);
-                            t.2.push(cell);
+                            let cell = super::squeeze(&t.cell);
+                            t.row.push(cell);
                         }
                     }
                     TagEnd::TableHead => {
                         if let Some(t) = table.as_mut() {
-                            t.0 = std::mem::take(&mut t.2);
+                            t.header = std::mem::take(&mut t.row);
                         }
                     }
                     TagEnd::TableRow => {
                         if let Some(t) = table.as_mut() {
-                            let row = std::mem::take(&mut t.2);
-                            t.1.push(row);
+                            let row = std::mem::take(&mut t.row);
+                            t.rows.push(row);
                         }
                     }
                     TagEnd::Table => {
-                        if let Some((header, rows, _, _, start, end)) = table.take() {
+                        if let Some(t) = table.take() {
                             blocks.push(Block::Table {
-                                header,
-                                rows,
+                                header: t.header,
+                                rows: t.rows,
                                 at: Location::Lines {
-                                    first: line_of(start),
-                                    last: line_of(end.saturating_sub(1).max(start)),
+                                    first: line_of(t.start),
+                                    last: line_of(t.end.saturating_sub(1).max(t.start)),
                                 },
                             });
                         }
@@ -153,7 +153,7 @@ pub(super) fn parse(source: &str, limits: &ParseLimits) -> Result<Parsed, String
             }
             Event::Text(text) | Event::Code(text) => {
                 if let Some(t) = table.as_mut() {
-                    t.3.push_str(&text);
+                    t.cell.push_str(&text);
                 } else if let Some((_, buffer, _, end)) = open.as_mut() {
                     buffer.push_str(&text);
                     *end = (*end).max(span.end);
