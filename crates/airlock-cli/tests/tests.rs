@@ -18,6 +18,7 @@ mod hostile;
 mod interop;
 mod pack_verify;
 mod processes;
+mod rag;
 mod real_models;
 mod registry;
 mod serve;
