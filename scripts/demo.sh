@@ -15,6 +15,10 @@
 # Serving: ask SmolLM2 (from the approved, re-hashed registry files) the capital of France and
 # embed two sentences with all-MiniLM-L6-v2 in-process; then create an API key, start
 # `airlock serve` on loopback and ask the same question through the OpenAI-compatible API.
+#
+# Documents: create a collection pinned to all-MiniLM-L6-v2, ingest a small handbook whose
+# files a rules file classifies (public, internal, secret), search it at two clearances on the
+# command line, and through the API's vector store search with the key's clearance.
 # Finally verify the audit log that recorded every step, model loads and API requests included.
 #
 #   AIRLOCK_DEMO_DIR  where keys and bundles go (default: a new temporary directory)
@@ -104,6 +108,40 @@ step "run: SmolLM2 answers on the embedded engine (files re-hashed before loadin
 step "embed: all-MiniLM-L6-v2, mean-pooled and normalised"
 "$airlock" embed all-minilm-l6-v2:prod "The cat sits on the mat." "A feline rests on a rug."
 
+step "collection: a handbook pinned to the approved embedding model, classified by a rules file"
+rm -rf "$work/handbook" && mkdir -p "$work/handbook/public" "$work/handbook/hr" "$work/handbook/security"
+cat > "$work/handbook/public/visitors.md" <<'MD'
+# Visitors
+
+Visitors sign in at the north gate reception and wear a badge at all times.
+MD
+cat > "$work/handbook/hr/leave.md" <<'MD'
+# Leave
+
+Staff take annual leave in blocks of at least two days, approved by their line manager.
+MD
+cat > "$work/handbook/security/vault.md" <<'MD'
+# Vault access
+
+The vault opens only with two officers present; the combination changes every Monday.
+MD
+cat > "$work/rules.toml" <<'TOML'
+[[rule]]
+path = "public/**"
+class = "public"
+
+[[rule]]
+path = "security/**"
+class = "secret"
+TOML
+"$airlock" collection create handbook --embed all-minilm-l6-v2:prod --default-class internal
+"$airlock" ingest handbook "$work/handbook" --rules "$work/rules.toml"
+"$airlock" collection show handbook
+
+step "search: an internal clearance never sees the secret document, whatever the question"
+"$airlock" search handbook "who may open the vault?" --clearance internal -k 3
+"$airlock" search handbook "who may open the vault?" --clearance secret -k 1
+
 step "keys: an API key for an internal application (printed once; only its hash is stored)"
 key="$("$airlock" keys create --name demo-app --clearance internal --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
 "$airlock" keys ls
@@ -122,6 +160,11 @@ step "chat through the API, as any OpenAI client would call it"
 curl -sS "$base/chat/completions" -H "Authorization: Bearer $key" -H "Content-Type: application/json" \
   -d '{"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "What is the capital of France? Answer with one word."}]}' \
   | python3 -c 'import json,sys; r=json.load(sys.stdin); print("answer:", r["choices"][0]["message"]["content"]); print("usage:", r["usage"])'
+
+step "vector store search through the API, at the key's clearance (internal)"
+curl -sS "$base/vector_stores/handbook/search" -H "Authorization: Bearer $key" -H "Content-Type: application/json" \
+  -d '{"query": "who may open the vault?", "max_num_results": 3}' \
+  | python3 -c 'import json,sys; [print("%.3f %s" % (d["score"], d["filename"])) for d in json.load(sys.stdin)["data"]]'
 kill "$server"; wait "$server" 2>/dev/null || true
 
 step "audit: every step is in the log, each API request included; verify it"

@@ -19,6 +19,7 @@ debian_packages=(
   libclang-dev   # the embedded engine: bindgen generates llama.cpp's bindings with libclang
   ccache         # one llama.cpp compile shared by the clippy, test and release builds
   udpcast        # diode benchmark's anchor (udp-sender, udp-receiver)
+  postgresql-doc-15  # the retrieval evaluation's corpus (PostgreSQL's HTML manual)
 )
 
 # Prints the listed packages (all of them, or the named ones) that dpkg does not have installed.

@@ -254,7 +254,7 @@ pub(crate) struct SearchArgs {
     #[arg(long, default_value_t = 1.0, value_name = "W")]
     pub(crate) dense_weight: f32,
     /// Weight of the keyword (BM25) ranking in the fusion.
-    #[arg(long, default_value_t = 0.2, value_name = "W")]
+    #[arg(long, default_value_t = 0.3, value_name = "W")]
     pub(crate) keyword_weight: f32,
     /// Print {"results": [...]} as JSON.
     #[arg(long)]

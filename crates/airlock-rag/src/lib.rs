@@ -39,6 +39,12 @@ mod sources;
 mod store;
 mod vector;
 
+/// Internals benchmarks measure directly; not a stable interface.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::vector::{DEFAULT_EXPANSION_SEARCH, VectorIndex, cosine};
+}
+
 pub use class::{Classes, Clearance};
 pub use collection::block_on;
 pub use collection::{

@@ -435,13 +435,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Live and indexed chunks: id and embedding text (for a rebuild with another model).
-    pub(crate) fn all_texts(&self) -> Result<Vec<(u64, String)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, heading, text FROM chunks WHERE state IN (1, 2) ORDER BY id")?;
+    /// Up to `limit` live and indexed chunks after id `after`, in id order: id and embedding
+    /// text (a rebuild with another model pages through them).
+    pub(crate) fn texts_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, String)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, heading, text FROM chunks WHERE state IN (1, 2) AND id > ?1 \
+             ORDER BY id LIMIT ?2",
+        )?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(params![after as i64, limit as i64], |r| {
                 let heading: String = r.get(1)?;
                 let text: String = r.get(2)?;
                 let embedded = if heading.is_empty() {
@@ -455,18 +457,38 @@ impl Store {
         Ok(rows)
     }
 
-    /// Replaces chunks' vectors and the embedding model's record, in one transaction.
-    pub(crate) fn replace_vectors(
-        &mut self,
-        vectors: &[(u64, Vec<f32>)],
-        meta: &[(&str, String)],
-    ) -> Result<()> {
+    /// Empties the table a rebuild stages new vectors in (what an interrupted one left).
+    pub(crate) fn clear_rebuild(&self) -> Result<()> {
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS rebuild (id INTEGER PRIMARY KEY, vector BLOB NOT NULL);
+             DELETE FROM rebuild;",
+        )?;
+        Ok(())
+    }
+
+    /// Stages new vectors of a rebuild (nothing searches them until `finish_rebuild`).
+    pub(crate) fn stage_rebuild(&mut self, vectors: &[(u64, Vec<f32>)]) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
-            let mut update = tx.prepare("UPDATE chunks SET vector = ?2 WHERE id = ?1")?;
+            let mut insert = tx.prepare("INSERT OR REPLACE INTO rebuild VALUES (?1, ?2)")?;
             for (id, v) in vectors {
-                update.execute(params![*id as i64, vector_bytes(v)])?;
+                insert.execute(params![*id as i64, vector_bytes(v)])?;
             }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Puts every staged vector in place and records the embedding model, in one transaction.
+    pub(crate) fn finish_rebuild(&mut self, meta: &[(&str, String)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            tx.execute(
+                "UPDATE chunks SET vector = (SELECT vector FROM rebuild WHERE rebuild.id = chunks.id) \
+                 WHERE id IN (SELECT id FROM rebuild)",
+                [],
+            )?;
+            tx.execute("DELETE FROM rebuild", [])?;
             for (key, value) in meta {
                 tx.execute(
                     "INSERT INTO meta VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",

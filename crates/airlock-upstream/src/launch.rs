@@ -33,6 +33,36 @@ pub const OFFLINE_ENVIRONMENT: [(&str, &str); 8] = [
 /// outlives airlock (even one killed with SIGKILL).
 const SETPRIV: &str = "/usr/bin/setpriv";
 
+/// Runtime directories are named `airlock-engine-PID-RANDOM`, PID being the airlock process
+/// that made them.
+const RUNTIME_PREFIX: &str = "airlock-engine-";
+
+/// Removes the runtime directories (links and a dead socket, never data) of airlock processes
+/// that no longer run: one killed outright cannot remove its own.
+fn remove_orphaned_runtime_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(RUNTIME_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let owned_by_us = entry.metadata().is_ok_and(|m| {
+            m.is_dir()
+                && std::os::unix::fs::MetadataExt::uid(&m) == rustix::process::geteuid().as_raw()
+        });
+        if owned_by_us && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// A prepared start: the runtime directory (removed when this is dropped), the socket and
 /// the secret, and the command.
 pub(crate) struct Launch {
@@ -45,9 +75,11 @@ pub(crate) struct Launch {
 
 /// Prepares a start of `spec` on `files`.
 pub(crate) fn prepare(spec: &ProcessSpec, files: &ModelFiles) -> Result<Launch, String> {
+    let runtime_root = std::env::temp_dir();
+    remove_orphaned_runtime_dirs(&runtime_root);
     let dir = tempfile::Builder::new()
-        .prefix("airlock-engine-")
-        .tempdir()
+        .prefix(&format!("{RUNTIME_PREFIX}{}-", std::process::id()))
+        .tempdir_in(&runtime_root)
         .map_err(|e| format!("cannot create a runtime directory: {e}"))?;
     let socket = dir.path().join("engine.sock");
     let model = link_files(spec.kind, files, &dir.path().join("model"))?;
@@ -285,6 +317,26 @@ mod tests {
             gguf,
             "a link, not a copy"
         );
+    }
+
+    #[test]
+    fn runtime_dirs_of_dead_processes_are_removed_and_live_ones_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let orphan = root.path().join(format!("{RUNTIME_PREFIX}{dead_pid}-abc"));
+        let live = root
+            .path()
+            .join(format!("{RUNTIME_PREFIX}{}-def", std::process::id()));
+        let unrelated = root.path().join("airlock-engine-notapid");
+        for dir in [&orphan, &live, &unrelated] {
+            std::fs::create_dir_all(dir.join("model")).unwrap();
+        }
+        remove_orphaned_runtime_dirs(root.path());
+        assert!(!orphan.exists());
+        assert!(live.exists());
+        assert!(unrelated.exists());
     }
 
     #[test]

@@ -13,7 +13,9 @@ use rayon::prelude::*;
 /// Rows handed to one thread by the element-wise kernels.
 const ROWS_PER_TASK: usize = 16;
 
-/// Runs `f` compiled for AVX2 + FMA when the CPU has them, else for baseline x86-64.
+/// Runs `f` compiled for AVX2 + FMA when the CPU has them, else for baseline x86-64. Only
+/// code inlined into `f` gets the wider instructions: callers mark their closures, and the
+/// functions those call, `#[inline(always)]` (a closure compiled on its own is baseline SSE).
 #[inline(always)]
 pub(super) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
@@ -68,11 +70,14 @@ pub(super) fn attention(
             scale,
             Par::Seq,
         );
-        vectorized(|| {
-            for row in scores.chunks_exact_mut(len) {
-                softmax(row);
-            }
-        });
+        vectorized(
+            #[inline(always)]
+            || {
+                for row in scores.chunks_exact_mut(len) {
+                    softmax(row);
+                }
+            },
+        );
         matmul(
             MatMut::from_row_major_slice_mut(head_out, len, dh),
             Accum::Replace,
@@ -97,22 +102,25 @@ pub(super) fn add_layer_norm(
 ) {
     let n = gamma.len();
     let body = |(i, rows): (usize, &mut [f32])| {
-        vectorized(|| {
-            for (j, row) in rows.chunks_exact_mut(n).enumerate() {
-                if let Some(res) = residual {
-                    let start = (i * ROWS_PER_TASK + j) * n;
-                    for (a, b) in row.iter_mut().zip(&res[start..start + n]) {
-                        *a += b;
+        vectorized(
+            #[inline(always)]
+            || {
+                for (j, row) in rows.chunks_exact_mut(n).enumerate() {
+                    if let Some(res) = residual {
+                        let start = (i * ROWS_PER_TASK + j) * n;
+                        for (a, b) in row.iter_mut().zip(&res[start..start + n]) {
+                            *a += b;
+                        }
+                    }
+                    let mean = row_sum(row, |v| v) / n as f32;
+                    let var = row_sum(row, |v| (v - mean) * (v - mean)) / n as f32;
+                    let inv = 1.0 / (var + eps).sqrt();
+                    for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                        *v = (*v - mean) * inv * g + b;
                     }
                 }
-                let mean = row_sum(row, |v| v) / n as f32;
-                let var = row_sum(row, |v| (v - mean) * (v - mean)) / n as f32;
-                let inv = 1.0 / (var + eps).sqrt();
-                for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-                    *v = (*v - mean) * inv * g + b;
-                }
-            }
-        });
+            },
+        );
     };
     x.par_chunks_mut(n * ROWS_PER_TASK)
         .enumerate()
@@ -122,11 +130,14 @@ pub(super) fn add_layer_norm(
 /// Exact (erf-based) GELU, in place, as BERT's `hidden_act = "gelu"`.
 pub(super) fn gelu(x: &mut [f32]) {
     x.par_chunks_mut(4096).for_each(|chunk| {
-        vectorized(|| {
-            for v in chunk {
-                *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
-            }
-        });
+        vectorized(
+            #[inline(always)]
+            || {
+                for v in chunk {
+                    *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            },
+        );
     });
 }
 
@@ -182,6 +193,7 @@ pub(super) fn exp_neg(x: f32) -> f32 {
 /// dependent additions that no compiler may reorder, so it neither vectorises nor pipelines.
 const LANES: usize = 16;
 
+#[inline(always)]
 fn row_max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
@@ -197,6 +209,7 @@ fn row_max(row: &[f32]) -> f32 {
 }
 
 /// Σ term(v) over the row, in independent lanes.
+#[inline(always)]
 fn row_sum(row: &[f32], term: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; LANES];
     let chunks = row.chunks_exact(LANES);
@@ -209,6 +222,7 @@ fn row_sum(row: &[f32], term: impl Fn(f32) -> f32) -> f32 {
     tail.iter().map(|&v| term(v)).sum::<f32>() + lanes.iter().sum::<f32>()
 }
 
+#[inline(always)]
 fn softmax(row: &mut [f32]) {
     let max = row_max(row);
     for v in row.iter_mut() {

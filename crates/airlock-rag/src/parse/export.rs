@@ -57,6 +57,14 @@ fn array<'a>(value: &'a Value, name: &str) -> Result<Vec<&'a Value>, String> {
         .ok_or_else(|| format!("\"{name}\" is not a list"))
 }
 
+/// The child nodes of an Atlassian Document Format node.
+fn children(node: &Value) -> impl Iterator<Item = &Value> {
+    node.get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
 fn str_at<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
     value.pointer(pointer).and_then(Value::as_str)
 }
@@ -223,12 +231,7 @@ fn adf_inline(
         }
         Some("inlineCard") => out.push_str(str_at(node, "/attrs/url").unwrap_or("")),
         _ => {
-            for child in node
-                .get("content")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for child in children(node) {
                 adf_inline(child, out, depth + 1, limits)?;
                 if child.get("type").and_then(Value::as_str) == Some("paragraph") {
                     out.push(' ');
@@ -288,20 +291,16 @@ fn adf(
         Some("table") => {
             let mut rows: Vec<Vec<String>> = Vec::new();
             let mut header = Vec::new();
-            for row in node
-                .get("content")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let cells = row
-                    .get("content")
-                    .and_then(Value::as_array)
-                    .map_or(&[][..], Vec::as_slice);
+            for row in children(node) {
+                let cells: Vec<&Value> = children(row).collect();
                 let is_header = cells
                     .iter()
                     .all(|c| c.get("type").and_then(Value::as_str) == Some("tableHeader"));
-                let texts = cells.iter().map(inline).collect::<Result<Vec<_>, _>>()?;
+                let texts = cells
+                    .iter()
+                    .copied()
+                    .map(inline)
+                    .collect::<Result<Vec<_>, _>>()?;
                 if is_header && header.is_empty() && rows.is_empty() {
                     header = texts;
                 } else {
@@ -311,12 +310,7 @@ fn adf(
             blocks.push(Block::Table { header, rows, at });
         }
         _ => {
-            for child in node
-                .get("content")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for child in children(node) {
                 adf(child, blocks, depth + 1, limits)?;
             }
         }

@@ -214,6 +214,92 @@ mod tests {
         assert_eq!(human_bytes(12), "12 bytes");
     }
 
+    use proptest::prelude::*;
+
+    /// Limits small enough for generated inputs to reach them.
+    fn small_limits() -> ParseLimits {
+        ParseLimits {
+            max_file_bytes: 1 << 16,
+            max_text_bytes: 2048,
+            max_pages: 4,
+            max_nesting: 16,
+            max_unpacked_bytes: 1 << 16,
+            max_entries: 16,
+            max_export_documents: 8,
+        }
+    }
+
+    /// Whatever a parser returns keeps to the limits.
+    fn within_limits(result: Result<Vec<Item>, String>, limits: &ParseLimits) -> bool {
+        match result {
+            Ok(items) => {
+                items.len() <= limits.max_export_documents.max(1)
+                    && items
+                        .iter()
+                        .all(|i| i.parsed.text_len() <= limits.max_text_bytes)
+            }
+            Err(line) => !line.is_empty() && !line.contains('\n'),
+        }
+    }
+
+    // PDF is left out: the PDF library is known to panic on malformed files, which is why every
+    // parser runs in a worker process (see the hostile-document tests); these properties hold
+    // for the parsers that run in process too.
+    fn in_process_format() -> impl Strategy<Value = Format> {
+        prop_oneof![
+            Just(Format::Text),
+            Just(Format::Markdown),
+            Just(Format::Html),
+            Just(Format::Docx),
+            Just(Format::Json),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_bytes_give_items_within_the_limits_or_one_line(
+            format in in_process_format(),
+            bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+        ) {
+            let limits = small_limits();
+            prop_assert!(within_limits(parse(&bytes, format, &limits), &limits));
+        }
+
+        #[test]
+        fn nesting_past_the_limit_is_refused_or_flattened_never_a_stack_overflow(
+            depth in 0usize..5000,
+            tag in prop_oneof![Just("div"), Just("b"), Just("table"), Just("li")],
+        ) {
+            let limits = small_limits();
+            let html = format!("{}text{}", format!("<{tag}>").repeat(depth), format!("</{tag}>").repeat(depth));
+            prop_assert!(within_limits(parse(html.as_bytes(), Format::Html, &limits), &limits));
+            let json = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            prop_assert!(within_limits(parse(json.as_bytes(), Format::Json, &limits), &limits));
+            let markdown = format!("{}quote", "> ".repeat(depth));
+            prop_assert!(within_limits(parse(markdown.as_bytes(), Format::Markdown, &limits), &limits));
+        }
+
+        #[test]
+        fn a_word_document_with_bytes_changed_is_read_or_refused(
+            changes in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        ) {
+            use airlock_testkit::documents::{DocxBlock, docx};
+            let mut bytes = docx(&[
+                DocxBlock::Heading(1, "Scope".into()),
+                DocxBlock::Paragraph("The policy covers every site.".into()),
+                DocxBlock::Table(vec![vec!["Site".into(), "Owner".into()], vec!["North".into(), "Ops".into()]]),
+            ]);
+            for (at, byte) in changes {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            let limits = small_limits();
+            prop_assert!(within_limits(parse(&bytes, Format::Docx, &limits), &limits));
+        }
+    }
+
     #[test]
     fn text_that_is_not_utf8_is_refused_with_where() {
         let err = parse(b"ok\xff", Format::Text, &ParseLimits::default()).unwrap_err();
