@@ -402,13 +402,45 @@ fn an_ingest_killed_at_any_point_leaves_the_collection_answering_as_before_and_t
         mid_run >= 10,
         "only {mid_run} kills landed before the ingest published"
     );
+
+    // One more run, killed as soon as it has durably staged a batch of chunks.
+    let mut child = airlock()
+        .arg("--data")
+        .arg(&site.data)
+        .args(["ingest", "kb", docs.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let watching = Instant::now();
+    let staged = loop {
+        let shown = site
+            .cmd(&["collection", "show", "kb", "--json"])
+            .ok()
+            .json();
+        let pending = shown["pending_chunks"].as_u64().unwrap();
+        if pending > 0 || child.try_wait().unwrap().is_some() {
+            break pending;
+        }
+        assert!(
+            watching.elapsed() < Duration::from_secs(60),
+            "nothing staged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(staged > 0, "the ingest finished before it was seen staging");
+    assert_eq!(generation(&site), first_generation);
+    assert_eq!(answers(&site), before, "staged chunks are not visible");
+
     let started = Instant::now();
     let last = site
         .cmd(&["ingest", "kb", docs.to_str().unwrap(), "--json"])
         .ok()
         .json();
     assert!(
-        last["reused_chunks"].as_u64().unwrap() > 0,
+        last["reused_chunks"].as_u64().unwrap() >= staged,
         "what the killed runs prepared is reused: {last}"
     );
     let after = answers(&site);
