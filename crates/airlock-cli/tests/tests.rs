@@ -10,6 +10,7 @@
 
 mod support;
 
+mod answers;
 mod audit;
 mod crash;
 mod diode;

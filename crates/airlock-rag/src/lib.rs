@@ -27,6 +27,7 @@
 
 #![deny(missing_docs)]
 
+pub mod answer;
 pub mod chunk;
 pub mod class;
 mod collection;

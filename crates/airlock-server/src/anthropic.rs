@@ -15,6 +15,7 @@ use crate::App;
 use crate::error::{ApiError, Dialect};
 use crate::gate::RequestRecord;
 use crate::generation::{self, Shape, TextContent, parse_body, refuse_if, served_model};
+use crate::rag::{self, Grounded};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +48,8 @@ struct MessagesRequest {
     thinking: Option<Value>,
     #[expect(dead_code, reason = "accepted for compatibility; there is one tier")]
     service_tier: Option<String>,
+    /// Return the sources a RAG model placed in its prompt beside the answer.
+    airlock_sources: Option<bool>,
 }
 
 /// `POST /v1/messages`.
@@ -117,9 +120,18 @@ async fn handle(
         ),
         ..ChatParams::default()
     };
+    let grounded = rag::ground(
+        &app,
+        &record,
+        &served.alias,
+        &mut conversation,
+        request.airlock_sources.unwrap_or(false),
+    )
+    .await?;
     let shape = MessageEvents {
         id: format!("msg_{}", record.id()),
         model: served.alias.clone(),
+        grounded,
     };
     let prompt = Prompt::Chat(conversation);
     generation::answer(&app, record, &served, prompt, params, request.stream, shape).await
@@ -154,6 +166,8 @@ fn event(name: &str, value: &Value) -> SseEvent {
 struct MessageEvents {
     id: String,
     model: String,
+    /// The sources of a RAG model's answer.
+    grounded: Option<Grounded>,
 }
 
 impl Shape for MessageEvents {
@@ -165,7 +179,7 @@ impl Shape for MessageEvents {
     }
 
     fn body(&self, text: String, ending: &Ending) -> Value {
-        json!({
+        let mut body = json!({
             "id": self.id,
             "type": "message",
             "role": "assistant",
@@ -174,7 +188,12 @@ impl Shape for MessageEvents {
             "stop_reason": stop_reason(ending),
             "stop_sequence": ending.stop_sequence,
             "usage": usage(ending),
-        })
+        });
+        if let Some(grounded) = &self.grounded {
+            body["content"][0]["citations"] = grounded.anthropic_citations().into();
+            body["airlock"] = grounded.extension();
+        }
+        body
     }
 
     fn start(&mut self, prompt_tokens: Option<usize>) -> Vec<SseEvent> {
@@ -196,26 +215,44 @@ impl Shape for MessageEvents {
     }
 
     fn delta(&mut self, text: &str) -> Vec<SseEvent> {
+        if let Some(grounded) = &mut self.grounded {
+            grounded.push(text);
+        }
         vec![event(
             "content_block_delta",
             &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
         )]
     }
 
+    fn settle(&mut self, whole: Option<&str>, record: &RequestRecord) {
+        if let Some(grounded) = &mut self.grounded {
+            grounded.settle(whole, record);
+        }
+    }
+
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
-        vec![
-            event(
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": 0}),
-            ),
-            event(
-                "message_delta",
-                &json!({"type": "message_delta",
-                    "delta": {"stop_reason": stop_reason(ending), "stop_sequence": ending.stop_sequence},
-                    "usage": usage(ending)}),
-            ),
-            event("message_stop", &json!({"type": "message_stop"})),
-        ]
+        let mut events = Vec::new();
+        let mut message_delta = json!({"type": "message_delta",
+            "delta": {"stop_reason": stop_reason(ending), "stop_sequence": ending.stop_sequence},
+            "usage": usage(ending)});
+        // Citations come at the end of the block, once the whole answer could be checked.
+        if let Some(grounded) = &self.grounded {
+            for citation in grounded.anthropic_citations() {
+                events.push(event(
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": 0,
+                        "delta": {"type": "citations_delta", "citation": citation}}),
+                ));
+            }
+            message_delta["airlock"] = grounded.extension();
+        }
+        events.push(event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ));
+        events.push(event("message_delta", &message_delta));
+        events.push(event("message_stop", &json!({"type": "message_stop"})));
+        events
     }
 
     fn error(&mut self, error: &ApiError) -> Vec<SseEvent> {

@@ -2,16 +2,17 @@
 //! it is pinned to, loaded from the registry (approved, re-hashed) like a served model.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use airlock_audit::{Entry, Outcome};
 use airlock_engine::embed::EmbeddingConfig;
 use airlock_engine::{Embedder, EmbeddingEngine, EmbeddingModel, ModelFiles};
-use airlock_rag::Collection;
+use airlock_rag::{Clearance, Collection, Hit, Weights};
 use airlock_registry::{Reference, Registry};
 
+use crate::auth::Principal;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{ApiError, Error, Result};
 
 /// A collection being served.
 pub struct ServedCollection {
@@ -32,6 +33,59 @@ impl std::fmt::Debug for ServedCollection {
             .field("digest", &self.digest)
             .finish_non_exhaustive()
     }
+}
+
+impl ServedCollection {
+    /// The `k` best chunks for `query` that `principal` may read: its clearance and groups
+    /// are applied inside both searches, before ranking.
+    pub(crate) async fn search(
+        self: &Arc<Self>,
+        principal: Principal,
+        query: &str,
+        k: usize,
+    ) -> std::result::Result<Vec<Hit>, ApiError> {
+        let name = self.name.clone();
+        let vector = Collection::embed_query(&*self.embedder, query)
+            .await
+            .map_err(|e| ApiError::Internal {
+                detail: format!("embedding the query for {name}: {e}"),
+            })?;
+        let searching = Arc::clone(self);
+        let text = query.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut collection = searching
+                .collection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            collection.refresh().map_err(Failure::Search)?;
+            let clearance =
+                Clearance::new(collection.classes(), &principal.clearance, principal.groups)
+                    .map_err(|_| Failure::Clearance)?;
+            collection
+                .search(&text, &vector, &clearance, k, &Weights::default())
+                .map_err(Failure::Search)
+        })
+        .await
+        .map_err(|e| ApiError::Internal {
+            detail: format!("search task failed: {e}"),
+        })?
+        .map_err(|e| match e {
+            Failure::Clearance => ApiError::Forbidden {
+                message: format!("your clearance is not one of the classes of {name}"),
+            },
+            Failure::Search(e) => ApiError::Internal {
+                detail: format!("searching {name}: {e}"),
+            },
+        })
+    }
+}
+
+/// Why a search could not run.
+enum Failure {
+    /// The caller's clearance is not a class of the collection.
+    Clearance,
+    /// The collection failed.
+    Search(airlock_rag::Error),
 }
 
 /// Name → collection.
@@ -59,6 +113,29 @@ pub fn open(registry: &Registry, config: &Config) -> Result<ServedCollections> {
         served.insert(name, Arc::new(collection));
     }
     Ok(served)
+}
+
+/// Refuses to start, with an audit entry, when a model answers from a collection that is not
+/// served.
+pub fn check_rag(registry: &Registry, config: &Config, served: &ServedCollections) -> Result<()> {
+    for (alias, spec) in &config.models {
+        let Some(rag) = &spec.rag else { continue };
+        if let Some(missing) = rag.collections.iter().find(|c| !served.contains_key(*c)) {
+            let error = Error::Admission {
+                alias: alias.clone(),
+                reference: spec.reference.clone(),
+                reason: format!(
+                    "its rag collection {missing} does not exist in the data directory"
+                ),
+            };
+            let entry = Entry::new(registry.actor(), "serve.admission", Outcome::Refused)
+                .subject(format!("collection:{missing}"))
+                .reason(error.to_string());
+            registry.audit_log().append(entry)?;
+            return Err(error);
+        }
+    }
+    Ok(())
 }
 
 fn refused(name: &str, reason: String) -> Error {

@@ -65,6 +65,20 @@ pub struct RawModel {
     /// could otherwise learn from response times whether others sent the same prompt
     /// prefix; the embedded engine always keeps caches per caller).
     pub share_prompt_cache: Option<bool>,
+    /// Answer from knowledge collections (chat models): `rag = { collections = [...] }`.
+    pub rag: Option<RawRag>,
+}
+
+/// `rag` of a served model.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRag {
+    /// Collections searched, at the caller's clearance.
+    pub collections: Option<Vec<String>>,
+    /// Chunks retrieved per question (default 5).
+    pub top_k: Option<usize>,
+    /// Tokens the placed sources may take in the prompt (default 1500).
+    pub max_context_tokens: Option<usize>,
 }
 
 /// `[auth]`.
@@ -162,7 +176,25 @@ pub struct ModelSpec {
     pub threads: Option<usize>,
     /// What runs it.
     pub engine: EngineChoice,
+    /// Answers from collections, if set.
+    pub rag: Option<RagSpec>,
 }
+
+/// How a served model answers from collections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RagSpec {
+    /// Collections searched.
+    pub collections: Vec<String>,
+    /// Chunks retrieved per question, over all its collections.
+    pub top_k: usize,
+    /// Tokens the placed sources may take.
+    pub max_context_tokens: usize,
+}
+
+/// Chunks a RAG model retrieves when its `top_k` is not set.
+pub const DEFAULT_RAG_TOP_K: usize = 5;
+/// Source tokens a RAG model places when its `max_context_tokens` is not set.
+pub const DEFAULT_RAG_CONTEXT_TOKENS: usize = 1500;
 
 /// What runs a served model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,6 +371,11 @@ impl RawConfig {
                 return Err(bad(format!("model {alias:?}: threads must be 1..=1024")));
             }
             let engine = engine_choice(&alias, &raw).map_err(&bad)?;
+            let rag = raw
+                .rag
+                .map(|r| rag_spec(&alias, r, self.collections.as_deref()))
+                .transpose()
+                .map_err(&bad)?;
             models.insert(
                 alias,
                 ModelSpec {
@@ -347,6 +384,7 @@ impl RawConfig {
                     context: raw.context,
                     threads: raw.threads,
                     engine,
+                    rag,
                 },
             );
         }
@@ -396,6 +434,41 @@ impl RawConfig {
             collections: self.collections,
         })
     }
+}
+
+fn rag_spec(
+    alias: &str,
+    raw: RawRag,
+    served: Option<&[String]>,
+) -> std::result::Result<RagSpec, String> {
+    let collections = raw.collections.unwrap_or_default();
+    if collections.is_empty() {
+        return Err(format!(
+            "model {alias:?}: rag names no collections; add collections = [\"NAME\"]"
+        ));
+    }
+    if let Some(served) = served
+        && let Some(missing) = collections.iter().find(|c| !served.contains(c))
+    {
+        return Err(format!(
+            "model {alias:?}: rag collection {missing:?} is not in the served collections"
+        ));
+    }
+    let top_k = raw.top_k.unwrap_or(DEFAULT_RAG_TOP_K);
+    if !(1..=50).contains(&top_k) {
+        return Err(format!("model {alias:?}: rag top_k {top_k} is not 1..=50"));
+    }
+    let max_context_tokens = raw.max_context_tokens.unwrap_or(DEFAULT_RAG_CONTEXT_TOKENS);
+    if !(64..=1 << 20).contains(&max_context_tokens) {
+        return Err(format!(
+            "model {alias:?}: rag max_context_tokens {max_context_tokens} is not 64..=1048576"
+        ));
+    }
+    Ok(RagSpec {
+        collections,
+        top_k,
+        max_context_tokens,
+    })
 }
 
 fn validate_oidc(raw: RawOidc, bad: &impl Fn(String) -> Error) -> Result<OidcConfig> {

@@ -173,6 +173,9 @@ pub(crate) trait Shape: Send + 'static {
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent>;
     /// Events for a failure after the stream began.
     fn error(&mut self, error: &ApiError) -> Vec<SseEvent>;
+    /// Called once the answer is complete and before its audit entry is written, with the
+    /// whole text when it was not streamed: a grounded answer checks its citations here.
+    fn settle(&mut self, _whole: Option<&str>, _record: &RequestRecord) {}
 }
 
 /// The one path of every chat-shaped route: checks the request, starts the model, writes
@@ -185,7 +188,7 @@ pub(crate) async fn answer<S: Shape>(
     prompt: Prompt,
     mut params: ChatParams,
     stream: bool,
-    shape: S,
+    mut shape: S,
 ) -> Result<Response, ApiError> {
     let engine_error = |e| ApiError::from_engine(e, |p| shape.param_name(p));
     let engine = served.chat()?;
@@ -200,6 +203,7 @@ pub(crate) async fn answer<S: Shape>(
         return Ok(self::stream(chat, record, shape));
     }
     let (text, ending) = collect(chat, &record).await?;
+    shape.settle(Some(&text), &record);
     Ok(Json(shape.body(text, &ending)).into_response())
 }
 
@@ -320,6 +324,7 @@ fn events<S: Shape>(
                 Some(Ok(ChatEvent::Done(ending))) => {
                     s.record
                         .usage(&ending.usage, Some(reason_name(ending.reason)));
+                    s.shape.settle(None, &s.record);
                     let events = match s.record.finish(200).await {
                         Ok(()) => s.shape.done(&ending),
                         Err(error) => s.shape.error(&error),

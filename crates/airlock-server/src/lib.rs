@@ -33,6 +33,7 @@ pub mod limits;
 pub mod metrics;
 pub mod models;
 mod openai;
+mod rag;
 mod vector_stores;
 
 use std::future::Future;
@@ -89,6 +90,8 @@ pub struct App {
     next_id: AtomicU64,
     started: Instant,
     ready: AtomicBool,
+    /// What the fences around a RAG prompt's sources are derived from.
+    fence_key: airlock_rag::answer::FenceKey,
 }
 
 impl App {
@@ -302,6 +305,7 @@ impl Server {
         let registry = Registry::open(&config.data_dir, actor)?;
         let models = models::admit(&registry, &config)?;
         let collections = collections::open(&registry, &config)?;
+        collections::check_rag(&registry, &config, &collections)?;
         Self::assemble(config, actor, registry, models, collections)
     }
 
@@ -360,6 +364,7 @@ impl Server {
             next_id: AtomicU64::new(0),
             started: Instant::now(),
             ready: AtomicBool::new(true),
+            fence_key: airlock_rag::answer::FenceKey::random(),
         };
         Ok(Self { app: Arc::new(app) })
     }

@@ -25,6 +25,7 @@ use crate::gate::RequestRecord;
 use crate::generation::{
     self, Shape, StopSequences, TextContent, parse_body, refuse_if, served_model,
 };
+use crate::rag::{self, Grounded};
 
 /// Answers with the handler's response, or its error in OpenAI's shape.
 fn respond(result: Result<Response, ApiError>) -> Response {
@@ -101,6 +102,8 @@ struct ChatRequest {
     top_k: Option<u32>,
     min_p: Option<f32>,
     repetition_penalty: Option<f32>,
+    /// Return the sources a RAG model placed in its prompt beside the answer.
+    airlock_sources: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,8 +207,18 @@ async fn chat(
         ),
         ..ChatParams::default()
     };
-    let prompt = Prompt::Chat(messages(request.messages)?);
+    let mut conversation = messages(request.messages)?;
+    let grounded = rag::ground(
+        &app,
+        &record,
+        &served.alias,
+        &mut conversation,
+        request.airlock_sources.unwrap_or(false),
+    )
+    .await?;
+    let prompt = Prompt::Chat(conversation);
     let shape = Chunks {
+        grounded,
         id: format!("chatcmpl-{}", record.id()),
         created: crate::unix_now(),
         model: served.alias.clone(),
@@ -248,6 +261,8 @@ enum ChunkKind {
 
 /// The answers of `/v1/chat/completions` and `/v1/completions`, whole or in streamed chunks.
 struct Chunks {
+    /// The sources of a RAG model's answer.
+    grounded: Option<Grounded>,
     id: String,
     created: u64,
     model: String,
@@ -269,6 +284,10 @@ impl Chunks {
 
     /// A chunk with one choice: `delta` for chat (or the role when `None`), text for text.
     fn chunk(&self, text: Option<&str>, finish: Option<&str>) -> SseEvent {
+        data(&self.chunk_value(text, finish))
+    }
+
+    fn chunk_value(&self, text: Option<&str>, finish: Option<&str>) -> Value {
         let choice = match self.kind {
             ChunkKind::Chat => {
                 let delta = match (text, finish) {
@@ -292,7 +311,7 @@ impl Chunks {
         if self.include_usage {
             chunk["usage"] = Value::Null;
         }
-        data(&chunk)
+        chunk
     }
 }
 
@@ -321,7 +340,7 @@ impl Shape for Chunks {
             ChunkKind::Chat => "chat.completion",
             ChunkKind::Text => "text_completion",
         };
-        json!({
+        let mut body = json!({
             "id": self.id,
             "object": object,
             "created": self.created,
@@ -329,7 +348,12 @@ impl Shape for Chunks {
             "choices": [choice],
             "usage": usage(ending),
             "system_fingerprint": self.fingerprint,
-        })
+        });
+        if let Some(grounded) = &self.grounded {
+            body["choices"][0]["message"]["annotations"] = grounded.openai_annotations();
+            body["airlock"] = grounded.extension();
+        }
+        body
     }
 
     fn start(&mut self, _prompt_tokens: Option<usize>) -> Vec<SseEvent> {
@@ -340,11 +364,26 @@ impl Shape for Chunks {
     }
 
     fn delta(&mut self, text: &str) -> Vec<SseEvent> {
+        if let Some(grounded) = &mut self.grounded {
+            grounded.push(text);
+        }
         vec![self.chunk(Some(text), None)]
     }
 
+    fn settle(&mut self, whole: Option<&str>, record: &RequestRecord) {
+        if let Some(grounded) = &mut self.grounded {
+            grounded.settle(whole, record);
+        }
+    }
+
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
-        let mut events = vec![self.chunk(None, Some(finish_reason(ending.reason)))];
+        let mut last = self.chunk_value(None, Some(finish_reason(ending.reason)));
+        // Citations come with the final chunk, once the whole answer could be checked.
+        if let Some(grounded) = &self.grounded {
+            last["choices"][0]["delta"]["annotations"] = grounded.openai_annotations();
+            last["airlock"] = grounded.extension();
+        }
+        let mut events = vec![data(&last)];
         if self.include_usage {
             events.push(data(&json!({
                 "id": self.id,
@@ -440,6 +479,15 @@ async fn complete(
 ) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
     let served = served_model(&app, &record, &request.model)?;
+    if rag::answers_from_collections(&app, &served.alias) {
+        return Err(ApiError::invalid_param(
+            "model",
+            format!(
+                "model {} answers from collections; ask it through /v1/chat/completions",
+                served.alias
+            ),
+        ));
+    }
     refuse_if(&request.n, "n", |n| *n == 1)?;
     refuse_if(&request.best_of, "best_of", |n| *n == 1)?;
     refuse_if(&request.echo, "echo", |v| !v)?;
@@ -484,6 +532,7 @@ async fn complete(
         ..ChatParams::default()
     };
     let shape = Chunks {
+        grounded: None,
         id: format!("cmpl-{}", record.id()),
         created: crate::unix_now(),
         model: served.alias.clone(),

@@ -4,9 +4,8 @@
 //! its collection, clearance, the query's digest and the chunks it returned with their
 //! classes.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
-use airlock_rag::{Clearance, Collection, Weights};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -113,38 +112,7 @@ async fn run(
         "query_sha256",
         hex::encode(Sha256::digest(query.as_bytes())),
     );
-    let vector = Collection::embed_query(&*served.embedder, &query)
-        .await
-        .map_err(|e| ApiError::Internal {
-            detail: format!("embedding the query: {e}"),
-        })?;
-    let searching = Arc::clone(&served);
-    let text = query.clone();
-    let hits = tokio::task::spawn_blocking(move || {
-        let mut collection = searching
-            .collection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        collection.refresh().map_err(Failure::Search)?;
-        let clearance =
-            Clearance::new(collection.classes(), &principal.clearance, principal.groups)
-                .map_err(|_| Failure::Clearance)?;
-        collection
-            .search(&text, &vector, &clearance, k as usize, &Weights::default())
-            .map_err(Failure::Search)
-    })
-    .await
-    .map_err(|e| ApiError::Internal {
-        detail: format!("search task failed: {e}"),
-    })?
-    .map_err(|e| match e {
-        Failure::Clearance => ApiError::Forbidden {
-            message: format!("your clearance is not one of the classes of {name}"),
-        },
-        Failure::Search(e) => ApiError::Internal {
-            detail: format!("searching {name}: {e}"),
-        },
-    })?;
+    let hits = served.search(principal, &query, k as usize).await?;
     let hits: Vec<_> = hits
         .into_iter()
         .filter(|h| threshold.is_none_or(|t| h.score >= t))
@@ -184,12 +152,4 @@ async fn run(
 
 fn file_name(document: &str) -> String {
     document.rsplit('/').next().unwrap_or(document).to_owned()
-}
-
-/// Why a search could not run.
-enum Failure {
-    /// The caller's clearance is not a class of the collection.
-    Clearance,
-    /// The collection failed.
-    Search(airlock_rag::Error),
 }
