@@ -18,7 +18,9 @@
 #
 # Documents: create a collection pinned to all-MiniLM-L6-v2, ingest a small handbook whose
 # files a rules file classifies (public, internal, secret), search it at two clearances on the
-# command line, and through the API's vector store search with the key's clearance.
+# command line, and through the API's vector store search with the key's clearance; then ask
+# SmolLM2 a question about it, on the command line and through the API (a model served with
+# `rag`), and get an answer with its source cited, checked against the sources it was given.
 # Finally verify the audit log that recorded every step, model loads and API requests included.
 #
 #   AIRLOCK_DEMO_DIR  where keys and bundles go (default: a new temporary directory)
@@ -142,13 +144,26 @@ step "search: an internal clearance never sees the secret document, whatever the
 "$airlock" search handbook "who may open the vault?" --clearance internal -k 3
 "$airlock" search handbook "who may open the vault?" --clearance secret -k 1
 
+step "ask: SmolLM2 answers from the handbook at internal clearance and cites its source"
+"$airlock" ask handbook "Where do visitors sign in?" --model smollm2:prod --clearance internal --max-tokens 64
+
 step "keys: an API key for an internal application (printed once; only its hash is stored)"
 key="$("$airlock" keys create --name demo-app --clearance internal --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
 "$airlock" keys ls
 
-step "serve: both models behind the OpenAI- and Anthropic-compatible API (loopback only)"
-"$airlock" serve --listen 127.0.0.1:0 --model chat=smollm2:prod --model embed=all-minilm-l6-v2:prod \
-  > "$work/serve.out" 2> "$work/serve.err" &
+step "serve: both models behind the OpenAI- and Anthropic-compatible API (loopback only), and SmolLM2 again as 'handbook', answering from the collection"
+cat > "$work/airlock.toml" <<'TOML'
+listen = "127.0.0.1:0"
+[models.chat]
+ref = "smollm2:prod"
+[models.embed]
+ref = "all-minilm-l6-v2:prod"
+[models.handbook]
+ref = "smollm2:prod"
+rag = { collections = ["handbook"], top_k = 3 }
+TOML
+cat "$work/airlock.toml"
+"$airlock" serve --config "$work/airlock.toml" > "$work/serve.out" 2> "$work/serve.err" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 300); do grep -q "serving on" "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
@@ -165,6 +180,21 @@ step "vector store search through the API, at the key's clearance (internal)"
 curl -sS "$base/vector_stores/handbook/search" -H "Authorization: Bearer $key" -H "Content-Type: application/json" \
   -d '{"query": "who may open the vault?", "max_num_results": 3}' \
   | python3 -c 'import json,sys; [print("%.3f %s" % (d["score"], d["filename"])) for d in json.load(sys.stdin)["data"]]'
+
+step "a cited answer through the API: the 'handbook' model retrieves at the key's clearance"
+curl -sS "$base/chat/completions" -H "Authorization: Bearer $key" -H "Content-Type: application/json" \
+  -d '{"model": "handbook", "temperature": 0, "max_tokens": 64, "messages": [{"role": "user", "content": "Where do visitors sign in?"}]}' \
+  | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+message = r["choices"][0]["message"]
+print("answer:", message["content"])
+for a in message["annotations"]:
+    c = a["url_citation"]
+    print("cited: [%s] %s > %s (%s) [%s] %r" % (c["source"], c["document"], c["heading"], c["location"], c["class"], c["quote"]))
+if not message["annotations"]:
+    sys.exit("the answer cites no source")
+'
 kill "$server"; wait "$server" 2>/dev/null || true
 
 step "audit: every step is in the log, each API request included; verify it"

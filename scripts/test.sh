@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh machine: installs what it needs, fetches the pinned
 # default models and llama.cpp's tools, then runs formatting and lint checks, every Rust test,
 # the verify and import benchmarks (which also check that memory stays bounded), the diode
-# benchmark's delivery check, the engine and retrieval benchmarks' smoke runs, and the server's overhead
+# benchmark's delivery check, the engine, retrieval and RAG-answer benchmarks' smoke runs, and the server's overhead
 # benchmark and bounded load test (64 streaming clients for 60 s; fails on errors other than
 # 429s or on memory that does not come back).
 set -euo pipefail
@@ -36,5 +36,7 @@ echo "== benchmark: embedded engine, llama-server alone and airlock in front of 
 bash scripts/bench-engines.sh --check
 echo "== benchmark: retrieval quality on the PostgreSQL manual, ingest beside a Python pipeline, 20k vectors"
 bash scripts/bench-rag.sh --check
+echo "== benchmark: answers from documents against the same questions without retrieval, 1 and 8 callers"
+bash scripts/bench-rag-answer.sh --check
 echo "== benchmark and load test: airlock serve (overhead, embeddings/s, 64 clients for 60 s)"
 bash scripts/bench-serve.sh

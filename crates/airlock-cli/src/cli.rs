@@ -127,6 +127,17 @@ pub(crate) enum Command {
     ///
     /// Example: airlock search policies "how many days of leave" --clearance internal -k 5
     Search(SearchArgs),
+    /// Ask a question of your documents: retrieve at a clearance, answer with an approved
+    /// chat model from the chunks found, and list the sources the answer cites.
+    ///
+    /// Citations are checked: a marker [n] counts only if source n was in the prompt, and a
+    /// sentence that repeats a run of a source's words is attributed to it. Either name a
+    /// collection and the model, or a model of a server configuration that has `rag`.
+    ///
+    /// Examples:
+    ///   airlock ask policies "how many days of leave?" --model smollm2:prod --clearance internal
+    ///   airlock ask handbook "how many days of leave?" --config airlock.toml
+    Ask(AskArgs),
     /// Parses documents for `airlock ingest`, one request per line on stdin (internal).
     #[command(hide = true)]
     ParseWorker,
@@ -257,6 +268,43 @@ pub(crate) struct SearchArgs {
     #[arg(long, default_value_t = 0.3, value_name = "W")]
     pub(crate) keyword_weight: f32,
     /// Print {"results": [...]} as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AskArgs {
+    /// A collection (with --model), or a model alias of --config that has `rag`.
+    #[arg(value_name = "COLLECTION|MODEL")]
+    pub(crate) target: String,
+    /// The question.
+    #[arg(value_name = "QUESTION")]
+    pub(crate) question: String,
+    /// The approved chat model that answers (NAME:TAG, NAME:VERSION or NAME@sha256:HEX).
+    #[arg(long, value_name = "REF", conflicts_with = "config")]
+    pub(crate) model: Option<String>,
+    /// A server configuration whose model TARGET names its collections and limits.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The most sensitive class a source may have [default: each collection's lowest].
+    #[arg(long, value_name = "CLASS")]
+    pub(crate) clearance: Option<String>,
+    /// Access groups of the caller (documents limited to groups need one of them).
+    #[arg(long, value_delimiter = ',', value_name = "GROUP,...")]
+    pub(crate) groups: Vec<String>,
+    /// Chunks retrieved [default: the model's top_k, else 5].
+    #[arg(short, value_name = "N")]
+    pub(crate) k: Option<usize>,
+    /// Tokens the sources may take in the prompt [default: the model's, else 1500].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_context_tokens: Option<usize>,
+    /// Longest answer, in tokens.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub(crate) max_tokens: usize,
+    /// CPU threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<usize>,
+    /// Print {"answer", "citations", "unresolved_citations", "sources"} as JSON.
     #[arg(long)]
     pub(crate) json: bool,
 }

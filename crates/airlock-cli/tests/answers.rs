@@ -17,11 +17,18 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-/// A handbook: one document per topic, a secret canary and a hostile document, classified by
-/// folder, in collection `handbook`; served as `handbook` (SmolLM2 with retrieval) and `chat`
-/// (the same model without).
+/// A handbook served as `handbook` (SmolLM2 with retrieval) and `chat` (the same model
+/// without).
 fn handbook_site() -> (Site, Server) {
     let site = site_with_models();
+    let config = handbook(&site);
+    let server = Server::start_with(&site, &["--config", config.to_str().unwrap()]);
+    (site, server)
+}
+
+/// One document per topic, a secret canary and a hostile document, classified by folder, in
+/// collection `handbook`; returns a server configuration with a `handbook` RAG model.
+fn handbook(site: &Site) -> std::path::PathBuf {
     site.cmd(&[
         "collection",
         "create",
@@ -88,8 +95,7 @@ fn handbook_site() -> (Site, Server) {
          rag = { collections = [\"handbook\"], top_k = 2, max_context_tokens = 600 }\n",
     )
     .unwrap();
-    let server = Server::start_with(&site, &["--config", config.to_str().unwrap()]);
-    (site, server)
+    config
 }
 
 fn ask(server: &Server, key: &str, messages: Value) -> Value {
@@ -374,4 +380,163 @@ fn a_rag_model_refuses_what_would_bypass_its_sources_and_others_refuse_airlock_s
     );
     assert_eq!(plain.status, 400, "{}", plain.body);
     assert!(plain.body.contains("airlock_sources"));
+}
+
+#[test]
+fn ask_answers_on_the_command_line_and_lists_the_sources_it_cites() {
+    let site = site_with_models();
+    let config = handbook(&site);
+    let question = "When does the lighthouse keeper check the lamp?";
+    let common = ["--clearance", "internal", "--max-tokens", "48"];
+    let by_collection = site
+        .cmd(
+            &[
+                &[
+                    "ask",
+                    "handbook",
+                    question,
+                    "--model",
+                    "smollm2:prod",
+                    "--json",
+                ][..],
+                &common,
+            ]
+            .concat(),
+        )
+        .ok()
+        .json();
+    let by_config = site
+        .cmd(
+            &[
+                &[
+                    "ask",
+                    "handbook",
+                    question,
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--json",
+                ][..],
+                &common,
+            ]
+            .concat(),
+        )
+        .ok()
+        .json();
+    for answer in [&by_collection, &by_config] {
+        assert!(
+            answer["answer"].as_str().unwrap().contains("dusk"),
+            "{answer}"
+        );
+        let citations = answer["citations"].as_array().unwrap();
+        assert!(!citations.is_empty(), "{answer}");
+        for c in citations {
+            assert!(
+                c["document"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("/public/lighthouse.md")
+            );
+            assert!(!c["quote"].as_str().unwrap().is_empty());
+        }
+    }
+    assert_eq!(by_collection["answer"], by_config["answer"]);
+
+    let text = site
+        .cmd(
+            &[
+                &["ask", "handbook", question, "--model", "smollm2:prod"][..],
+                &common,
+            ]
+            .concat(),
+        )
+        .ok()
+        .stdout;
+    assert!(text.contains("Sources cited:"), "{text}");
+    assert!(
+        text.contains("/public/lighthouse.md > Lighthouse protocol (line 3) [public]"),
+        "{text}"
+    );
+
+    // Above the caller's clearance, nothing: not in the answer, the sources or the citations.
+    let vault = site
+        .cmd(
+            &[
+                &[
+                    "ask",
+                    "handbook",
+                    "What is the access code for the secret vault?",
+                    "--model",
+                    "smollm2:prod",
+                ][..],
+                &common,
+            ]
+            .concat(),
+        )
+        .ok()
+        .stdout;
+    assert!(
+        !vault.contains(CANARY) && !vault.contains("/secret/"),
+        "{vault}"
+    );
+    let entries: Vec<Value> = site
+        .cmd(&["audit", "tail", "-n", "50", "--json"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["action"] == "collection.ask")
+        .collect();
+    assert_eq!(entries.len(), 4);
+    for entry in &entries {
+        assert_eq!(entry["details"]["clearance"], "internal");
+        assert!(!entry.to_string().contains(CANARY));
+        for source in entry["details"]["sources"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+        {
+            let class = source.split(':').nth(2).unwrap();
+            assert!(class == "public" || class == "internal", "{entry}");
+        }
+    }
+
+    // Bad input gets one line naming the problem.
+    for (args, expected) in [
+        (vec!["ask", "handbook", question], "--model"),
+        (
+            vec!["ask", "nosuch", question, "--model", "smollm2:prod"],
+            "nosuch",
+        ),
+        (
+            vec![
+                "ask",
+                "handbook",
+                question,
+                "--model",
+                "smollm2:prod",
+                "--clearance",
+                "cosmic",
+            ],
+            "cosmic",
+        ),
+        (
+            vec![
+                "ask",
+                "chat",
+                question,
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            "rag",
+        ),
+        (
+            vec!["ask", "handbook", question, "--model", "nosuch:prod"],
+            "nosuch",
+        ),
+    ] {
+        let out = site.cmd(&args);
+        assert_ne!(out.code, 0, "{args:?}");
+        assert!(out.stderr.contains(expected), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    }
 }

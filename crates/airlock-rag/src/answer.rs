@@ -38,6 +38,19 @@ pub struct Source {
     pub score: f32,
 }
 
+/// The sources of a prompt from the hits of one or more collections: the `top_k` best by
+/// score over all of them, then [`place`]d within `budget`.
+pub fn select(
+    mut hits: Vec<(String, Hit)>,
+    top_k: usize,
+    budget: usize,
+    count: impl Fn(&str) -> usize,
+) -> Vec<Source> {
+    hits.sort_by(|(_, a), (_, b)| b.score.total_cmp(&a.score));
+    hits.truncate(top_k);
+    place(hits, budget, count)
+}
+
 /// Picks the sources of a prompt from `ranked` (best first): each chunk whole or not at all,
 /// in rank order, while `count` says it fits in `budget` tokens; one that does not fit is
 /// skipped and smaller ones after it may still go in.

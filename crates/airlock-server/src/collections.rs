@@ -36,6 +36,17 @@ impl std::fmt::Debug for ServedCollection {
 }
 
 impl ServedCollection {
+    /// A collection searched with `embedder`, **without admission**: nothing checks that the
+    /// embedder is the approved model the collection is pinned to. For in-process tests.
+    pub fn unverified(collection: Collection, embedder: Arc<dyn Embedder>) -> Self {
+        Self {
+            name: collection.name().to_owned(),
+            digest: collection.pin().digest.clone(),
+            collection: Mutex::new(collection),
+            embedder,
+        }
+    }
+
     /// The `k` best chunks for `query` that `principal` may read: its clearance and groups
     /// are applied inside both searches, before ranking.
     pub(crate) async fn search(

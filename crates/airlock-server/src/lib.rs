@@ -318,18 +318,27 @@ impl Server {
         actor: &str,
         engines: impl IntoIterator<Item = ServedModel>,
     ) -> Result<Self> {
+        Self::with_unverified_engines_and_collections(config, actor, engines, [])
+    }
+
+    /// As [`Server::with_unverified_engines`], also serving `collections` (made with
+    /// [`collections::ServedCollection::unverified`]).
+    pub fn with_unverified_engines_and_collections(
+        config: Config,
+        actor: &str,
+        engines: impl IntoIterator<Item = ServedModel>,
+        collections: impl IntoIterator<Item = collections::ServedCollection>,
+    ) -> Result<Self> {
         let registry = Registry::open(&config.data_dir, actor)?;
         let models = engines
             .into_iter()
             .map(|m| (m.alias.clone(), Arc::new(m)))
             .collect();
-        Self::assemble(
-            config,
-            actor,
-            registry,
-            models,
-            collections::ServedCollections::new(),
-        )
+        let collections = collections
+            .into_iter()
+            .map(|c| (c.name.clone(), Arc::new(c)))
+            .collect();
+        Self::assemble(config, actor, registry, models, collections)
     }
 
     fn assemble(

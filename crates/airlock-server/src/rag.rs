@@ -293,14 +293,17 @@ async fn retrieve(
             ranked.push((name.clone(), hit));
         }
     }
-    ranked.sort_by(|(_, a), (_, b)| b.score.total_cmp(&a.score));
-    ranked.truncate(spec.top_k);
-    Ok(answer::place(ranked, spec.max_context_tokens, |text| {
-        counter
-            .as_ref()
-            .and_then(|e| e.count_tokens(text).ok())
-            .unwrap_or(text.len() / 3 + 1)
-    }))
+    Ok(answer::select(
+        ranked,
+        spec.top_k,
+        spec.max_context_tokens,
+        |text| {
+            counter
+                .as_ref()
+                .and_then(|e| e.count_tokens(text).ok())
+                .unwrap_or(text.len() / 3 + 1)
+        },
+    ))
 }
 
 /// The last user turn, then up to [`EARLIER_TURNS`] earlier ones, most recent first, cut at

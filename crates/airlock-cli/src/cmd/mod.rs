@@ -1,5 +1,6 @@
 //! One module per subcommand; each only wires library calls to output.
 
+mod ask;
 mod audit;
 mod diode;
 mod inspect;
@@ -46,6 +47,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Collection(cmd) => rag::collection(cmd, &data_dir(data)?),
         Command::Ingest(args) => rag::ingest(args, &data_dir(data)?),
         Command::Search(args) => rag::search(args, &data_dir(data)?),
+        Command::Ask(args) => ask::ask(args, &data_dir(data)?),
         Command::ParseWorker => {
             airlock_rag::parse::worker::serve()?;
             Ok(ExitCode::SUCCESS)

@@ -21,8 +21,8 @@ use crate::cli::{CollectionCommand, IngestArgs, SearchArgs};
 use crate::output;
 
 /// An approved embedding model, loaded, and its pin.
-struct Loaded {
-    engine: EmbeddingEngine,
+pub(super) struct Loaded {
+    pub(super) engine: EmbeddingEngine,
     pin: EmbeddingPin,
 }
 
@@ -64,7 +64,7 @@ fn load_embedding(
 }
 
 /// Loads the model a collection is pinned to: its name at the pinned digest.
-fn pinned_model(
+pub(super) fn pinned_model(
     registry: &Registry,
     collection: &Collection,
     threads: Option<usize>,

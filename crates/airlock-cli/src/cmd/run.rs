@@ -17,7 +17,7 @@ use crate::cli::{EmbedArgs, RunArgs};
 use crate::output;
 
 /// Opens an approved version (re-hashing its blobs) and checks it is of the wanted kind.
-fn approved(
+pub(super) fn approved(
     data: &Path,
     reference: &str,
     kind: &str,
@@ -41,7 +41,7 @@ fn approved(
     Ok(model)
 }
 
-fn files(model: &ApprovedModel) -> ModelFiles {
+pub(super) fn files(model: &ApprovedModel) -> ModelFiles {
     ModelFiles::new(
         format!("{}:{}", model.name, model.version),
         model.files.clone(),
