@@ -380,6 +380,27 @@ fn a_rag_model_refuses_what_would_bypass_its_sources_and_others_refuse_airlock_s
     );
     assert_eq!(plain.status, 400, "{}", plain.body);
     assert!(plain.body.contains("airlock_sources"));
+
+    // A model that answers from a collection the data directory lacks is not served.
+    let missing = site.ws.path("missing.toml");
+    std::fs::write(
+        &missing,
+        "[models.a]\nref = \"smollm2:prod\"\nrag = { collections = [\"nosuch\"] }\n",
+    )
+    .unwrap();
+    let out = site.cmd(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        missing.to_str().unwrap(),
+    ]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("nosuch") && out.stderr.contains("does not exist"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

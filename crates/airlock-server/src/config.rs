@@ -607,6 +607,26 @@ mod tests {
                 "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\n[auth.oidc]\nissuer=\"i\"",
                 "audience",
             ),
+            (
+                "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\nrag={collections=[]}",
+                "names no collections",
+            ),
+            (
+                "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\nrag={collections=[\"kb\"],top_k=0}",
+                "top_k",
+            ),
+            (
+                "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\nrag={collections=[\"kb\"],max_context_tokens=1}",
+                "max_context_tokens",
+            ),
+            (
+                "data_dir=\"/d\"\ncollections=[\"other\"]\n[models.a]\nref=\"m:prod\"\nrag={collections=[\"kb\"]}",
+                "not in the served collections",
+            ),
+            (
+                "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\nrag={collections=[\"kb\"],k=3}",
+                "unknown field",
+            ),
         ] {
             match validated(text) {
                 Err(Error::Config { reason, .. }) => {

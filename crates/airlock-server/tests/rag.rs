@@ -29,6 +29,8 @@ struct Site {
     app: Arc<App>,
     chat: Arc<ScriptedChat>,
     key: String,
+    /// A key cleared for `public` only, which no document of the collection is.
+    public_key: String,
 }
 
 /// A collection with a hostile internal document, a plain internal one and a secret canary,
@@ -37,11 +39,16 @@ fn site(replies: Vec<Reply>) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     Registry::init(&data, "user:test").unwrap();
-    let key = Registry::open(&data, "user:test")
-        .unwrap()
+    let mut registry = Registry::open(&data, "user:test").unwrap();
+    let key = registry
         .create_key("app", KeyRole::User, "internal", None)
         .unwrap()
         .secret;
+    let public_key = registry
+        .create_key("kiosk", KeyRole::User, "public", None)
+        .unwrap()
+        .secret;
+    drop(registry);
     let pin = EmbeddingPin {
         reference: "scripted:1".into(),
         digest: DIGEST.into(),
@@ -117,14 +124,19 @@ fn site(replies: Vec<Reply>) -> Site {
         app: server.app(),
         chat,
         key,
+        public_key,
     }
 }
 
 impl Site {
     /// The body: JSON, or the SSE text of a stream.
     async fn post(&self, path: &str, body: &Value) -> String {
+        self.post_as(&self.key, path, body).await
+    }
+
+    async fn post_as(&self, key: &str, path: &str, body: &Value) -> String {
         let request = Request::post(path)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.key))
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body.to_string()))
             .unwrap();
@@ -299,4 +311,34 @@ async fn sources_reach_the_model_fenced_as_data_with_control_tokens_as_text() {
     // The engine tokenizes message text with special tokens off, so `<|im_start|>` in a
     // source, as in a user turn, stays text (engine test
     // `smollm2_control_token_text_in_user_content_stays_plain_text`).
+}
+
+#[tokio::test]
+async fn with_nothing_eligible_the_model_is_told_and_no_citation_is_invented() {
+    let site = site(vec![Reply::text(["The printer is on floor three [1]."])]);
+    let whole: Value = serde_json::from_str(
+        &site
+            .post_as(
+                &site.public_key.clone(),
+                "/v1/chat/completions",
+                &json!({"model": "handbook", "messages": question(), "airlock_sources": true}),
+            )
+            .await,
+    )
+    .unwrap();
+    let Prompt::Chat(conversation) = site.chat.requests()[0].prompt().clone() else {
+        panic!("a chat prompt")
+    };
+    assert!(conversation[0].content.contains("no source to answer from"));
+    assert!(!conversation[0].content.contains("printer"));
+    assert_eq!(whole["airlock"]["sources_placed"], 0);
+    assert_eq!(whole["airlock"]["sources"], json!([]));
+    assert!(
+        whole["airlock"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("no document")
+    );
+    assert_eq!(whole["choices"][0]["message"]["annotations"], json!([]));
+    assert_eq!(whole["airlock"]["unresolved_citations"][0]["marker"], 1);
 }
