@@ -170,6 +170,37 @@ impl Grounding {
         text
     }
 
+    /// The placed sources for an audit entry: `number:chunk:class:document-digest` each.
+    pub fn audit_sources(&self) -> String {
+        self.sources
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}:{}:{}:{}",
+                    s.number, s.chunk.id, s.chunk.class, s.chunk.document_version
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The citations that held, for an audit entry: `number:chunk:kind` each.
+    pub fn audit_citations(&self, checked: &Checked) -> String {
+        checked
+            .citations
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}:{}:{}",
+                    c.number,
+                    self.sources[c.number - 1].chunk.id,
+                    c.kind.as_str()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// The citations of `answer` that hold up against these sources, and the markers that
     /// do not.
     pub fn check(&self, answer: &str) -> Checked {

@@ -43,18 +43,7 @@ impl Grounded {
             self.text = text.to_owned();
         }
         let checked = self.grounding.check(&self.text);
-        record.detail(
-            "citations",
-            checked
-                .citations
-                .iter()
-                .map(|c| {
-                    let source = &self.grounding.sources[c.number - 1];
-                    format!("{}:{}:{}", c.number, source.chunk.id, c.kind.as_str())
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
+        record.detail("citations", self.grounding.audit_citations(&checked));
         if !checked.unresolved.is_empty() {
             record.detail(
                 "unresolved_citations",
@@ -231,20 +220,7 @@ pub(crate) async fn ground(
     })?;
     let sources = retrieve(app, record, &spec, &query).await?;
     let grounding = Grounding::new(sources, &app.fence_key);
-    record.detail(
-        "sources",
-        grounding
-            .sources
-            .iter()
-            .map(|s| {
-                format!(
-                    "{}:{}:{}:{}",
-                    s.number, s.chunk.id, s.chunk.class, s.chunk.document_version
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-    );
+    record.detail("sources", grounding.audit_sources());
     let instructions = grounding.instructions();
     match conversation.first_mut() {
         Some(first) if first.role == Role::System => {

@@ -158,8 +158,8 @@ pub(crate) fn ask(args: AskArgs, data: &Path) -> anyhow::Result<ExitCode> {
                 "query_sha256",
                 hex::encode(Sha256::digest(args.question.as_bytes())),
             )
-            .detail("sources", audit_sources(&grounding.sources))
-            .detail("citations", audit_citations(&checked, &grounding.sources))
+            .detail("sources", grounding.audit_sources())
+            .detail("citations", grounding.audit_citations(&checked))
             .detail(
                 "completion_sha256",
                 hex::encode(Sha256::digest(text.as_bytes())),
@@ -191,37 +191,6 @@ fn source_json(s: &Source) -> Value {
            "document_version": s.chunk.document_version, "chunk": s.chunk.id,
            "class": s.chunk.class, "heading": s.chunk.heading,
            "location": s.chunk.location.describe(), "score": s.score})
-}
-
-/// `n:chunk:class:document-digest` for each placed source.
-fn audit_sources(sources: &[Source]) -> String {
-    sources
-        .iter()
-        .map(|s| {
-            format!(
-                "{}:{}:{}:{}",
-                s.number, s.chunk.id, s.chunk.class, s.chunk.document_version
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `n:chunk:kind` for each citation that held.
-fn audit_citations(checked: &Checked, sources: &[Source]) -> String {
-    checked
-        .citations
-        .iter()
-        .map(|c| {
-            format!(
-                "{}:{}:{}",
-                c.number,
-                sources[c.number - 1].chunk.id,
-                c.kind.as_str()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// The sources the answer cites, for people.
