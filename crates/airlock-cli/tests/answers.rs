@@ -118,17 +118,32 @@ fn source_documents(answer: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The audit entries that record a retrieval for `handbook`, oldest first.
+/// What the audit log recorded of each request that retrieved for `handbook`, oldest first:
+/// the details of its `api.request` entry (durable before the answer) and of its last entry,
+/// merged.
 fn chat_entries(site: &Site) -> Vec<Value> {
-    site.cmd(&["audit", "tail", "-n", "500", "--json"])
+    let entries: Vec<Value> = site
+        .cmd(&["audit", "tail", "-n", "500", "--json"])
         .ok()
         .stdout
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| {
-            e["details"]["model"] == "handbook" && e["details"].get("collections").is_some()
-        })
-        .collect()
+        .filter(|e| e["details"]["model"] == "handbook")
+        .collect();
+    let mut merged: Vec<Value> = Vec::new();
+    for entry in entries {
+        let id = entry["details"]["request_id"].clone();
+        match merged.iter_mut().find(|m| m["details"]["request_id"] == id) {
+            Some(m) => {
+                for (k, v) in entry["details"].as_object().unwrap() {
+                    m["details"][k] = v.clone();
+                }
+            }
+            None => merged.push(entry),
+        }
+    }
+    merged.retain(|e| e["details"].get("collections").is_some());
+    merged
 }
 
 #[test]
@@ -152,7 +167,18 @@ fn a_question_answered_by_one_document_is_cited_to_it_through_both_sdks() {
     );
 
     // Each of the four answers is audited with its collection, clearance, the chunks placed
-    // (number, id, class, document digest) and the citations returned.
+    // (number, collection, id, class, document digest) and the citations returned; the
+    // chunks placed are in the `api.request` entry, durable before the answer began.
+    let requests: Vec<Value> = site
+        .cmd(&["audit", "tail", "-n", "500", "--json"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["action"] == "api.request" && e["details"]["model"] == "handbook")
+        .collect();
+    assert_eq!(requests.len(), 4);
+    assert!(requests.iter().all(|e| e["details"]["sources"].is_string()));
     let entries = chat_entries(&site);
     assert_eq!(entries.len(), 4, "{entries:?}");
     for entry in entries {
@@ -167,16 +193,17 @@ fn a_question_answered_by_one_document_is_cited_to_it_through_both_sdks() {
         assert!(!placed.is_empty());
         for source in &placed {
             let fields: Vec<&str> = source.split(':').collect();
-            assert_eq!(fields.len(), 4, "{source}");
-            assert!(fields[2] == "public" || fields[2] == "internal");
-            assert_eq!(fields[3].len(), 64, "the document's digest");
+            assert_eq!(fields.len(), 5, "{source}");
+            assert_eq!(fields[1], "handbook");
+            assert!(fields[3] == "public" || fields[3] == "internal");
+            assert_eq!(fields[4].len(), 64, "the document's digest");
         }
         let citations = details["citations"].as_str().unwrap();
         assert!(!citations.is_empty(), "{entry}");
         for citation in citations.split_whitespace() {
-            let chunk = citation.split(':').nth(1).unwrap();
+            let number = citation.split(':').next().unwrap();
             assert!(
-                placed.iter().any(|p| p.split(':').nth(1) == Some(chunk)),
+                placed.iter().any(|p| p.split(':').next() == Some(number)),
                 "{citation} is not among {placed:?}"
             );
         }
@@ -272,7 +299,7 @@ fn no_caller_gets_a_canary_above_its_clearance_in_any_part_of_an_answer() {
             .unwrap_or_default()
             .split_whitespace()
         {
-            let class = source.split(':').nth(2).unwrap();
+            let class = source.split(':').nth(3).unwrap();
             assert!(
                 CLASSES.iter().position(|c| *c == class).unwrap() <= rank,
                 "{entry}"
@@ -516,7 +543,7 @@ fn ask_answers_on_the_command_line_and_lists_the_sources_it_cites() {
             .unwrap()
             .split_whitespace()
         {
-            let class = source.split(':').nth(2).unwrap();
+            let class = source.split(':').nth(3).unwrap();
             assert!(class == "public" || class == "internal", "{entry}");
         }
     }

@@ -6,6 +6,7 @@
 //! placed in the prompt, and a sentence that repeats a run of a source's words is attributed
 //! to that source with the words it repeats. Everything else is reported as unresolved.
 
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use hmac::{Hmac, Mac};
@@ -131,8 +132,12 @@ impl Grounding {
         }
     }
 
-    /// Fences `sources` with `fence`; `None` if some source's text contains it.
+    /// Fences `sources` with `fence`; `None` if some source's text contains it, or if the
+    /// sources are not numbered 1, 2, ... in order.
     pub fn with_fence(sources: Vec<Source>, fence: String) -> Option<Self> {
+        if sources.iter().enumerate().any(|(i, s)| s.number != i + 1) {
+            return None;
+        }
         let forged = sources.iter().any(|s| {
             s.chunk.text.contains(&fence)
                 || s.chunk.heading.contains(&fence)
@@ -170,33 +175,28 @@ impl Grounding {
         text
     }
 
-    /// The placed sources for an audit entry: `number:chunk:class:document-digest` each.
+    /// The placed sources for an audit entry:
+    /// `number:collection:chunk:class:document-digest` each.
     pub fn audit_sources(&self) -> String {
         self.sources
             .iter()
             .map(|s| {
                 format!(
-                    "{}:{}:{}:{}",
-                    s.number, s.chunk.id, s.chunk.class, s.chunk.document_version
+                    "{}:{}:{}:{}:{}",
+                    s.number, s.collection, s.chunk.id, s.chunk.class, s.chunk.document_version
                 )
             })
             .collect::<Vec<_>>()
             .join(" ")
     }
 
-    /// The citations that held, for an audit entry: `number:chunk:kind` each.
+    /// The citations that held, for an audit entry: `number:kind` each (the number names
+    /// the placed source).
     pub fn audit_citations(&self, checked: &Checked) -> String {
         checked
             .citations
             .iter()
-            .map(|c| {
-                format!(
-                    "{}:{}:{}",
-                    c.number,
-                    self.sources[c.number - 1].chunk.id,
-                    c.kind.as_str()
-                )
-            })
+            .map(|c| format!("{}:{}", c.number, c.kind.as_str()))
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -271,22 +271,25 @@ pub struct Checked {
     pub unresolved: Vec<Unresolved>,
 }
 
-/// Checks the citations of `answer` against `sources`.
+/// Checks the citations of `answer` against `sources`. Linear in the answer's and the
+/// sources' lengths, whatever the answer holds: it is model output.
 pub fn check(answer: &str, sources: &[Source]) -> Checked {
     let mut checked = Checked::default();
     let chars = CharIndex::new(answer);
+    let all_sentences = sentences(answer);
     let mut cited_sentences = Vec::new();
     for marker in markers(answer) {
         let span = chars.range(marker.bytes.clone());
         match sources.iter().find(|s| s.number as u64 == marker.number) {
             Some(source) => {
-                let sentence = sentence_around(answer, marker.bytes.start);
-                cited_sentences.push(sentence.clone());
+                let sentence = claim_of(answer, &all_sentences, marker.bytes.start);
+                let quote = closest_sentence(&source.chunk.text, &answer[sentence.clone()]);
+                cited_sentences.push(sentence);
                 checked.citations.push(Citation {
                     number: source.number,
                     kind: CitationKind::Marker,
                     span,
-                    quote: closest_sentence(&source.chunk.text, &answer[sentence]),
+                    quote,
                 });
             }
             None => checked.unresolved.push(Unresolved {
@@ -295,29 +298,23 @@ pub fn check(answer: &str, sources: &[Source]) -> Checked {
             }),
         }
     }
+    let index = Shingles::new(sources);
     let checked_len = floor_char_boundary(answer, MAX_QUOTE_CHECK_BYTES);
     for sentence in sentences(&answer[..checked_len]) {
-        if cited_sentences
-            .iter()
-            .any(|c| c.start < sentence.end && sentence.start < c.end)
+        let sentence = trimmed(answer, sentence);
+        if sentence.is_empty()
+            || cited_sentences
+                .iter()
+                .any(|c| c.start < sentence.end && sentence.start < c.end)
         {
             continue;
         }
-        let said = words(&answer[sentence.clone()]);
-        let best = sources
-            .iter()
-            .map(|s| (s, longest_shared_run(&said, &words(&s.chunk.text))))
-            .filter(|(_, run)| run.len >= QUOTE_WORDS)
-            .max_by(|(a, x), (b, y)| x.len.cmp(&y.len).then(b.number.cmp(&a.number)));
-        if let Some((source, run)) = best {
-            let source_words = words(&source.chunk.text);
-            let from = source_words[run.in_source].bytes.start;
-            let to = source_words[run.in_source + run.len - 1].bytes.end;
+        if let Some((number, quote)) = index.longest_run(&words(&answer[sentence.clone()])) {
             checked.citations.push(Citation {
-                number: source.number,
+                number,
                 kind: CitationKind::Quote,
                 span: chars.range(sentence),
-                quote: source.chunk.text[from..to].to_owned(),
+                quote,
             });
         }
     }
@@ -325,13 +322,23 @@ pub fn check(answer: &str, sources: &[Source]) -> Checked {
     checked
 }
 
+/// `range` of `text` without its leading and trailing whitespace.
+fn trimmed(text: &str, range: Range<usize>) -> Range<usize> {
+    let slice = &text[range.clone()];
+    let start = range.start + (slice.len() - slice.trim_start().len());
+    let end = range.end - (slice.len() - slice.trim_end().len());
+    start..end.max(start)
+}
+
 struct Marker {
     number: u64,
     bytes: Range<usize>,
 }
 
-/// `[n]`, `[n, m]` and `[n][m]`: each number its own marker, spanning its brackets.
+/// `[n]`, `[n, m]` and `[n][m]`: each number its own marker, spanning its brackets. A bracket
+/// pair longer than a short list of numbers is skipped whole.
 fn markers(text: &str) -> Vec<Marker> {
+    const LONGEST: usize = 32;
     let bytes = text.as_bytes();
     let mut found = Vec::new();
     let mut i = 0;
@@ -340,8 +347,11 @@ fn markers(text: &str) -> Vec<Marker> {
             i += 1;
             continue;
         }
-        let Some(close) = text[i + 1..].find(']').map(|c| i + 1 + c) else {
-            break;
+        // `[` and `]` are ASCII, so both ends are character boundaries.
+        let window = &bytes[i + 1..bytes.len().min(i + 1 + LONGEST)];
+        let Some(close) = window.iter().position(|b| *b == b']').map(|c| i + 1 + c) else {
+            i += 1;
+            continue;
         };
         let inner = &text[i + 1..close];
         let numbers: Option<Vec<u64>> = inner
@@ -356,7 +366,7 @@ fn markers(text: &str) -> Vec<Marker> {
             })
             .collect();
         match numbers {
-            Some(numbers) if !inner.trim().is_empty() => {
+            Some(numbers) => {
                 for number in numbers {
                     found.push(Marker {
                         number,
@@ -365,7 +375,7 @@ fn markers(text: &str) -> Vec<Marker> {
                 }
                 i = close + 1;
             }
-            _ => i += 1,
+            None => i += 1,
         }
     }
     found
@@ -390,35 +400,39 @@ fn sentences(text: &str) -> Vec<Range<usize>> {
     out
 }
 
-/// The sentence that holds byte `at`, or that a marker at `at` closes.
-fn sentence_around(text: &str, at: usize) -> Range<usize> {
-    let all = sentences(text);
-    let mut best = 0..0;
-    for sentence in all {
-        if sentence.start <= at {
-            best = sentence;
-        }
+/// The statement a marker at byte `at` backs: its sentence, or, when that sentence is nothing
+/// but markers (`... midnight. [1]`), the one sentence before it.
+fn claim_of(text: &str, sentences: &[Range<usize>], at: usize) -> Range<usize> {
+    let here = sentences
+        .partition_point(|s| s.start <= at)
+        .saturating_sub(1);
+    let Some(sentence) = sentences.get(here) else {
+        return at..at;
+    };
+    let only_markers = words(&text[sentence.clone()])
+        .iter()
+        .all(|w| w.text.bytes().all(|b| b.is_ascii_digit()));
+    if only_markers && here > 0 {
+        return sentences[here - 1].start..sentence.end;
     }
-    // A marker after the full stop belongs to the sentence before it.
-    if text[best.clone()].trim_start().starts_with('[') && best.start > 0 {
-        let before = sentence_around(text, best.start - 1);
-        return before.start..best.end;
-    }
-    best
+    sentence.clone()
 }
 
-/// The sentence of `source` sharing the most words with `said`.
+/// The sentence of `source` sharing the most words with `said`; empty if none shares any.
 fn closest_sentence(source: &str, said: &str) -> String {
-    let said: Vec<String> = words(said).into_iter().map(|w| w.text).collect();
+    let said: HashSet<String> = words(said).into_iter().map(|w| w.text).collect();
     sentences(source)
         .into_iter()
-        .max_by_key(|s| {
-            words(&source[s.clone()])
+        .map(|s| {
+            let shared = words(&source[s.clone()])
                 .iter()
                 .filter(|w| said.contains(&w.text))
-                .count()
+                .count();
+            (shared, s)
         })
-        .map(|s| source[s].trim().to_owned())
+        .filter(|(shared, _)| *shared > 0)
+        .max_by_key(|(shared, s)| (*shared, std::cmp::Reverse(s.start)))
+        .map(|(_, s)| source[s].trim().to_owned())
         .unwrap_or_default()
 }
 
@@ -447,32 +461,64 @@ fn words(text: &str) -> Vec<Word> {
     out
 }
 
-struct Run {
-    len: usize,
-    in_source: usize,
+/// Every run of [`QUOTE_WORDS`] consecutive words of the sources, for finding the longest
+/// run an answer's sentence shares with one of them in time linear in both.
+struct Shingles<'a> {
+    sources: Vec<(&'a Source, Vec<Word>)>,
+    /// First place of each run, keyed by its words: (source, word).
+    first: HashMap<String, (usize, usize)>,
 }
 
-/// The longest run of consecutive words `said` and `source` share.
-fn longest_shared_run(said: &[Word], source: &[Word]) -> Run {
-    let mut best = Run {
-        len: 0,
-        in_source: 0,
-    };
-    let mut previous = vec![0usize; source.len() + 1];
-    let mut current = vec![0usize; source.len() + 1];
-    for a in said {
-        for (j, b) in source.iter().enumerate() {
-            current[j + 1] = if a.text == b.text { previous[j] + 1 } else { 0 };
-            if current[j + 1] > best.len {
-                best = Run {
-                    len: current[j + 1],
-                    in_source: j + 1 - current[j + 1],
-                };
+/// The key of a run of words.
+fn shingle(words: &[Word]) -> String {
+    let mut key = String::new();
+    for w in words {
+        key.push_str(&w.text);
+        key.push('\u{0}');
+    }
+    key
+}
+
+impl<'a> Shingles<'a> {
+    fn new(sources: &'a [Source]) -> Self {
+        let sources: Vec<(&Source, Vec<Word>)> =
+            sources.iter().map(|s| (s, words(&s.chunk.text))).collect();
+        let mut first = HashMap::new();
+        for (s, (_, source_words)) in sources.iter().enumerate() {
+            for (w, window) in source_words.windows(QUOTE_WORDS).enumerate() {
+                first.entry(shingle(window)).or_insert((s, w));
             }
         }
-        std::mem::swap(&mut previous, &mut current);
+        Self { sources, first }
     }
-    best
+
+    /// The source number and words of the longest run `said` shares with a source, if at
+    /// least [`QUOTE_WORDS`] long.
+    fn longest_run(&self, said: &[Word]) -> Option<(usize, String)> {
+        // (length, source, first word)
+        let mut best: Option<(usize, usize, usize)> = None;
+        for (a, window) in said.windows(QUOTE_WORDS).enumerate() {
+            let Some(&(s, w)) = self.first.get(&shingle(window)) else {
+                continue;
+            };
+            let source_words = &self.sources[s].1;
+            let mut length = QUOTE_WORDS;
+            while a + length < said.len()
+                && w + length < source_words.len()
+                && said[a + length].text == source_words[w + length].text
+            {
+                length += 1;
+            }
+            if best.is_none_or(|(l, _, _)| length > l) {
+                best = Some((length, s, w));
+            }
+        }
+        let (length, s, w) = best?;
+        let (source, source_words) = &self.sources[s];
+        let from = source_words[w].bytes.start;
+        let to = source_words[w + length - 1].bytes.end;
+        Some((source.number, source.chunk.text[from..to].to_owned()))
+    }
 }
 
 fn floor_char_boundary(text: &str, at: usize) -> usize {
@@ -661,6 +707,62 @@ mod tests {
     }
 
     #[test]
+    fn a_reference_list_after_the_answer_cites_its_own_lines_only() {
+        let answer = "The keeper checks the lamp at dusk and again at midnight.\n[1] Lighthouse\n[2] Visitors";
+        let checked = check(answer, &sources());
+        let kinds: Vec<(usize, CitationKind)> = checked
+            .citations
+            .iter()
+            .map(|c| (c.number, c.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, CitationKind::Quote),
+                (1, CitationKind::Marker),
+                (2, CitationKind::Marker)
+            ],
+            "the sentence above the list is still checked against the sources"
+        );
+        let quote = &checked.citations[0];
+        let said: String = answer
+            .chars()
+            .skip(quote.span.start)
+            .take(quote.span.len())
+            .collect();
+        assert_eq!(
+            said,
+            "The keeper checks the lamp at dusk and again at midnight."
+        );
+    }
+
+    #[test]
+    fn a_marker_after_the_full_stop_backs_the_sentence_before_it() {
+        let checked = check("Badges are worn at all times. [2]", &sources());
+        assert_eq!(checked.citations.len(), 1);
+        assert_eq!(
+            checked.citations[0].quote,
+            "Visitors sign in at the front desk and wear a badge at all times."
+        );
+        let unrelated = check("Zebra quokka [2]", &sources());
+        assert_eq!(unrelated.citations[0].quote, "", "no shared word, no quote");
+    }
+
+    #[test]
+    fn sources_numbered_out_of_order_are_refused() {
+        let mut shuffled = sources();
+        shuffled.swap(0, 1);
+        assert!(Grounding::with_fence(shuffled, "source-x".into()).is_none());
+    }
+
+    #[test]
+    fn an_answer_of_nothing_but_markers_is_checked_in_one_pass() {
+        let answer = "[1].".repeat(20_000) + &"[1]\n".repeat(20_000);
+        let checked = check(&answer, &sources());
+        assert_eq!(checked.citations.len(), 40_000);
+    }
+
+    #[test]
     fn spans_count_characters_not_bytes() {
         let answer = "Café noted [2].";
         let checked = check(answer, &sources());
@@ -679,6 +781,15 @@ mod tests {
             }
             for u in &checked.unresolved {
                 proptest::prop_assert!(u.number == 0 || u.number as usize > placed.len());
+            }
+        }
+
+        #[test]
+        fn bracket_soup_never_panics(answer in "[\\[\\]1-9., \\na-zé]{0,400}") {
+            let placed = sources();
+            let checked = check(&answer, &placed);
+            for c in &checked.citations {
+                proptest::prop_assert!((1..=placed.len()).contains(&c.number));
             }
         }
 

@@ -224,9 +224,9 @@ impl Shape for MessageEvents {
         )]
     }
 
-    fn settle(&mut self, whole: Option<&str>, record: &RequestRecord) {
+    fn settle(&mut self, whole: Option<&str>, record: &RequestRecord, partial: bool) {
         if let Some(grounded) = &mut self.grounded {
-            grounded.settle(whole, record);
+            grounded.settle(whole, record, partial);
         }
     }
 

@@ -86,6 +86,9 @@ struct Fields {
     /// What the handler adds to the request's last entry (a search's collection, clearance
     /// and the chunks it returned).
     details: Vec<(String, serde_json::Value)>,
+    /// What the handler adds to the `api.request` entry, durable before any answer goes out
+    /// (the chunks a RAG prompt carries).
+    request_details: Vec<(String, serde_json::Value)>,
 }
 
 impl RequestRecord {
@@ -148,6 +151,13 @@ impl RequestRecord {
     /// Adds `key` = `value` to the request's last entry.
     pub fn detail(&self, key: &str, value: impl Into<serde_json::Value>) {
         self.fields().details.push((key.to_owned(), value.into()));
+    }
+
+    /// Adds a detail to the `api.request` entry, which is durable before the answer begins.
+    pub fn request_detail(&self, key: &str, value: impl Into<serde_json::Value>) {
+        self.fields()
+            .request_details
+            .push((key.to_owned(), value.into()));
     }
 
     /// Who is asking, once authenticated.
@@ -255,6 +265,9 @@ impl RequestRecord {
         }
         if let Some(text) = f.request_text.take() {
             entry = entry.detail("request_body", text);
+        }
+        for (key, value) in f.request_details.drain(..) {
+            entry = entry.detail(&key, value);
         }
         entry
     }

@@ -173,9 +173,10 @@ pub(crate) trait Shape: Send + 'static {
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent>;
     /// Events for a failure after the stream began.
     fn error(&mut self, error: &ApiError) -> Vec<SseEvent>;
-    /// Called once the answer is complete and before its audit entry is written, with the
-    /// whole text when it was not streamed: a grounded answer checks its citations here.
-    fn settle(&mut self, _whole: Option<&str>, _record: &RequestRecord) {}
+    /// Called once the answer ends and before its audit entry is written, with the whole
+    /// text when it was not streamed; `partial` when it was cut short. A grounded answer
+    /// checks its citations here.
+    fn settle(&mut self, _whole: Option<&str>, _record: &RequestRecord, _partial: bool) {}
 }
 
 /// The one path of every chat-shaped route: checks the request, starts the model, writes
@@ -203,7 +204,7 @@ pub(crate) async fn answer<S: Shape>(
         return Ok(self::stream(chat, record, shape));
     }
     let (text, ending) = collect(chat, &record).await?;
-    shape.settle(Some(&text), &record);
+    shape.settle(Some(&text), &record, false);
     Ok(Json(shape.body(text, &ending)).into_response())
 }
 
@@ -279,12 +280,24 @@ fn reason_name(reason: FinishReason) -> &'static str {
     }
 }
 
-struct Streamer<S> {
+struct Streamer<S: Shape> {
     chat: ChatStream,
     record: Arc<RequestRecord>,
     shape: S,
     pending: VecDeque<SseEvent>,
     finished: bool,
+    /// The shape has seen the answer's end (or what there was of it).
+    settled: bool,
+}
+
+impl<S: Shape> Drop for Streamer<S> {
+    /// A client that went away mid-answer: what was said so far is still settled, before the
+    /// record writes the request's last entry.
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shape.settle(None, &self.record, true);
+        }
+    }
 }
 
 /// The SSE response for `chat`. The audit entry is written before the final events; if the
@@ -298,6 +311,7 @@ fn stream<S: Shape>(chat: ChatStream, record: Arc<RequestRecord>, mut shape: S) 
         shape,
         pending,
         finished: false,
+        settled: false,
     };
     Sse::new(events(streamer))
         .keep_alive(KeepAlive::default())
@@ -324,7 +338,8 @@ fn events<S: Shape>(
                 Some(Ok(ChatEvent::Done(ending))) => {
                     s.record
                         .usage(&ending.usage, Some(reason_name(ending.reason)));
-                    s.shape.settle(None, &s.record);
+                    s.shape.settle(None, &s.record, false);
+                    s.settled = true;
                     let events = match s.record.finish(200).await {
                         Ok(()) => s.shape.done(&ending),
                         Err(error) => s.shape.error(&error),
@@ -346,6 +361,8 @@ fn events<S: Shape>(
 
 async fn fail<S: Shape>(s: &mut Streamer<S>, error: ApiError) {
     s.record.error(&error);
+    s.shape.settle(None, &s.record, true);
+    s.settled = true;
     // The entry is best effort here: the stream is already failing either way.
     let _ = s.record.finish(error.status().as_u16()).await;
     let events = s.shape.error(&error);

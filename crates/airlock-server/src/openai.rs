@@ -370,9 +370,9 @@ impl Shape for Chunks {
         vec![self.chunk(Some(text), None)]
     }
 
-    fn settle(&mut self, whole: Option<&str>, record: &RequestRecord) {
+    fn settle(&mut self, whole: Option<&str>, record: &RequestRecord, partial: bool) {
         if let Some(grounded) = &mut self.grounded {
-            grounded.settle(whole, record);
+            grounded.settle(whole, record, partial);
         }
     }
 

@@ -37,13 +37,17 @@ impl Grounded {
         self.text.push_str(text);
     }
 
-    /// Checks the whole answer's citations and records them in the request's audit entry.
-    pub(crate) fn settle(&mut self, text: Option<&str>, record: &RequestRecord) {
+    /// Checks the answer's citations and records them in the request's audit entry;
+    /// `partial`: the answer was cut short (an error, the client gone).
+    pub(crate) fn settle(&mut self, text: Option<&str>, record: &RequestRecord, partial: bool) {
         if let Some(text) = text {
             self.text = text.to_owned();
         }
         let checked = self.grounding.check(&self.text);
         record.detail("citations", self.grounding.audit_citations(&checked));
+        if partial {
+            record.detail("citations_of_partial_answer", true);
+        }
         if !checked.unresolved.is_empty() {
             record.detail(
                 "unresolved_citations",
@@ -113,7 +117,8 @@ impl Grounded {
                     "title": title(s),
                     "search_result_index": c.number - 1,
                     "start_block_index": 0,
-                    "end_block_index": 0,
+                    // Exclusive: the search result's one block.
+                    "end_block_index": 1,
                     "kind": c.kind.as_str(),
                     "collection": s.collection,
                     "document_version": s.chunk.document_version,
@@ -220,7 +225,8 @@ pub(crate) async fn ground(
     })?;
     let sources = retrieve(app, record, &spec, &query).await?;
     let grounding = Grounding::new(sources, &app.fence_key);
-    record.detail("sources", grounding.audit_sources());
+    // Durable before the answer begins: which classified chunks went into the prompt.
+    record.request_detail("sources", grounding.audit_sources());
     let instructions = grounding.instructions();
     match conversation.first_mut() {
         Some(first) if first.role == Role::System => {
@@ -248,14 +254,14 @@ async fn retrieve(
     let principal = record.principal().ok_or_else(|| ApiError::Internal {
         detail: "a retrieval without a caller".into(),
     })?;
-    record.detail("collections", spec.collections.join(" "));
-    record.detail("clearance", principal.clearance.clone());
-    record.detail(
+    record.request_detail("collections", spec.collections.join(" "));
+    record.request_detail(
         "rag_query_sha256",
         hex::encode(Sha256::digest(query.as_bytes())),
     );
     let mut ranked = Vec::new();
     let mut counter = None;
+    let mut skipped = Vec::new();
     for name in &spec.collections {
         let served = app
             .collections()
@@ -265,9 +271,22 @@ async fn retrieve(
                 detail: format!("collection {name} is not served"),
             })?;
         counter.get_or_insert_with(|| Arc::clone(&served.embedder));
-        for hit in served.search(principal.clone(), query, spec.top_k).await? {
+        let hits = match served.search(principal.clone(), query, spec.top_k).await {
+            Ok(hits) => hits,
+            // A collection whose classes do not include the caller's clearance has nothing
+            // for it; the others still answer.
+            Err(ApiError::Forbidden { .. }) => {
+                skipped.push(name.as_str());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for hit in hits {
             ranked.push((name.clone(), hit));
         }
+    }
+    if !skipped.is_empty() {
+        record.request_detail("collections_not_at_clearance", skipped.join(" "));
     }
     Ok(answer::select(
         ranked,
