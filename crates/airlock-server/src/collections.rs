@@ -55,12 +55,29 @@ impl ServedCollection {
         query: &str,
         k: usize,
     ) -> std::result::Result<Vec<Hit>, ApiError> {
-        let name = self.name.clone();
-        let vector = Collection::embed_query(&*self.embedder, query)
+        let vector = self.embed(query).await?;
+        self.search_embedded(principal, query, vector, k).await
+    }
+
+    /// `query`'s vector from this collection's embedding model.
+    pub(crate) async fn embed(&self, query: &str) -> std::result::Result<Vec<f32>, ApiError> {
+        Collection::embed_query(&*self.embedder, query)
             .await
             .map_err(|e| ApiError::Internal {
-                detail: format!("embedding the query for {name}: {e}"),
-            })?;
+                detail: format!("embedding the query for {}: {e}", self.name),
+            })
+    }
+
+    /// As [`ServedCollection::search`], with the query's `vector` already made by
+    /// [`ServedCollection::embed`] (or by another collection pinned to the same model).
+    pub(crate) async fn search_embedded(
+        self: &Arc<Self>,
+        principal: Principal,
+        query: &str,
+        vector: Vec<f32>,
+        k: usize,
+    ) -> std::result::Result<Vec<Hit>, ApiError> {
+        let name = self.name.clone();
         let searching = Arc::clone(self);
         let text = query.to_owned();
         tokio::task::spawn_blocking(move || {

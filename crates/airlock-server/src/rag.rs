@@ -28,7 +28,8 @@ pub(crate) struct Grounded {
     return_sources: bool,
     /// The answer so far.
     text: String,
-    checked: Option<Checked>,
+    /// The answer's citations, once [`Grounded::settle`] has checked them.
+    checked: Checked,
 }
 
 impl Grounded {
@@ -59,13 +60,7 @@ impl Grounded {
                     .join(" "),
             );
         }
-        self.checked = Some(checked);
-    }
-
-    fn checked(&self) -> Checked {
-        self.checked
-            .clone()
-            .unwrap_or_else(|| self.grounding.check(&self.text))
+        self.checked = checked;
     }
 
     /// OpenAI's `message.annotations`: one `url_citation` per checked citation, with the
@@ -73,7 +68,7 @@ impl Grounded {
     /// fields.
     pub(crate) fn openai_annotations(&self) -> Value {
         let annotations: Vec<Value> = self
-            .checked()
+            .checked
             .citations
             .iter()
             .map(|c| {
@@ -105,7 +100,7 @@ impl Grounded {
     /// Anthropic's text-block `citations`: one `search_result_location` per checked
     /// citation, with the same chunk fields.
     pub(crate) fn anthropic_citations(&self) -> Vec<Value> {
-        self.checked()
+        self.checked
             .citations
             .iter()
             .map(|c| {
@@ -134,7 +129,7 @@ impl Grounded {
     /// The `airlock` extension of an answer: the markers that named no source, and the
     /// placed sources when asked for.
     pub(crate) fn extension(&self) -> Value {
-        let checked = self.checked();
+        let checked = &self.checked;
         let mut extension = json!({
             "sources_placed": self.grounding.sources.len(),
             "unresolved_citations": checked.unresolved.iter().map(|u| json!({
@@ -239,7 +234,7 @@ pub(crate) async fn ground(
         grounding,
         return_sources,
         text: String::new(),
-        checked: None,
+        checked: Checked::default(),
     }))
 }
 
@@ -262,6 +257,7 @@ async fn retrieve(
     let mut ranked = Vec::new();
     let mut counter = None;
     let mut skipped = Vec::new();
+    let mut vectors: Vec<(String, Vec<f32>)> = Vec::new();
     for name in &spec.collections {
         let served = app
             .collections()
@@ -271,7 +267,19 @@ async fn retrieve(
                 detail: format!("collection {name} is not served"),
             })?;
         counter.get_or_insert_with(|| Arc::clone(&served.embedder));
-        let hits = match served.search(principal.clone(), query, spec.top_k).await {
+        // Collections pinned to the same model share one query embedding.
+        let vector = match vectors.iter().find(|(digest, _)| *digest == served.digest) {
+            Some((_, vector)) => vector.clone(),
+            None => {
+                let vector = served.embed(query).await?;
+                vectors.push((served.digest.clone(), vector.clone()));
+                vector
+            }
+        };
+        let hits = match served
+            .search_embedded(principal.clone(), query, vector, spec.top_k)
+            .await
+        {
             Ok(hits) => hits,
             // A collection whose classes do not include the caller's clearance has nothing
             // for it; the others still answer.

@@ -79,6 +79,7 @@ pub(crate) fn ask(args: AskArgs, data: &Path) -> anyhow::Result<ExitCode> {
     let mut hits = Vec::new();
     let mut counter = None;
     let mut clearances = Vec::new();
+    let mut vectors: Vec<(String, Vec<f32>)> = Vec::new();
     for name in &plan.collections {
         let collection = Collection::open(data, name)?;
         let class = args
@@ -88,9 +89,19 @@ pub(crate) fn ask(args: AskArgs, data: &Path) -> anyhow::Result<ExitCode> {
         let clearance = Clearance::new(collection.classes(), &class, args.groups.clone())
             .with_context(|| format!("collection {name}"))?;
         clearances.push(class);
-        let loaded = pinned_model(&registry, &collection, args.threads, "ask")?;
-        let vector =
-            airlock_rag::block_on(Collection::embed_query(&loaded.engine, &args.question))?;
+        // Collections pinned to the same model share its load and the query's vector.
+        let pinned = collection.pin().digest.clone();
+        let vector = match vectors.iter().find(|(digest, _)| *digest == pinned) {
+            Some((_, vector)) => vector.clone(),
+            None => {
+                let loaded = pinned_model(&registry, &collection, args.threads, "ask")?;
+                let vector =
+                    airlock_rag::block_on(Collection::embed_query(&loaded.engine, &args.question))?;
+                vectors.push((pinned, vector.clone()));
+                counter.get_or_insert(loaded.engine);
+                vector
+            }
+        };
         for hit in collection.search(
             &args.question,
             &vector,
@@ -100,7 +111,6 @@ pub(crate) fn ask(args: AskArgs, data: &Path) -> anyhow::Result<ExitCode> {
         )? {
             hits.push((name.clone(), hit));
         }
-        counter.get_or_insert(loaded.engine);
     }
     let sources = answer::select(hits, plan.top_k, plan.budget, |text| {
         counter
