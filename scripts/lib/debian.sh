@@ -17,7 +17,10 @@ debian_packages=(
   g++            # the embedded engine: llama.cpp is C++
   cmake          # the embedded engine: llama.cpp's build
   libclang-dev   # the embedded engine: bindgen generates llama.cpp's bindings with libclang
+  libseccomp-dev # the network seal: libseccomp, which builds the seccomp filter
   ccache         # one llama.cpp compile shared by the clippy, test and release builds
+  strace         # tests: the network-silence test traces every network call
+  iproute2       # tests: brings up loopback in the network-silence test's namespace
   udpcast        # diode benchmark's anchor (udp-sender, udp-receiver)
   postgresql-doc-15  # the retrieval evaluation's corpus (PostgreSQL's HTML manual)
 )

@@ -18,6 +18,10 @@ pub(crate) struct Cli {
     /// Registry data directory [default: $XDG_DATA_HOME/airlock or ~/.local/share/airlock].
     #[arg(long, global = true, env = "AIRLOCK_DATA", value_name = "DIR")]
     pub(crate) data: Option<PathBuf>,
+    /// Run without the kernel sandbox (network seal and file fence), for debugging only; the
+    /// choice is recorded in the audit log.
+    #[arg(long, global = true)]
+    pub(crate) dangerous_no_sandbox: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

@@ -5,6 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::process::ExitCode;
 
 use airlock_bundle::{Limits, PublicKey, TrustPolicy};
+use airlock_confine::{Network, Paths, Policy, parent_of};
 use airlock_transfer::net::Socket;
 use airlock_transfer::receiver::{self, ReceiveOptions};
 use airlock_transfer::relay::{self, Bounds, Impairments};
@@ -15,10 +16,14 @@ use crate::cli::{DiodeCommand, DiodeReceiveArgs, DiodeRelayArgs, DiodeSendArgs};
 use crate::cmd::volumes::parse_size;
 use crate::output::{self, Bars};
 
-pub(crate) fn run(cmd: DiodeCommand, limits: &Limits) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(
+    cmd: DiodeCommand,
+    limits: &Limits,
+    no_sandbox: bool,
+) -> anyhow::Result<ExitCode> {
     match cmd {
         DiodeCommand::Send(args) => send(args, limits),
-        DiodeCommand::Receive(args) => receive(args, limits),
+        DiodeCommand::Receive(args) => receive(args, limits, no_sandbox),
         DiodeCommand::Relay(args) => relay(args),
     }
 }
@@ -51,7 +56,7 @@ fn send(args: DiodeSendArgs, limits: &Limits) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn receive(args: DiodeReceiveArgs, limits: &Limits) -> anyhow::Result<ExitCode> {
+fn receive(args: DiodeReceiveArgs, limits: &Limits, no_sandbox: bool) -> anyhow::Result<ExitCode> {
     let mut options = ReceiveOptions::new(args.out.clone());
     options.max_size = parse_size(&args.max_size)?;
     options.idle_timeout = args.idle_timeout.into();
@@ -66,6 +71,15 @@ fn receive(args: DiodeReceiveArgs, limits: &Limits) -> anyhow::Result<ExitCode> 
     }
     let socket =
         Socket::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    // Confined once bound: it keeps its socket to read from and may send nothing.
+    let policy = Policy {
+        network: Network::ReceiveOnly,
+        paths: Paths {
+            write: vec![args.out.clone(), parent_of(&args.out)],
+            ..Paths::default()
+        },
+    };
+    crate::confinement::apply(&policy, None, "diode receive", no_sandbox)?;
     let local = socket.local_addr()?;
     let granted = socket.recv_buffer_size();
     let mut stderr = std::io::stderr();

@@ -28,6 +28,11 @@ use crate::cli::{Cli, Command};
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let limits = Limits::default();
     let data = cli.data;
+    let no_sandbox = cli.dangerous_no_sandbox;
+    if let Some(policy) = crate::confinement::policy_for(&cli.command, &data) {
+        let data_dir = data.clone().or_else(airlock_registry::default_data_dir);
+        crate::confinement::apply(&policy, data_dir.as_deref(), command_name(), no_sandbox)?;
+    }
     match cli.command {
         Command::Keygen(args) => keygen::run(args),
         Command::Pack(args) => pack::run(*args, &limits),
@@ -36,13 +41,13 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(args, &limits),
         Command::Split(args) => volumes::split(args, &limits),
         Command::Join(args) => volumes::join(args),
-        Command::Diode(cmd) => diode::run(cmd, &limits),
+        Command::Diode(cmd) => diode::run(cmd, &limits, no_sandbox),
         Command::Trust(cmd) => trust::run(cmd, &data_dir(data)?),
         Command::Audit(cmd) => audit::run(cmd, &data_dir(data)?),
         Command::Run(args) => run::chat(*args, &data_dir(data)?),
         Command::Embed(args) => run::embed(args, &data_dir(data)?),
-        Command::Serve(args) => serve::serve(args, data),
-        Command::Config(cmd) => serve::config(cmd, data),
+        Command::Serve(args) => serve::serve(args, data, no_sandbox),
+        Command::Config(cmd) => serve::config(cmd, data, no_sandbox),
         Command::Keys(cmd) => keys::run(cmd, &data_dir(data)?),
         Command::Collection(cmd) => rag::collection(cmd, &data_dir(data)?),
         Command::Ingest(args) => rag::ingest(args, &data_dir(data)?),
@@ -54,6 +59,30 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         other => registry::run(other, &data_dir(data)?),
     }
+}
+
+/// The subcommand as typed (`airlock import ...` → `import`), for the audit log.
+fn command_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut args = std::env::args().skip(1);
+        let mut words = Vec::new();
+        while let Some(arg) = args.next() {
+            if arg == "--data" {
+                args.next();
+            } else if !arg.starts_with('-') {
+                words.push(arg);
+            }
+        }
+        let mut words = words.iter();
+        let first = words.next().cloned().unwrap_or_default();
+        match first.as_str() {
+            "diode" | "trust" | "audit" | "keys" | "collection" | "config" => {
+                format!("{first} {}", words.next().map_or("", String::as_str))
+            }
+            _ => first,
+        }
+    })
 }
 
 /// The data directory: `--data`, else `AIRLOCK_DATA` (clap reads both), else the default.

@@ -29,8 +29,21 @@ fn resolve(args: &ServeConfigArgs, data: Option<PathBuf>) -> anyhow::Result<Conf
     Ok(raw.validate(args.config.as_deref())?)
 }
 
-pub(crate) fn serve(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub(crate) fn serve(
+    args: ServeArgs,
+    data: Option<PathBuf>,
+    no_sandbox: bool,
+) -> anyhow::Result<ExitCode> {
     let config = resolve(&args.config, data)?;
+    // The listening socket first: once confined, the process can make no new one.
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("listening on {}", config.listen))?;
+    listener
+        .set_nonblocking(true)
+        .context("making the listening socket non-blocking")?;
+    let policy = crate::confinement::server_policy(&config, args.config.config.as_deref());
+    let data_dir = config.data_dir.clone();
+    crate::confinement::apply(&policy, Some(&data_dir), "serve", no_sandbox)?;
     // Warnings and errors (audit failures, llama.cpp) go to stderr.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -42,7 +55,8 @@ pub(crate) fn serve(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<Ex
         .context("starting the async runtime")?;
     let server = Server::start(config, &super::actor())?;
     runtime.block_on(async move {
-        let listener = server.bind().await?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).context("serving on the socket")?;
         let addr = listener
             .local_addr()
             .context("reading the listening address")?;
@@ -127,9 +141,16 @@ async fn shutdown_signal() {
     }
 }
 
-pub(crate) fn config(command: ConfigCommand, data: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub(crate) fn config(
+    command: ConfigCommand,
+    data: Option<PathBuf>,
+    no_sandbox: bool,
+) -> anyhow::Result<ExitCode> {
     let ConfigCommand::Check(args) = command;
     let config = resolve(&args.config, data)?;
+    let policy = crate::confinement::server_policy(&config, args.config.config.as_deref());
+    let data_dir = config.data_dir.clone();
+    crate::confinement::apply(&policy, Some(&data_dir), "config check", no_sandbox)?;
     if let Some(oidc) = &config.oidc {
         airlock_server::auth::check_jwks(&oidc.jwks_file)?;
     }

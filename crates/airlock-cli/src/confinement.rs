@@ -1,0 +1,226 @@
+//! What each command may touch once it has confined itself, and where refused attempts go.
+//!
+//! Every command confines itself before it reads untrusted input: a network seal (nothing
+//! leaves the machine; the diode sender and relay alone keep their UDP) and a file fence (the
+//! data directory, the paths named on the command line, the system's libraries). `serve` and
+//! `diode receive` confine themselves after binding their listening sockets; the parse
+//! worker inherits its parent's confinement.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use airlock_audit::{Entry, Outcome};
+use airlock_confine::{Attempt, EgressLog, Network, Paths, Policy, Report, parent_of};
+use airlock_server::config::{Config, EngineChoice};
+use airlock_upstream::ProcessKind;
+use anyhow::Context as _;
+
+use crate::cli::{AuditCommand, CollectionCommand, Command, DiodeCommand, TrustCommand};
+
+/// What a command is confined to, or `None` when it confines itself later (after binding
+/// its sockets) or inherits confinement.
+pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Policy> {
+    let sealed = |read: Vec<PathBuf>, write: Vec<PathBuf>| Policy {
+        network: Network::Sealed,
+        paths: Paths {
+            read,
+            write,
+            exec: Vec::new(),
+        },
+    };
+    let data = || data.clone().or_else(airlock_registry::default_data_dir);
+    let with_data = |mut read: Vec<PathBuf>, mut write: Vec<PathBuf>| {
+        write.extend(data());
+        // The parse worker is this binary, started again.
+        read.extend(std::env::current_exe().ok());
+        let mut policy = sealed(read, write);
+        policy.paths.exec.extend(std::env::current_exe().ok());
+        policy
+    };
+    let cwd = || PathBuf::from(".");
+    Some(match command {
+        Command::Keygen(a) => sealed(vec![], vec![a.out.clone(), parent_of(&a.out)]),
+        Command::Pack(a) => {
+            let mut read = vec![a.src.clone()];
+            read.extend(a.keys.iter().cloned());
+            read.extend(a.card.iter().cloned());
+            read.extend(a.evals.iter().cloned());
+            let out = a.out.as_deref().map_or_else(cwd, parent_of);
+            sealed(read, vec![out])
+        }
+        Command::Sign(a) => sealed(
+            vec![a.key.clone()],
+            vec![a.bundle.clone(), parent_of(&a.bundle)],
+        ),
+        Command::Verify(a) => {
+            let mut read = vec![a.bundle.clone()];
+            read.extend(a.trust.iter().cloned());
+            sealed(read, vec![])
+        }
+        Command::Inspect(a) => sealed(vec![a.bundle.clone()], vec![]),
+        Command::Split(a) => sealed(
+            vec![a.bundle.clone()],
+            vec![a.out.clone(), parent_of(&a.out)],
+        ),
+        Command::Join(a) => sealed(vec![a.dir.clone()], vec![parent_of(&a.out)]),
+        Command::Diode(DiodeCommand::Send(a)) => Policy {
+            network: Network::Open,
+            paths: Paths {
+                read: vec![a.bundle.clone()],
+                ..Paths::default()
+            },
+        },
+        Command::Diode(DiodeCommand::Relay(_)) => Policy {
+            network: Network::Open,
+            paths: Paths::default(),
+        },
+        Command::Diode(DiodeCommand::Receive(_))
+        | Command::Serve(_)
+        | Command::Config(_)
+        | Command::ParseWorker => {
+            return None;
+        }
+        // Init makes the directory beside where it will be, then renames it into place.
+        Command::Init(_) => {
+            let mut policy = with_data(vec![], vec![]);
+            policy.paths.write.extend(data().map(|d| parent_of(&d)));
+            policy
+        }
+        Command::Import(a) => with_data(vec![a.bundle.clone()], vec![]),
+        Command::Approve(a) => with_data(vec![a.key.clone()], vec![]),
+        Command::AllowDowngrade(a) => with_data(vec![a.key.clone()], vec![]),
+        Command::Export(a) => with_data(vec![], vec![a.out.clone(), parent_of(&a.out)]),
+        Command::Trust(TrustCommand::Add(a)) => with_data(vec![a.key.clone()], vec![]),
+        Command::Audit(AuditCommand::Verify(a)) => {
+            with_data(a.witness.iter().cloned().collect(), vec![])
+        }
+        Command::Ingest(a) => {
+            let mut read = a.paths.clone();
+            read.extend(a.rules.iter().cloned());
+            with_data(read, vec![])
+        }
+        Command::Ask(a) => with_data(a.config.iter().cloned().collect(), vec![]),
+        Command::Collection(
+            CollectionCommand::Create(_)
+            | CollectionCommand::Ls(_)
+            | CollectionCommand::Show(_)
+            | CollectionCommand::RmDoc(_)
+            | CollectionCommand::Rebuild(_),
+        )
+        | Command::Reject(_)
+        | Command::Tag(_)
+        | Command::Untag(_)
+        | Command::Ls(_)
+        | Command::Show(_)
+        | Command::Rm(_)
+        | Command::Gc(_)
+        | Command::Fsck(_)
+        | Command::Trust(_)
+        | Command::Audit(_)
+        | Command::Run(_)
+        | Command::Embed(_)
+        | Command::Keys(_)
+        | Command::Search(_) => with_data(vec![], vec![]),
+    })
+}
+
+/// What `serve` and `config check` keep: the data directory, the configuration and the
+/// files it names (JWKS), the engine binaries' directories (their libraries lie beside
+/// them), and the temporary directory that holds the engines' runtime directories.
+pub(crate) fn server_policy(config: &Config, file: Option<&Path>) -> Policy {
+    let mut paths = Paths {
+        read: file.iter().map(|f| f.to_path_buf()).collect(),
+        write: vec![config.data_dir.clone()],
+        exec: std::env::current_exe().into_iter().collect(),
+    };
+    paths
+        .read
+        .extend(config.oidc.iter().map(|o| o.jwks_file.clone()));
+    for model in config.models.values() {
+        if let EngineChoice::Process(process) = &model.engine {
+            let real =
+                std::fs::canonicalize(&process.binary).unwrap_or_else(|_| process.binary.clone());
+            for binary in [&process.binary, &real] {
+                let dir = parent_of(binary);
+                // A Python environment's packages lie beside its bin/ directory.
+                if process.kind == ProcessKind::Vllm {
+                    paths.exec.push(parent_of(&dir));
+                }
+                paths.exec.push(dir);
+            }
+            paths.write.push(std::env::temp_dir());
+        }
+    }
+    Policy {
+        network: Network::Sealed,
+        paths,
+    }
+}
+
+/// Records refused attempts on standard error and, where the command has a registry, in its
+/// audit log.
+pub(crate) struct AuditedEgress {
+    data: Option<PathBuf>,
+    command: String,
+}
+
+impl AuditedEgress {
+    pub(crate) fn new(data: Option<PathBuf>, command: &str) -> Arc<Self> {
+        Arc::new(Self {
+            data: data.filter(|d| d.join("audit").exists() || d.join("registry.db").exists()),
+            command: command.to_owned(),
+        })
+    }
+}
+
+impl EgressLog for AuditedEgress {
+    fn record(&self, attempt: &Attempt) {
+        eprintln!("airlock: {attempt}");
+        let Some(data) = &self.data else {
+            return;
+        };
+        let appended = crate::cmd::open_registry(data).and_then(|registry| {
+            let entry = Entry::new(registry.actor(), "egress.refused", Outcome::Refused)
+                .detail("command", self.command.clone())
+                .detail("pid", attempt.pid)
+                .detail("process", attempt.process.clone())
+                .detail("syscall", attempt.syscall)
+                .detail("destination", attempt.destination.to_string())
+                .detail("decision", attempt.decision());
+            registry.audit_log().append(entry)?;
+            Ok(())
+        });
+        if let Err(error) = appended {
+            eprintln!("airlock: the refused attempt above is not in the audit log: {error:#}");
+        }
+    }
+}
+
+/// Confines this process to `policy`, or, with `--dangerous-no-sandbox`, says loudly that it
+/// does not and records that in the audit log.
+pub(crate) fn apply(
+    policy: &Policy,
+    data: Option<&Path>,
+    command: &str,
+    no_sandbox: bool,
+) -> anyhow::Result<Option<Report>> {
+    if no_sandbox {
+        eprintln!(
+            "airlock: WARNING: --dangerous-no-sandbox: {command} runs without the kernel's network seal and file fence"
+        );
+        if let Some(data) = data.filter(|d| d.exists())
+            && let Ok(registry) = crate::cmd::open_registry(data)
+        {
+            registry.audit_log().append(
+                Entry::new(registry.actor(), "sandbox.disabled", Outcome::Ok)
+                    .detail("command", command.to_owned()),
+            )?;
+        }
+        return Ok(None);
+    }
+    let log = AuditedEgress::new(data.map(Path::to_owned), command);
+    let report = airlock_confine::confine(policy, log).with_context(|| {
+        format!("cannot confine {command} (pass --dangerous-no-sandbox to debug without it)")
+    })?;
+    Ok(Some(report))
+}

@@ -1,0 +1,109 @@
+//! Landlock: what the process may open, and no TCP connect or bind at all. Applied best
+//! effort: a kernel without Landlock, or with an older ABI, is reported, not fatal (the seal,
+//! not the fence, is what keeps the network shut).
+
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, Ruleset, RulesetAttr as _, RulesetCreatedAttr as _,
+    RulesetStatus, Scope, path_beneath_rules,
+};
+
+use crate::Error;
+
+/// The newest ABI whose rights are asked for; older kernels grant what they know.
+const ABI_WANTED: ABI = ABI::V6;
+
+/// System files every command reads: the dynamic linker's cache and libraries (engine
+/// processes are started by `exec`), the time zone, CPU topology and cgroup limits (thread
+/// counts), and this process's own `/proc` entry.
+const SYSTEM_READ: [&str; 10] = [
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/bin",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/proc/self",
+    "/sys/devices/system/cpu",
+    "/sys/fs/cgroup",
+    "/dev/urandom",
+];
+
+/// Devices opened for writing: the bit bucket, and the terminal a passphrase is asked on.
+const SYSTEM_WRITE: [&str; 2] = ["/dev/null", "/dev/tty"];
+
+/// What the fence let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fenced {
+    /// Every right asked for is enforced.
+    Full,
+    /// The kernel enforces some of the rights (an older Landlock ABI).
+    Partial,
+    /// The kernel has no Landlock (or it is disabled).
+    Unsupported,
+}
+
+/// Paths the process keeps.
+#[derive(Debug, Clone, Default)]
+pub struct Paths {
+    /// Read (files or directory trees).
+    pub read: Vec<PathBuf>,
+    /// Read, write, create and remove beneath (the data directory, output directories).
+    pub write: Vec<PathBuf>,
+    /// Read and execute (programs it starts, and their libraries).
+    pub exec: Vec<PathBuf>,
+}
+
+/// Restricts this process (and what it starts) to `paths`, with TCP closed.
+pub(crate) fn restrict(paths: &Paths) -> Result<Fenced, Error> {
+    let e = |source: landlock::RulesetError| Error::Landlock(source.to_string());
+    let read = AccessFs::from_read(ABI_WANTED);
+    let exec = read | AccessFs::Execute;
+    let all = AccessFs::from_all(ABI_WANTED);
+    let existing = |list: &[PathBuf]| -> Vec<PathBuf> {
+        list.iter().filter(|p| p.exists()).cloned().collect()
+    };
+    let system_read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
+    let system_write: Vec<PathBuf> = SYSTEM_WRITE.iter().map(PathBuf::from).collect();
+    let status = Ruleset::default()
+        .handle_access(all)
+        .map_err(e)?
+        // No rules for TCP: every connect and bind is refused.
+        .handle_access(AccessNet::from_all(ABI_WANTED))
+        .map_err(e)?
+        // Abstract unix sockets and signals outside this process tree.
+        .scope(Scope::from_all(ABI_WANTED))
+        .map_err(e)?
+        .create()
+        .map_err(e)?
+        .add_rules(path_beneath_rules(existing(&system_read), exec))
+        .map_err(e)?
+        .add_rules(path_beneath_rules(
+            existing(&system_write),
+            read | AccessFs::WriteFile | AccessFs::IoctlDev,
+        ))
+        .map_err(e)?
+        .add_rules(path_beneath_rules(existing(&paths.read), read))
+        .map_err(e)?
+        .add_rules(path_beneath_rules(existing(&paths.exec), exec))
+        .map_err(e)?
+        .add_rules(path_beneath_rules(existing(&paths.write), all))
+        .map_err(e)?
+        .restrict_self()
+        .map_err(e)?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => Fenced::Full,
+        RulesetStatus::PartiallyEnforced => Fenced::Partial,
+        RulesetStatus::NotEnforced => Fenced::Unsupported,
+    })
+}
+
+/// The directory a new output file lands in (it is written beside, then renamed).
+#[must_use]
+pub fn parent_of(output: &Path) -> PathBuf {
+    match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}

@@ -1,0 +1,200 @@
+//! Kernel confinement of airlock's own processes.
+//!
+//! A command calls [`confine`] once, at start, before it reads untrusted input. Three pieces:
+//!
+//! - **the seal** (seccomp, [`seal`]): the network system calls of every thread, and of every
+//!   process started afterwards, go through a filter; what would leave the machine is refused
+//!   with `EPERM` and recorded with its destination ([`EgressLog`], [`blocked_total`]);
+//! - **the fence** (Landlock, [`fence`]): files only beneath the paths the command was given
+//!   and the system's libraries; TCP connect and bind refused outright;
+//! - **no_new_privs**: nothing started afterwards gains privileges (set-uid binaries).
+//!
+//! The seal is required: a kernel that refuses it fails the command. The fence is best
+//! effort and [`Report`] says what the kernel enforced.
+
+mod fence;
+mod seal;
+pub mod sockaddr;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
+
+pub use fence::{Fenced, Paths, parent_of};
+pub use sockaddr::Destination;
+
+/// Environment variable that makes a confined command stop itself (`SIGSTOP`) right after
+/// confinement, so that a test or an operator can inspect `/proc/PID/status` of a command
+/// that would otherwise finish too quickly; `SIGCONT` resumes it.
+pub const STOP_AFTER_CONFINE_ENV: &str = "AIRLOCK_STOP_AFTER_CONFINE";
+
+/// Why confinement could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel or libseccomp refused the filter.
+    #[error("seccomp: {what}: {reason}")]
+    Seccomp {
+        /// The step that failed.
+        what: &'static str,
+        /// The library's or kernel's reason.
+        reason: String,
+    },
+    /// Landlock refused a rule (a kernel without Landlock is not an error).
+    #[error("landlock: {0}")]
+    Landlock(String),
+}
+
+/// What network a command keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// Nothing leaves the machine: only unix sockets are connected, bound or addressed; sockets
+    /// that exist already (a server's listeners and the connections they accept) keep working.
+    Sealed,
+    /// As [`Network::Sealed`], and nothing is sent at all, even on sockets that exist (a
+    /// diode receiver keeps its bound socket to read from).
+    ReceiveOnly,
+    /// Not filtered (connected-side commands that send over the network: the diode sender).
+    Open,
+}
+
+/// What a command asks to keep.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Its network.
+    pub network: Network,
+    /// Its files.
+    pub paths: Paths,
+}
+
+/// One refused attempt.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// When the kernel stopped it.
+    pub time: SystemTime,
+    /// The thread that made it (a thread id of this process or of a process it started).
+    pub pid: u32,
+    /// The thread's command name, where `/proc` gives it.
+    pub process: String,
+    /// The system call (`connect`, `sendto`, `socket`, ...).
+    pub syscall: &'static str,
+    /// Where it was going.
+    pub destination: Destination,
+}
+
+impl Attempt {
+    fn now(pid: u32, syscall: &'static str, destination: Destination) -> Self {
+        let process = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map_or_else(|_| "?".to_owned(), |c| c.trim_end().to_owned());
+        Self {
+            time: SystemTime::now(),
+            pid,
+            process,
+            syscall,
+            destination,
+        }
+    }
+
+    /// The decision, as logged: always `refused` (what continues is not an attempt).
+    #[must_use]
+    pub fn decision(&self) -> &'static str {
+        "refused"
+    }
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} to {} by pid {} ({}) refused by the kernel: this command has no network",
+            self.syscall, self.destination, self.pid, self.process
+        )
+    }
+}
+
+/// Where refused attempts are recorded (the audit log, standard error). Called on the
+/// listener thread while the caller waits, so it must not make network calls itself.
+pub trait EgressLog: Send + Sync {
+    /// Records one attempt.
+    fn record(&self, attempt: &Attempt);
+}
+
+static BLOCKED: AtomicU64 = AtomicU64::new(0);
+
+/// Attempts refused in this process (and the processes it started) since it confined itself.
+#[must_use]
+pub fn blocked_total() -> u64 {
+    BLOCKED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What is in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The network the seal keeps; `None` when no filter is loaded.
+    pub seal: Option<Network>,
+    /// The fence as the kernel enforced it.
+    pub fence: Fenced,
+    /// Whether `no_new_privs` is set.
+    pub no_new_privs: bool,
+}
+
+/// Confines this process and everything it starts, for good. Call it before starting threads
+/// that matter (the filter reaches every thread, but it is simpler to reason about one).
+pub fn confine(policy: &Policy, log: Arc<dyn EgressLog>) -> Result<Report, Error> {
+    let fence = fence::restrict(&policy.paths)?;
+    let seal = match policy.network {
+        Network::Open => {
+            no_new_privs()?;
+            None
+        }
+        network => {
+            seal::install(network, log)?;
+            Some(network)
+        }
+    };
+    let report = Report {
+        seal,
+        fence,
+        no_new_privs: status_field("NoNewPrivs").as_deref() == Some("1"),
+    };
+    if std::env::var_os(STOP_AFTER_CONFINE_ENV).is_some() {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
+    Ok(report)
+}
+
+fn no_new_privs() -> Result<(), Error> {
+    rustix::thread::set_no_new_privs(true).map_err(|e| Error::Seccomp {
+        what: "setting no_new_privs",
+        reason: e.to_string(),
+    })
+}
+
+/// A field of `/proc/self/status` (`Seccomp`, `NoNewPrivs`, ...).
+#[must_use]
+pub fn status_field(name: &str) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == name).then(|| value.trim().to_owned())
+    })
+}
+
+/// The outcome of trying to reach the network on purpose ([`probe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The kernel refused it (`EPERM`/`EACCES`): the seal holds.
+    Refused(String),
+    /// It got through, or failed for a reason that is not a refusal (no route, timeout): the
+    /// seal did not stop it.
+    NotRefused(String),
+}
+
+/// Tries to open a TCP connection to `address`; a sealed process must be refused at once.
+#[must_use]
+pub fn probe(address: std::net::SocketAddr) -> Probe {
+    match std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(2)) {
+        Ok(_) => Probe::NotRefused(format!("connected to {address}")),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Probe::Refused(e.to_string()),
+        Err(e) => Probe::NotRefused(e.to_string()),
+    }
+}

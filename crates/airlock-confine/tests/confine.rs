@@ -1,0 +1,236 @@
+//! Confinement is for good, so each scenario runs in a child: this test binary started again
+//! with `SCENARIO` set, which confines itself, tries things, and prints what happened.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    missing_docs
+)]
+
+use std::io::{Read as _, Write as _};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use airlock_confine::{Attempt, EgressLog, Fenced, Network, Paths, Policy, Probe, confine};
+
+const SCENARIO: &str = "AIRLOCK_CONFINE_SCENARIO";
+
+#[derive(Default)]
+struct Recorded(Mutex<Vec<String>>);
+
+impl EgressLog for Recorded {
+    fn record(&self, attempt: &Attempt) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", attempt.syscall, attempt.destination));
+    }
+}
+
+/// Runs `name` in a child and returns its standard output, line by line.
+fn scenario(name: &str, dir: &Path) -> Vec<String> {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env(SCENARIO, name)
+        .env("SCENARIO_DIR", dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        // libtest prints "test child ... " without a newline before the first result.
+        .filter_map(|l| l.split_once("RESULT ").map(|(_, r)| r.to_owned()))
+        .collect()
+}
+
+fn layout() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let inside = dir.path().join("granted");
+    let outside = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&inside).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(inside.join("given.txt"), "given").unwrap();
+    std::fs::write(outside.join("secret.txt"), "secret").unwrap();
+    (dir, inside, outside)
+}
+
+#[test]
+fn child() {
+    let Ok(name) = std::env::var(SCENARIO) else {
+        return;
+    };
+    let dir = PathBuf::from(std::env::var("SCENARIO_DIR").unwrap());
+    let inside = dir.join("granted");
+    let log = Arc::new(Recorded::default());
+    let network = if name == "receive-only" {
+        Network::ReceiveOnly
+    } else {
+        Network::Sealed
+    };
+    // A UDP socket made before confinement, as the diode receiver binds its own.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let report = confine(
+        &Policy {
+            network,
+            paths: Paths {
+                write: vec![inside.clone()],
+                ..Paths::default()
+            },
+        },
+        log.clone(),
+    )
+    .unwrap();
+    let say = |what: String| println!("RESULT {what}");
+    say(format!(
+        "seccomp {}",
+        airlock_confine::status_field("Seccomp").unwrap()
+    ));
+    say(format!("no_new_privs {}", report.no_new_privs));
+    say(format!("fence {:?}", report.fence));
+    match name.as_str() {
+        "network" => {
+            say(format!(
+                "probe {:?}",
+                matches!(
+                    airlock_confine::probe("192.0.2.1:443".parse().unwrap()),
+                    Probe::Refused(_)
+                )
+            ));
+            say(format!(
+                "loopback {:?}",
+                matches!(
+                    airlock_confine::probe("127.0.0.1:9".parse().unwrap()),
+                    Probe::Refused(_)
+                )
+            ));
+            let dgram = std::net::UdpSocket::bind("0.0.0.0:0");
+            say(format!("new udp socket {}", dgram.is_err()));
+            let sent = udp.send_to(b"x", "198.51.100.7:53");
+            say(format!("udp send_to {}", sent.is_err()));
+            // Unix sockets are local and keep working, including through a listener.
+            let path = inside.join("s.sock");
+            let listener = UnixListener::bind(&path).unwrap();
+            let mut client = UnixStream::connect(&path).unwrap();
+            let (mut served, _) = listener.accept().unwrap();
+            client.write_all(b"ping").unwrap();
+            let mut buf = [0u8; 4];
+            served.read_exact(&mut buf).unwrap();
+            say(format!("unix {}", &buf == b"ping"));
+            // A child process inherits the seal, and its attempt reaches the same log.
+            let status = Command::new("/bin/bash")
+                .args(["-c", "exec 3<>/dev/tcp/203.0.113.9/80"])
+                .status()
+                .unwrap();
+            say(format!("child refused {}", !status.success()));
+            for line in log.0.lock().unwrap().iter() {
+                say(format!("logged {line}"));
+            }
+            say(format!("blocked {}", airlock_confine::blocked_total()));
+        }
+        "files" => {
+            say(format!(
+                "given {}",
+                std::fs::read_to_string(inside.join("given.txt")).is_ok()
+            ));
+            let crafted = inside.join("../elsewhere/secret.txt");
+            say(format!(
+                "outside {}",
+                std::fs::read_to_string(crafted).is_err()
+            ));
+            std::os::unix::fs::symlink(dir.join("elsewhere/secret.txt"), inside.join("link"))
+                .unwrap();
+            say(format!(
+                "symlink {}",
+                std::fs::read_to_string(inside.join("link")).is_err()
+            ));
+            say(format!(
+                "shadow {}",
+                std::fs::read_to_string("/etc/shadow").is_err()
+            ));
+            say(format!(
+                "write {}",
+                std::fs::write(inside.join("new.txt"), "x").is_ok()
+            ));
+            say(format!(
+                "libraries {}",
+                std::fs::metadata("/usr/lib").is_ok()
+            ));
+        }
+        "receive-only" => {
+            let sent = udp.send_to(b"x", "127.0.0.1:9");
+            say(format!("udp send {}", sent.is_err()));
+            say(format!("logged {}", log.0.lock().unwrap().join(",")));
+        }
+        other => panic!("no scenario {other}"),
+    }
+}
+
+#[test]
+fn the_seal_refuses_every_way_out_and_logs_each_with_its_destination() {
+    let (dir, _, _) = layout();
+    let out = scenario("network", dir.path());
+    let has = |line: &str| out.iter().any(|l| l == line);
+    assert!(has("seccomp 2"), "{out:?}");
+    assert!(has("no_new_privs true"), "{out:?}");
+    assert!(has("probe true") && has("loopback true"), "{out:?}");
+    assert!(
+        has("new udp socket true") && has("udp send_to true"),
+        "{out:?}"
+    );
+    assert!(has("unix true"), "{out:?}");
+    assert!(has("child refused true"), "{out:?}");
+    assert!(has("logged connect 192.0.2.1:443"), "{out:?}");
+    assert!(has("logged connect 127.0.0.1:9"), "{out:?}");
+    assert!(
+        has("logged socket new AF_INET SOCK_DGRAM socket"),
+        "{out:?}"
+    );
+    assert!(has("logged sendto 198.51.100.7:53"), "{out:?}");
+    assert!(
+        has("logged connect 203.0.113.9:80"),
+        "the child's attempt: {out:?}"
+    );
+    assert!(has("blocked 5"), "{out:?}");
+}
+
+#[test]
+fn a_receive_only_seal_refuses_sends_on_a_socket_it_already_has() {
+    let (dir, _, _) = layout();
+    let out = scenario("receive-only", dir.path());
+    assert!(out.iter().any(|l| l == "udp send true"), "{out:?}");
+    assert!(
+        out.iter().any(|l| l == "logged sendto 127.0.0.1:9"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_fence_keeps_reads_to_what_was_given_where_the_kernel_has_landlock() {
+    let (dir, _, _) = layout();
+    let out = scenario("files", dir.path());
+    if out
+        .iter()
+        .any(|l| l == &format!("fence {:?}", Fenced::Unsupported))
+    {
+        eprintln!("this kernel has no Landlock: file rules not tested");
+        return;
+    }
+    for expected in [
+        "given true",
+        "outside true",
+        "symlink true",
+        "shadow true",
+        "write true",
+        "libraries true",
+    ] {
+        assert!(out.iter().any(|l| l == expected), "{expected}: {out:?}");
+    }
+}
