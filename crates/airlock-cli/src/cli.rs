@@ -71,6 +71,15 @@ pub(crate) enum Command {
     Export(ExportArgs),
     /// Let an older version be imported despite rollback protection, until an expiry.
     AllowDowngrade(AllowDowngradeArgs),
+    /// Report the kernel confinement this machine gives airlock, and prove the seal holds.
+    ///
+    /// Confines itself as every isolated-side command does, then reports: the network seal
+    /// (seccomp) and file fence (Landlock) in force and why any piece is missing, no_new_privs,
+    /// the machine's listening TCP addresses, the offline switches engine processes get, and
+    /// whether the data directory, keys and audit log are readable by their owner only. It
+    /// then tries to connect out and expects the kernel to refuse. The report is an audit entry.
+    /// Exit 1 if the seal did not hold or a check failed.
+    Doctor(JsonArgs),
     /// Manage trusted publisher and approver keys in policy.toml (each change is audited).
     #[command(subcommand)]
     Trust(TrustCommand),

@@ -107,6 +107,7 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
             | CollectionCommand::RmDoc(_)
             | CollectionCommand::Rebuild(_),
         )
+        | Command::Doctor(_)
         | Command::Reject(_)
         | Command::Tag(_)
         | Command::Untag(_)

@@ -22,5 +22,6 @@ mod processes;
 mod rag;
 mod real_models;
 mod registry;
+mod sealed;
 mod serve;
 mod volumes;

@@ -73,7 +73,7 @@ pub struct Attempt {
     pub time: SystemTime,
     /// The thread that made it (a thread id of this process or of a process it started).
     pub pid: u32,
-    /// The thread's command name, where `/proc` gives it.
+    /// The thread's name when it is one of this process's, else `started by airlock`.
     pub process: String,
     /// The system call (`connect`, `sendto`, `socket`, ...).
     pub syscall: &'static str,
@@ -83,8 +83,14 @@ pub struct Attempt {
 
 impl Attempt {
     fn now(pid: u32, syscall: &'static str, destination: Destination) -> Self {
-        let process = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map_or_else(|_| "?".to_owned(), |c| c.trim_end().to_owned());
+        // A thread of this process has its entry under /proc/self/task; the fence keeps other
+        // processes' /proc entries (and so their names) out of reach.
+        let process = if std::path::Path::new(&format!("/proc/self/task/{pid}")).exists() {
+            std::fs::read_to_string(format!("/proc/self/task/{pid}/comm"))
+                .map_or_else(|_| "airlock".to_owned(), |c| c.trim_end().to_owned())
+        } else {
+            "started by airlock".to_owned()
+        };
         Self {
             time: SystemTime::now(),
             pid,

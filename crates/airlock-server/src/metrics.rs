@@ -195,6 +195,15 @@ impl Metrics {
         );
         out.push_str("# TYPE airlock_engine_restarts_total counter\n");
         out.push_str(&restarts);
+        out.push_str(
+            "# HELP airlock_egress_refused_total Network attempts the kernel refused in this process and the engine processes it started.\n",
+        );
+        out.push_str("# TYPE airlock_egress_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "airlock_egress_refused_total {}",
+            airlock_confine::blocked_total()
+        );
         out
     }
 }

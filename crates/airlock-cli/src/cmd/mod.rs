@@ -3,6 +3,7 @@
 mod ask;
 mod audit;
 mod diode;
+mod doctor;
 mod inspect;
 mod keygen;
 mod keys;
@@ -29,11 +30,14 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let limits = Limits::default();
     let data = cli.data;
     let no_sandbox = cli.dangerous_no_sandbox;
+    let mut confinement = None;
     if let Some(policy) = crate::confinement::policy_for(&cli.command, &data) {
         let data_dir = data.clone().or_else(airlock_registry::default_data_dir);
-        crate::confinement::apply(&policy, data_dir.as_deref(), command_name(), no_sandbox)?;
+        confinement =
+            crate::confinement::apply(&policy, data_dir.as_deref(), command_name(), no_sandbox)?;
     }
     match cli.command {
+        Command::Doctor(args) => doctor::run(&args, &data_dir(data)?, confinement.as_ref()),
         Command::Keygen(args) => keygen::run(args),
         Command::Pack(args) => pack::run(*args, &limits),
         Command::Sign(args) => sign::run(args, &limits),

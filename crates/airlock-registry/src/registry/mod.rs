@@ -261,12 +261,16 @@ impl Registry {
     /// Creates a complete data directory at `root`; returns the audit verifier key and origin.
     fn build(root: &Path, actor: &str) -> Result<(String, String)> {
         let layout = Layout::new(root);
-        for dir in [
-            root.to_owned(),
-            root.join("keys"),
-            layout.blobs(),
-            layout.tmp(),
-        ] {
+        // The directory holds keys, the audit log and API key hashes: its owner's alone.
+        for dir in [root.to_owned(), root.join("keys")] {
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(&dir)
+            .map_err(|e| Error::io(&dir, e))?;
+        }
+        for dir in [layout.blobs(), layout.tmp()] {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
         std::fs::write(layout.policy(), policy::TEMPLATE)
@@ -286,6 +290,11 @@ impl Registry {
         )?;
         let policy = Policy::load(&layout.policy())?;
         let audit = AuditLog::create(&layout.audit(), &origin, signer)?;
+        std::fs::set_permissions(
+            layout.audit(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(|e| Error::io(layout.audit(), e))?;
         audit.append(
             Entry::new(actor, "registry.init", Outcome::Ok)
                 .detail("policy_sha256", policy.digest.to_hex())
