@@ -24,13 +24,15 @@
 # Finally verify the audit log that recorded every step, model loads and API requests included.
 #
 #   AIRLOCK_DEMO_DIR  where keys and bundles go (default: a new temporary directory)
+#   AIRLOCK_BIN       the airlock to run (default: the release build; the network-silence test
+#                     runs it under strace)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 2; }
 bash scripts/setup-test-tools.sh --demo
 source scripts/lib/cargo-env.sh
 cargo build --release --locked --quiet
-airlock="$PWD/target/release/airlock"
+airlock="${AIRLOCK_BIN:-$PWD/target/release/airlock}"
 models="${AIRLOCK_CACHE:-$HOME/.cache/airlock}/models"
 work="${AIRLOCK_DEMO_DIR:-$(mktemp -d)}"
 mkdir -p "$work"

@@ -13,6 +13,8 @@
     reason = "test-only helpers; a failure is a bug in the test"
 )]
 
+pub mod strace;
+
 pub mod safetensors {
     //! safetensors files.
 

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# What the kernel confinement costs: the same work with the seal and fence (the default) and
+# with --dangerous-no-sandbox, alternating in one run, medians and their ratio (target: within
+# noise, < 2 %).
+#
+#   verify   airlock verify of a 1 GiB bundle (incompressible weights), 11 times each
+#   import   airlock import of the same bundle into a fresh registry, 11 times each; the
+#            registry is in memory (/dev/shm where it has room), because this disk's fsync
+#            times vary fourfold from one call to the next and would drown what is measured
+#   request  API latency through two `airlock serve` processes on the same models, one confined,
+#            one not: a one-token chat completion and an embedding, alternating request by
+#            request on kept-alive connections, 1,000 each; each server goes
+#            first in alternate rounds
+#
+#   --check  a small run for the test suite (64 MiB, 3 rounds, 100 requests)
+#   AIRLOCK_BENCH_DIR  where the bundle goes (default: a new temporary directory)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+size=1 rounds=11 requests=1000
+if [ "${1:-}" = "--check" ]; then size=64M rounds=3 requests=100; fi
+bash scripts/fetch-models.sh >&2
+source scripts/lib/cargo-env.sh
+cargo build --release --locked --quiet -p airlock-cli
+airlock="$PWD/target/release/airlock"
+work="$(mktemp -d "${AIRLOCK_BENCH_DIR:-${TMPDIR:-/tmp}}/bench-confinement.XXXXXX")"
+servers=()
+ram=""
+cleanup() {
+  for s in "${servers[@]}"; do kill "$s" 2>/dev/null || true; done
+  rm -rf "$work"
+  [ -z "$ram" ] || rm -rf "$ram"
+}
+trap cleanup EXIT
+bash scripts/make-bench-bundle.sh "$airlock" "$work" "$size" >&2
+bundle="$work/bench.airlock"
+echo "bundle: $(du -m "$bundle" | cut -f1) MiB; $rounds rounds of each, alternating"
+
+# Seconds one run of "$@" takes.
+timed() { python3 -c 'import subprocess,sys,time; t=time.perf_counter(); subprocess.run(sys.argv[1:],check=True,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL); print(time.perf_counter()-t)' "$@"; }
+report() { # NAME FILE_CONFINED FILE_OPEN
+  python3 - "$@" <<'PY'
+import statistics, sys
+name, a, b = sys.argv[1:]
+on = [float(x) for x in open(a)]
+off = [float(x) for x in open(b)]
+m_on, m_off = statistics.median(on), statistics.median(off)
+print(f"{name:8} confined {m_on*1000:9.2f} ms   unconfined {m_off*1000:9.2f} ms   ratio {m_on/m_off:.3f}"
+      f"   (fastest {min(on)*1000:.2f} / {min(off)*1000:.2f} ms, ratio {min(on)/min(off):.3f})")
+PY
+}
+
+for i in $(seq "$rounds"); do
+  # Each goes first in alternate rounds.
+  order=(on off); [ $((i % 2)) -eq 0 ] && order=(off on)
+  for mode in "${order[@]}"; do
+    flag=(); [ "$mode" = off ] && flag=(--dangerous-no-sandbox)
+    timed "$airlock" "${flag[@]}" verify "$bundle" --trust "$work/keys/publisher.pub" >> "$work/verify.$mode"
+  done
+done
+report verify "$work/verify.on" "$work/verify.off"
+
+registry() { # DIR: a registry that trusts the bundle's publisher
+  AIRLOCK_DATA="$1" "$airlock" init >/dev/null
+  AIRLOCK_DATA="$1" "$airlock" trust add --publisher "$work/keys/publisher.pub" >/dev/null
+}
+ram=""
+bundle_bytes="$(stat -c %s "$bundle")"
+if [ -w /dev/shm ] && [ "$(df --output=avail -B1 /dev/shm | tail -1)" -gt $((bundle_bytes * 2)) ]; then
+  ram="$(mktemp -d /dev/shm/bench-confinement.XXXXXX)"
+fi
+into="${ram:-$work}"
+for i in $(seq "$rounds"); do
+  order=(on off); [ $((i % 2)) -eq 0 ] && order=(off on)
+  for mode in "${order[@]}"; do
+    rm -rf "$into/reg"; registry "$into/reg"
+    flag=(); [ "$mode" = off ] && flag=(--dangerous-no-sandbox)
+    AIRLOCK_DATA="$into/reg" timed "$airlock" "${flag[@]}" import "$bundle" >> "$work/import.$mode"
+  done
+done
+rm -rf "$into/reg"
+echo "         (import into $([ -n "$ram" ] && echo "memory, /dev/shm" || echo "$work, on disk"))"
+report import "$work/import.on" "$work/import.off"
+
+export AIRLOCK_DATA="$work/data"
+source scripts/lib/bench-registry.sh
+mkdir -p "$work/serving"
+key="$(bench_registry "$airlock" "$work/serving" smollm2 all-minilm-l6-v2)"
+start() { # NAME FLAGS...: serve on a free loopback port; prints its address
+  local name="$1"; shift
+  # Idle OpenMP threads yield rather than spin, so that one server's pause does not slow the
+  # other's turn.
+  OMP_WAIT_POLICY=passive "$airlock" "$@" serve --listen 127.0.0.1:0 --model chat=smollm2:prod --model embed=all-minilm-l6-v2:prod \
+    > "$work/$name.out" 2> "$work/$name.err" &
+  servers+=($!)
+  for _ in $(seq 300); do grep -q "serving on" "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
+  sed -n 's|.*serving on http://\([^/]*\)/v1|\1|p' "$work/$name.out"
+}
+confined="$(start confined)"
+unconfined="$(start unconfined --dangerous-no-sandbox)"
+[ -n "$confined" ] && [ -n "$unconfined" ] || { cat "$work"/*.err >&2; exit 1; }
+python3 - "$confined" "$unconfined" "$key" "$requests" <<'PY'
+import http.client, json, statistics, sys, time
+confined, unconfined, key, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+bodies = {
+    "chat": ("/v1/chat/completions", json.dumps({"model": "chat", "max_tokens": 1, "temperature": 0,
+             "messages": [{"role": "user", "content": "What is the capital of France?"}]})),
+    "embed": ("/v1/embeddings", json.dumps({"model": "embed", "input": "The cat sits on the mat."})),
+}
+conns = {name: http.client.HTTPConnection(*addr.rsplit(":", 1)) for name, addr in
+         (("confined", confined), ("unconfined", unconfined))}
+def once(name, path, body):
+    c = conns[name]
+    t = time.perf_counter()
+    c.request("POST", path, body, headers)
+    r = c.getresponse(); r.read()
+    if r.status != 200:
+        sys.exit(f"{name} {path}: {r.status}")
+    return time.perf_counter() - t
+for kind, (path, body) in bodies.items():
+    for name in conns:  # warm both
+        for _ in range(5): once(name, path, body)
+    times = {"confined": [], "unconfined": []}
+    for i in range(n):
+        # Each goes first half the time.
+        for name in (list(conns) if i % 2 == 0 else list(conns)[::-1]):
+            times[name].append(once(name, path, body))
+    on, off = statistics.median(times["confined"]), statistics.median(times["unconfined"])
+    print(f"{kind:8} confined {on*1000:9.3f} ms   unconfined {off*1000:9.3f} ms   ratio {on/off:.3f}   (p50 of {n} requests each)")
+PY

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The network-silence test: the README's main job (scripts/demo.sh: pack, the diode on
+# loopback, import, approve, run, embed, ingest, search, ask, serve with API calls) and then
+# the official OpenAI and Anthropic SDKs against `airlock serve`, all inside a network
+# namespace that has only loopback, with every airlock process (and what it starts) under
+# `strace -f -e trace=network,openat`. HTTP(S)_PROXY, ALL_PROXY, HF_ENDPOINT and the like
+# point at addresses that must never be dialled. Fails on any connect or addressed send to a
+# non-loopback address, anything to port 53, a resolver socket or file (a DNS lookup):
+# crates/airlock-testkit/src/strace.rs decides, and is itself tested on recorded traces.
+#
+# To show that the check can fail, it also traces `airlock --dangerous-no-sandbox doctor`,
+# whose probe connects out on purpose, and requires the checker to flag it.
+#
+#   AIRLOCK_SILENCE_DIR  where traces go (default: a new temporary directory)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/lib/debian.sh
+debian_require strace iproute2
+bash scripts/setup-test-tools.sh --demo
+source scripts/lib/cargo-env.sh
+# Everything is built and fetched out here: the namespace has no network at all.
+cargo build --release --locked --quiet
+cargo build --release --locked --quiet -p airlock-testkit --bin trace-check
+dir="${AIRLOCK_SILENCE_DIR:-$(mktemp -d)}"
+rm -rf "$dir/traces" "$dir/control" "$dir/demo"
+mkdir -p "$dir/traces" "$dir/control" "$dir/demo"
+
+# airlock under strace, with every proxy and hub variable pointing somewhere it must not go.
+traced() {
+  local out="$1" wrapper="$2"
+  cat > "$wrapper" <<SH
+#!/bin/sh
+export HTTP_PROXY=http://203.0.113.10:3128 HTTPS_PROXY=http://203.0.113.10:3128
+export http_proxy=http://203.0.113.10:3128 https_proxy=http://203.0.113.10:3128
+export ALL_PROXY=socks5://203.0.113.11:1080 all_proxy=socks5://203.0.113.11:1080
+export HF_ENDPOINT=http://203.0.113.12 HF_HUB_OFFLINE=0 HUGGINGFACE_HUB_URL=http://203.0.113.12
+export NO_PROXY= no_proxy=
+# strace attaches to this shell, which then becomes airlock: its caller's pid is airlock's
+# own, so a kill reaches airlock (and stops it gracefully) rather than strace.
+strace -f -qq -e trace=network,openat -o "$out/trace.\$\$" -p \$\$ 2>/dev/null &
+while ! grep -q "^TracerPid:[[:space:]]*[1-9]" /proc/\$\$/status; do sleep 0.01; done
+exec "$PWD/target/release/airlock" "\$@"
+SH
+  chmod +x "$wrapper"
+}
+traced "$dir/traces" "$dir/airlock"
+traced "$dir/control" "$dir/airlock-control"
+
+export dir
+unshare -rn bash -euo pipefail -c '
+  ip link set lo up
+  export CARGO_NET_OFFLINE=true
+  echo "== the main job, inside a namespace with only loopback"
+  AIRLOCK_BIN="$dir/airlock" AIRLOCK_DEMO_DIR="$dir/demo" bash scripts/demo.sh > "$dir/demo.log" 2>&1 \
+    || { tail -40 "$dir/demo.log"; exit 1; }
+  grep -q "Paris" "$dir/demo.log" || { echo "the demo did not answer Paris" >&2; exit 1; }
+  echo "== the official SDKs against airlock serve, inside the same namespace"
+  export AIRLOCK_DATA="$dir/demo/registry"
+  key="$("$dir/airlock" keys create --name silence --json | python3 -c "import json,sys; print(json.load(sys.stdin)[\"key\"])")"
+  "$dir/airlock" serve --listen 127.0.0.1:0 --model chat=smollm2:prod --model embed=all-minilm-l6-v2:prod \
+    > "$dir/serve.out" 2> "$dir/serve.err" &
+  server=$!
+  for _ in $(seq 300); do grep -q "serving on" "$dir/serve.out" 2>/dev/null && break; sleep 0.1; done
+  base="$(sed -n "s|^airlock: serving on \(http://[^ ]*\)/v1$|\1|p" "$dir/serve.out")"
+  [ -n "$base" ] || { cat "$dir/serve.err" >&2; exit 1; }
+  "${AIRLOCK_CACHE:-$HOME/.cache/airlock}/tools-venv/bin/python" scripts/sdk-e2e.py "$base" "$key" chat embed > "$dir/sdk.json"
+  kill "$server"; wait "$server" 2>/dev/null || true
+  echo "== a deliberate outbound call, for the checker to catch"
+  "$dir/airlock-control" --dangerous-no-sandbox doctor > /dev/null 2>&1 || true
+'
+checker="$PWD/target/release/trace-check"
+echo "== network silence: every airlock process of the run above"
+"$checker" "$dir"/traces/trace.*
+echo "== the checker catches the deliberate outbound call"
+if "$checker" "$dir"/control/trace.* 2> "$dir/control.txt"; then
+  echo "the checker missed doctor's outbound probe (see $dir/control)" >&2
+  exit 1
+fi
+grep -m1 "192.0.2.1:443" "$dir/control.txt"
+echo "network silence: $(ls "$dir"/traces | wc -l) airlock processes traced, none reached beyond loopback"
