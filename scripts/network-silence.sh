@@ -37,8 +37,13 @@ export HF_ENDPOINT=http://203.0.113.12 HF_HUB_OFFLINE=0 HUGGINGFACE_HUB_URL=http
 export NO_PROXY= no_proxy=
 # strace attaches to this shell, which then becomes airlock: its caller's pid is airlock's
 # own, so a kill reaches airlock (and stops it gracefully) rather than strace.
-strace -f -qq -e trace=network,openat -o "$out/trace.\$\$" -p \$\$ 2>/dev/null &
-while ! grep -q "^TracerPid:[[:space:]]*[1-9]" /proc/\$\$/status; do sleep 0.01; done
+strace -f -qq -e abbrev=none -e trace=network,openat -o "$out/trace.\$\$" -p \$\$ 2>"$out/strace.\$\$.err" &
+tries=0
+until grep -q "^TracerPid:[[:space:]]*[1-9]" /proc/\$\$/status; do
+  tries=\$((tries + 1))
+  [ \$tries -lt 1000 ] || { echo "strace did not attach:" >&2; cat "$out/strace.\$\$.err" >&2; exit 2; }
+  sleep 0.01
+done
 exec "$PWD/target/release/airlock" "\$@"
 SH
   chmod +x "$wrapper"
@@ -68,13 +73,15 @@ unshare -rn bash -euo pipefail -c '
   echo "== a deliberate outbound call, for the checker to catch"
   "$dir/airlock-control" --dangerous-no-sandbox doctor > /dev/null 2>&1 || true
 '
+# strace writes until its last tracee is gone: wait for every one to finish.
+for _ in $(seq 100); do pgrep -f "strace -f -qq -e abbrev=none" >/dev/null || break; sleep 0.1; done
 checker="$PWD/target/release/trace-check"
 echo "== network silence: every airlock process of the run above"
-"$checker" "$dir"/traces/trace.*
+"$checker" "$dir"/traces/trace.[0-9]*
 echo "== the checker catches the deliberate outbound call"
-if "$checker" "$dir"/control/trace.* 2> "$dir/control.txt"; then
+if "$checker" "$dir"/control/trace.[0-9]* 2> "$dir/control.txt"; then
   echo "the checker missed doctor's outbound probe (see $dir/control)" >&2
   exit 1
 fi
 grep -m1 "192.0.2.1:443" "$dir/control.txt"
-echo "network silence: $(ls "$dir"/traces | wc -l) airlock processes traced, none reached beyond loopback"
+echo "network silence: $(ls "$dir"/traces/trace.[0-9]* | wc -l) airlock processes traced, none reached beyond loopback"

@@ -25,8 +25,14 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
         paths: Paths {
             read,
             write,
-            exec: Vec::new(),
+            ..Paths::default()
         },
+    };
+    // An output file is written beside itself and renamed: its directory gets plain file
+    // creation, not every right beneath it.
+    let creating = |mut policy: Policy, dirs: Vec<PathBuf>| {
+        policy.paths.create = dirs;
+        policy
     };
     let data = || data.clone().or_else(airlock_registry::default_data_dir);
     let with_data = |mut read: Vec<PathBuf>, mut write: Vec<PathBuf>| {
@@ -39,18 +45,18 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
     };
     let cwd = || PathBuf::from(".");
     Some(match command {
-        Command::Keygen(a) => sealed(vec![], vec![a.out.clone(), parent_of(&a.out)]),
+        Command::Keygen(a) => sealed(vec![], vec![made(&a.out)]),
         Command::Pack(a) => {
             let mut read = vec![a.src.clone()];
             read.extend(a.keys.iter().cloned());
             read.extend(a.card.iter().cloned());
             read.extend(a.evals.iter().cloned());
             let out = a.out.as_deref().map_or_else(cwd, parent_of);
-            sealed(read, vec![out])
+            creating(sealed(read, vec![]), vec![out])
         }
-        Command::Sign(a) => sealed(
-            vec![a.key.clone()],
-            vec![a.bundle.clone(), parent_of(&a.bundle)],
+        Command::Sign(a) => creating(
+            sealed(vec![a.key.clone()], vec![a.bundle.clone()]),
+            vec![parent_of(&a.bundle)],
         ),
         Command::Verify(a) => {
             let mut read = vec![a.bundle.clone()];
@@ -58,11 +64,8 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
             sealed(read, vec![])
         }
         Command::Inspect(a) => sealed(vec![a.bundle.clone()], vec![]),
-        Command::Split(a) => sealed(
-            vec![a.bundle.clone()],
-            vec![a.out.clone(), parent_of(&a.out)],
-        ),
-        Command::Join(a) => sealed(vec![a.dir.clone()], vec![parent_of(&a.out)]),
+        Command::Split(a) => sealed(vec![a.bundle.clone()], vec![made(&a.out)]),
+        Command::Join(a) => creating(sealed(vec![a.dir.clone()], vec![]), vec![parent_of(&a.out)]),
         Command::Diode(DiodeCommand::Send(a)) => Policy {
             network: Network::Open,
             paths: Paths {
@@ -81,15 +84,14 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
             return None;
         }
         // Init makes the directory beside where it will be, then renames it into place.
-        Command::Init(_) => {
-            let mut policy = with_data(vec![], vec![]);
-            policy.paths.write.extend(data().map(|d| parent_of(&d)));
-            policy
-        }
+        Command::Init(_) => creating(
+            with_data(vec![], vec![]),
+            data().map(|d| parent_of(&d)).into_iter().collect(),
+        ),
         Command::Import(a) => with_data(vec![a.bundle.clone()], vec![]),
         Command::Approve(a) => with_data(vec![a.key.clone()], vec![]),
         Command::AllowDowngrade(a) => with_data(vec![a.key.clone()], vec![]),
-        Command::Export(a) => with_data(vec![], vec![a.out.clone(), parent_of(&a.out)]),
+        Command::Export(a) => creating(with_data(vec![], vec![]), vec![parent_of(&a.out)]),
         Command::Trust(TrustCommand::Add(a)) => with_data(vec![a.key.clone()], vec![]),
         Command::Audit(AuditCommand::Verify(a)) => {
             with_data(a.witness.iter().cloned().collect(), vec![])
@@ -125,6 +127,14 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
     })
 }
 
+/// `dir`, made if missing (the commands that write into it make it anyway): the fence can
+/// only keep a directory that exists, and then keeps the command to it alone.
+pub(crate) fn made(dir: &Path) -> PathBuf {
+    // A failure is the command's to report, with its own context.
+    let _ = std::fs::create_dir_all(dir);
+    dir.to_owned()
+}
+
 /// What `serve` and `config check` keep: the data directory, the configuration and the
 /// files it names (JWKS), the engine binaries' directories (their libraries lie beside
 /// them), and the temporary directory that holds the engines' runtime directories.
@@ -133,6 +143,7 @@ pub(crate) fn server_policy(config: &Config, file: Option<&Path>) -> Policy {
         read: file.iter().map(|f| f.to_path_buf()).collect(),
         write: vec![config.data_dir.clone()],
         exec: std::env::current_exe().into_iter().collect(),
+        ..Paths::default()
     };
     paths
         .read

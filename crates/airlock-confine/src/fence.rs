@@ -51,6 +51,9 @@ pub struct Paths {
     pub read: Vec<PathBuf>,
     /// Read, write, create and remove beneath (the data directory, output directories).
     pub write: Vec<PathBuf>,
+    /// Make and replace plain files and directories beneath, nothing else (the directory an
+    /// output file is written into, beside it, then renamed).
+    pub create: Vec<PathBuf>,
     /// Read and execute (programs it starts, and their libraries).
     pub exec: Vec<PathBuf>,
 }
@@ -58,9 +61,18 @@ pub struct Paths {
 /// Restricts this process (and what it starts) to `paths`, with TCP closed.
 pub(crate) fn restrict(paths: &Paths) -> Result<Fenced, Error> {
     let e = |source: landlock::RulesetError| Error::Landlock(source.to_string());
-    let read = AccessFs::from_read(ABI_WANTED);
+    // Reading never includes running: an input is data.
+    let read = AccessFs::ReadFile | AccessFs::ReadDir;
     let exec = read | AccessFs::Execute;
     let all = AccessFs::from_all(ABI_WANTED);
+    let write = all & !AccessFs::Execute;
+    let create = read
+        | AccessFs::WriteFile
+        | AccessFs::MakeReg
+        | AccessFs::MakeDir
+        | AccessFs::RemoveFile
+        | AccessFs::RemoveDir
+        | AccessFs::Truncate;
     let existing = |list: &[PathBuf]| -> Vec<PathBuf> {
         list.iter().filter(|p| p.exists()).cloned().collect()
     };
@@ -88,7 +100,9 @@ pub(crate) fn restrict(paths: &Paths) -> Result<Fenced, Error> {
         .map_err(e)?
         .add_rules(path_beneath_rules(existing(&paths.exec), exec))
         .map_err(e)?
-        .add_rules(path_beneath_rules(existing(&paths.write), all))
+        .add_rules(path_beneath_rules(existing(&paths.write), write))
+        .map_err(e)?
+        .add_rules(path_beneath_rules(existing(&paths.create), create))
         .map_err(e)?
         .restrict_self()
         .map_err(e)?;

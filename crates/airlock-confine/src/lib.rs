@@ -82,7 +82,7 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    fn now(pid: u32, syscall: &'static str, destination: Destination) -> Self {
+    pub(crate) fn now(pid: u32, syscall: &'static str, destination: Destination) -> Self {
         // A thread of this process has its entry under /proc/self/task; the fence keeps other
         // processes' /proc entries (and so their names) out of reach.
         let process = if std::path::Path::new(&format!("/proc/self/task/{pid}")).exists() {
@@ -153,7 +153,9 @@ pub fn confine(policy: &Policy, log: Arc<dyn EgressLog>) -> Result<Report, Error
             None
         }
         network => {
-            seal::install(network, log)?;
+            // Unix sockets it may reach: beneath the directories it may write.
+            let local = seal::LocalSockets::new(&policy.paths.write);
+            seal::install(network, local, log)?;
             Some(network)
         }
     };

@@ -9,15 +9,23 @@
 //! processes airlock starts inherit the filter; their notifications reach the same listener.
 //!
 //! What the filter decides alone: `socket()` of any family but `AF_UNIX`, and of `AF_INET`/
-//! `AF_INET6` with any type but `SOCK_STREAM`, is sent to the listener and refused (a TCP
-//! socket may be made so that its `connect` shows the destination; the connect is refused).
-//! `sendto` without an address (a connected socket: the server's replies) passes unchecked.
+//! `AF_INET6` as anything but plain TCP (another type, or SCTP, which connects through
+//! `setsockopt`), goes to the listener and is refused. A TCP socket may be made so that its
+//! `connect` shows where it was going; the connect is refused. `sendto` without an address
+//! and without `MSG_FASTOPEN` (a connected socket: the server's replies) passes unchecked;
+//! `ioctl(TIOCSTI)`, which types into the terminal, is refused outright.
 //!
-//! The one window: a decision to continue is taken on memory that another thread of the same
-//! process could change before the kernel reads it (seccomp_unotify(2) warns of this). It only
-//! matters for a continued call, which here means a unix address: a thread racing to swap in
-//! an IP address would need code execution in airlock already, and then still meets Landlock's
-//! TCP rules where the kernel has them (see `fence`), which refuse every TCP connect.
+//! What the listener lets continue: a connect or an addressed send to a unix socket beneath
+//! the command's own directories, from a unix socket (a resolver's or a bus's socket is local,
+//! but what listens there reaches out); a bind or listen of a unix socket; a send that names
+//! no address. Everything else is refused.
+//!
+//! The window: a decision to continue is taken on memory that another thread of the same
+//! process could change before the kernel reads it (seccomp_unotify(2) warns of this). Here
+//! that means swapping a unix path for another path, or a descriptor for another, between the
+//! check and the call: it needs code execution in the process already, cannot reach an IP
+//! address through a unix socket, and a TCP connect still meets Landlock's TCP rules where
+//! the kernel has them (see `fence`).
 
 use std::io::IoSliceMut;
 use std::sync::Arc;
@@ -92,8 +100,45 @@ const MMSGHDR_SIZE: usize = 64;
 /// The kernel's own cap on `sendmmsg`'s vector (`UIO_MAXIOV`).
 const MAX_MMSG: u64 = 1024;
 
+/// Where unix sockets may be reached: beneath these directories, by absolute path.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LocalSockets {
+    roots: Vec<String>,
+}
+
+impl LocalSockets {
+    pub(crate) fn new(roots: &[std::path::PathBuf]) -> Self {
+        let roots = roots
+            .iter()
+            .filter_map(|r| std::fs::canonicalize(r).ok())
+            .map(|r| r.to_string_lossy().trim_end_matches('/').to_owned())
+            .collect();
+        Self { roots }
+    }
+
+    /// Whether `path` names a socket beneath a root: absolute, no `..`, no abstract name
+    /// (abstract sockets belong to whoever made them: a desktop bus, a resolver).
+    fn allows(&self, path: &str) -> bool {
+        path.starts_with('/')
+            && !path.split('/').any(|c| c == "..")
+            && self.roots.iter().any(|root| {
+                path.strip_prefix(root.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+    }
+}
+
+/// `MSG_FASTOPEN`: a send that opens a TCP connection on the way.
+const MSG_FASTOPEN: u64 = 0x2000_0000;
+
 /// The decision on one notified call (`args` as the kernel gave them).
-pub(crate) fn decide(network: Network, call: Call, args: [u64; 6], task: &dyn Task) -> Verdict {
+pub(crate) fn decide(
+    network: Network,
+    local: &LocalSockets,
+    call: Call,
+    args: [u64; 6],
+    task: &dyn Task,
+) -> Verdict {
     let address = |ptr: u64, len: u64| -> Destination {
         let len = usize::try_from(len)
             .unwrap_or(MAX_SOCKADDR)
@@ -101,20 +146,22 @@ pub(crate) fn decide(network: Network, call: Call, args: [u64; 6], task: &dyn Ta
         task.read(ptr, len)
             .map_or(Destination::Unreadable, |b| Destination::parse(&b))
     };
-    let local_or_refused = |destination: Destination| {
-        if destination.is_unix() {
+    // A unix socket beneath the command's own directories; nothing else. (Unix sockets are
+    // local, but what listens on them need not be: a resolver or a bus can reach out.)
+    let reachable = |destination: &Destination| match destination {
+        Destination::Unix(path) => local.allows(path),
+        _ => false,
+    };
+    let reachable_or_refused = |destination: Destination| {
+        if reachable(&destination) {
             Verdict::Continue
         } else {
             Verdict::Refuse(destination)
         }
     };
-    // The name of each message header that has one: `(pointer, length)`.
-    let named = |headers: &[u8], stride: usize| -> Option<Destination> {
-        headers.chunks_exact(stride).find_map(|h| {
-            let ptr = u64::from_ne_bytes(h[..8].try_into().ok()?);
-            let len = u32::from_ne_bytes(h[8..12].try_into().ok()?);
-            (ptr != 0).then(|| address(ptr, u64::from(len)))
-        })
+    let unix_socket = |fd: u64| {
+        task.socket_family(fd)
+            .is_some_and(|family| i32::from(family) == libc::AF_UNIX)
     };
     match call {
         Call::Socket => Verdict::Refuse(Destination::NewSocket {
@@ -122,45 +169,78 @@ pub(crate) fn decide(network: Network, call: Call, args: [u64; 6], task: &dyn Ta
             kind: (args[1] as u32) & !((libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u32),
         }),
         Call::IoUringSetup => Verdict::Refuse(Destination::None),
-        Call::Connect => match address(args[1], args[2]) {
-            // AF_UNSPEC dissolves a datagram socket's association: it goes nowhere.
-            Destination::Family(0) => Verdict::Continue,
-            other => local_or_refused(other),
+        Call::Connect => {
+            let destination = address(args[1], args[2]);
+            // The socket itself must be a unix socket too: an IP socket given a unix address
+            // that another thread then rewrites would otherwise connect out.
+            if network == Network::ReceiveOnly || !unix_socket(args[0]) {
+                return Verdict::Refuse(destination);
+            }
+            match destination {
+                // AF_UNSPEC dissolves an association: it goes nowhere.
+                Destination::Family(0) => Verdict::Continue,
+                other => reachable_or_refused(other),
+            }
+        }
+        // A unix socket's name is made under the fence's rules; anything else is refused.
+        Call::Bind => match address(args[1], args[2]) {
+            destination @ Destination::Unix(_) => {
+                if unix_socket(args[0]) {
+                    Verdict::Continue
+                } else {
+                    Verdict::Refuse(destination)
+                }
+            }
+            other => Verdict::Refuse(other),
         },
-        Call::Bind => local_or_refused(address(args[1], args[2])),
         Call::Listen => match task.socket_family(args[0]) {
             Some(family) if i32::from(family) == libc::AF_UNIX => Verdict::Continue,
             Some(family) => Verdict::Refuse(Destination::Family(family)),
             None => Verdict::Refuse(Destination::Unreadable),
         },
-        Call::SendTo if network == Network::ReceiveOnly => Verdict::Refuse(if args[4] == 0 {
-            Destination::None
-        } else {
-            address(args[4], args[5])
-        }),
-        Call::SendTo => local_or_refused(address(args[4], args[5])),
-        Call::SendMsg | Call::SendMmsg => {
-            let (count, stride) = if call == Call::SendMsg {
-                (1, MSGHDR_SIZE)
+        Call::SendTo => {
+            let destination = if args[4] == 0 {
+                Destination::None
             } else {
-                (args[2].min(MAX_MMSG) as usize, MMSGHDR_SIZE)
+                address(args[4], args[5])
+            };
+            if network == Network::ReceiveOnly || args[3] & MSG_FASTOPEN != 0 {
+                Verdict::Refuse(destination)
+            } else {
+                reachable_or_refused(destination)
+            }
+        }
+        Call::SendMsg | Call::SendMmsg => {
+            let (count, stride, flags) = if call == Call::SendMsg {
+                (1, MSGHDR_SIZE, args[2])
+            } else {
+                (args[2].min(MAX_MMSG) as usize, MMSGHDR_SIZE, args[3])
             };
             let Some(headers) = task.read(args[1], count * stride) else {
                 return Verdict::Refuse(Destination::Unreadable);
             };
-            match named(&headers, stride) {
-                _ if network == Network::ReceiveOnly => {
-                    Verdict::Refuse(named(&headers, stride).unwrap_or(Destination::None))
-                }
-                None => Verdict::Continue,
-                Some(destination) => local_or_refused(destination),
+            // Every named message must be one the command may send; unnamed ones go where
+            // the socket is already connected.
+            let mut names = headers.chunks_exact(stride).filter_map(|h| {
+                let ptr = u64::from_ne_bytes(h[..8].try_into().ok()?);
+                let len = u32::from_ne_bytes(h[8..12].try_into().ok()?);
+                (ptr != 0).then(|| address(ptr, u64::from(len)))
+            });
+            let refused = names.find(|d| !reachable(d));
+            if network == Network::ReceiveOnly || flags & MSG_FASTOPEN != 0 {
+                return Verdict::Refuse(refused.unwrap_or(Destination::None));
             }
+            refused.map_or(Verdict::Continue, Verdict::Refuse)
         }
     }
 }
 
 /// Builds and loads the filter for every thread of the process, then starts the listener.
-pub(crate) fn install(network: Network, log: Arc<dyn EgressLog>) -> Result<(), Error> {
+pub(crate) fn install(
+    network: Network,
+    local: LocalSockets,
+    log: Arc<dyn EgressLog>,
+) -> Result<(), Error> {
     let e = |what: &'static str| {
         move |source: libseccomp::error::SeccompError| Error::Seccomp {
             what,
@@ -179,6 +259,20 @@ pub(crate) fn install(network: Network, log: Arc<dyn EgressLog>) -> Result<(), E
         let number = ScmpSyscall::from_name(call.name()).map_err(e("naming a system call"))?;
         numbers.push((number, call));
     }
+    // Typing into the terminal that started airlock would run commands outside the seal.
+    let ioctl = ScmpSyscall::from_name("ioctl").map_err(e("naming a system call"))?;
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "the ioctl request type differs between targets"
+    )]
+    for request in [libc::TIOCSTI as u64, libc::TIOCLINUX as u64] {
+        ctx.add_rule_conditional(
+            ScmpAction::Errno(libc::EPERM),
+            ioctl,
+            &[scmp_cmp!($arg1 == request)],
+        )
+        .map_err(e("adding a rule"))?;
+    }
     let notify = ScmpAction::Notify;
     let mut rule = |call: Call, conditions: &[libseccomp::ScmpArgCompare]| {
         let number = ScmpSyscall::from_name(call.name()).map_err(e("naming a system call"))?;
@@ -190,8 +284,9 @@ pub(crate) fn install(network: Network, log: Arc<dyn EgressLog>) -> Result<(), E
         }
         .map_err(e("adding a rule"))
     };
-    // socket(): AF_UNIX always; AF_INET/AF_INET6 only as SOCK_STREAM (see the module docs).
+    // socket(): AF_UNIX always; AF_INET/AF_INET6 only as plain TCP (see the module docs).
     let (inet, inet6) = (libc::AF_INET as u64, libc::AF_INET6 as u64);
+    let stream = libc::SOCK_STREAM as u64;
     rule(Call::Socket, &[scmp_cmp!($arg0 == libc::AF_UNSPEC as u64)])?;
     for family in 3..inet6 {
         rule(Call::Socket, &[scmp_cmp!($arg0 == family)])?;
@@ -215,13 +310,41 @@ pub(crate) fn install(network: Network, log: Arc<dyn EgressLog>) -> Result<(), E
                 ],
             )?;
         }
+        // A stream socket of another protocol than TCP (SCTP connects through setsockopt,
+        // past connect's check; MPTCP): only protocol 0 or IPPROTO_TCP (6).
+        let tcp = libc::IPPROTO_TCP as u64;
+        for protocol in 1..tcp {
+            rule(
+                Call::Socket,
+                &[
+                    scmp_cmp!($arg0 == family),
+                    scmp_cmp!($arg1 & 0xf == stream),
+                    scmp_cmp!($arg2 == protocol),
+                ],
+            )?;
+        }
+        rule(
+            Call::Socket,
+            &[
+                scmp_cmp!($arg0 == family),
+                scmp_cmp!($arg1 & 0xf == stream),
+                scmp_cmp!($arg2 > tcp),
+            ],
+        )?;
     }
     rule(Call::Connect, &[])?;
     rule(Call::Bind, &[])?;
     rule(Call::Listen, &[])?;
     match network {
         Network::ReceiveOnly => rule(Call::SendTo, &[])?,
-        _ => rule(Call::SendTo, &[scmp_cmp!($arg4 != 0)])?,
+        _ => {
+            rule(Call::SendTo, &[scmp_cmp!($arg4 != 0)])?;
+            // TCP Fast Open: a send that connects.
+            rule(
+                Call::SendTo,
+                &[scmp_cmp!($arg3 & MSG_FASTOPEN == MSG_FASTOPEN)],
+            )?;
+        }
     }
     rule(Call::SendMsg, &[])?;
     rule(Call::SendMmsg, &[])?;
@@ -234,9 +357,10 @@ pub(crate) fn install(network: Network, log: Arc<dyn EgressLog>) -> Result<(), E
     // The filter stays loaded for the life of the process, and the context keeps the
     // descriptor open in libseccomp: keep the context for good too.
     std::mem::forget(ctx);
+    let recorder = Recorder::start(log)?;
     std::thread::Builder::new()
         .name("airlock-seal".into())
-        .spawn(move || listen(fd, network, &numbers, native, log.as_ref()))
+        .spawn(move || listen(fd, network, &local, &numbers, native, &recorder))
         .map_err(|source| Error::Seccomp {
             what: "starting the listener",
             reason: source.to_string(),
@@ -244,13 +368,57 @@ pub(crate) fn install(network: Network, log: Arc<dyn EgressLog>) -> Result<(), E
     Ok(())
 }
 
-/// Answers notifications until the descriptor fails (the process is exiting).
+/// Writes attempts on a thread of its own, so that a log that blocks (a lock the refused
+/// caller holds) cannot stall the listener, and with it every checked call, for good.
+struct Recorder {
+    queue: std::sync::mpsc::Sender<(Attempt, std::sync::mpsc::Sender<()>)>,
+}
+
+/// How long the listener waits for an attempt to be on record before it answers anyway.
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Recorder {
+    fn start(log: Arc<dyn EgressLog>) -> Result<Self, Error> {
+        let (queue, attempts) =
+            std::sync::mpsc::channel::<(Attempt, std::sync::mpsc::Sender<()>)>();
+        std::thread::Builder::new()
+            .name("airlock-egress-log".into())
+            .spawn(move || {
+                for (attempt, done) in attempts {
+                    log.record(&attempt);
+                    let _ = done.send(());
+                }
+            })
+            .map_err(|source| Error::Seccomp {
+                what: "starting the egress log",
+                reason: source.to_string(),
+            })?;
+        Ok(Self { queue })
+    }
+
+    /// Records `attempt`, waiting until it is on record (so that a command which gives up
+    /// and exits on the error cannot exit first), but no longer than [`RECORD_WAIT`].
+    fn record(&self, attempt: Attempt) {
+        let (done, recorded) = std::sync::mpsc::channel();
+        if self.queue.send((attempt, done)).is_ok() {
+            let _ = recorded.recv_timeout(RECORD_WAIT);
+        }
+    }
+}
+
+/// Consecutive failures to receive a notification after which the listener gives up. It
+/// then ends the process: a listener that stopped answering would leave every checked call
+/// waiting for good.
+const MAX_RECEIVE_FAILURES: u32 = 1000;
+
+/// Answers notifications for the life of the process.
 fn listen(
     fd: i32,
     network: Network,
+    local: &LocalSockets,
     numbers: &[(ScmpSyscall, Call)],
     native: ScmpArch,
-    log: &dyn EgressLog,
+    recorder: &Recorder,
 ) {
     let mut failures = 0u32;
     loop {
@@ -259,27 +427,33 @@ fn listen(
                 failures = 0;
                 request
             }
-            // A caller that died between notification and receipt, or an interrupted wait
-            // (libseccomp reports both without the errno): try again, but not forever.
-            Err(_) if failures < 100 => {
+            // Most often a caller that died between notification and receipt.
+            Err(error) => {
                 failures += 1;
-                std::thread::sleep(std::time::Duration::from_millis(failures.into()));
+                if failures >= MAX_RECEIVE_FAILURES {
+                    eprintln!("airlock: the network seal's listener failed ({error}); stopping");
+                    std::process::abort();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
                 continue;
             }
-            Err(_) => return,
         };
         let call = numbers
             .iter()
             .find(|(number, _)| *number == request.data.syscall)
             .map(|(_, call)| *call);
         let verdict = match call {
-            Some(call) if request.data.arch == native => {
-                decide(network, call, request.data.args, &Caller(request.pid))
-            }
+            Some(call) if request.data.arch == native => decide(
+                network,
+                local,
+                call,
+                request.data.args,
+                &Caller(request.pid),
+            ),
             // Not one of ours, or another architecture: nothing to continue.
             _ => Verdict::Refuse(Destination::Unreadable),
         };
-        // The memory read above belongs to this request only if the caller still waits on it.
+        // What was read belongs to this request only if the caller still waits on it.
         if notify_id_valid(fd, request.id).is_err() {
             continue;
         }
@@ -289,9 +463,7 @@ fn listen(
             }
             Verdict::Refuse(destination) => {
                 BLOCKED.fetch_add(1, Ordering::Relaxed);
-                // Recorded before the caller resumes, so that a command which gives up and
-                // exits on the error cannot exit before its attempt is on record.
-                log.record(&Attempt::now(
+                recorder.record(Attempt::now(
                     request.pid,
                     call.map_or("unknown", Call::name),
                     destination,
@@ -327,8 +499,16 @@ impl Task for Caller {
     fn socket_family(&self, fd: u64) -> Option<u16> {
         use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
         let pid = Pid::from_raw(i32::try_from(self.0).ok()?)?;
-        // The caller may be any thread: PIDFD_THREAD (O_EXCL) names a thread, not a process.
-        let pidfd = pidfd_open(pid, PidfdFlags::from_bits_retain(libc::O_EXCL as _)).ok()?;
+        // The caller may be any thread: PIDFD_THREAD (O_EXCL, Linux 6.9) names a thread. An
+        // older kernel needs the process: this one's for its own threads, else the caller
+        // itself, which is right for a single-threaded child's main thread.
+        let pidfd = pidfd_open(pid, PidfdFlags::from_bits_retain(libc::O_EXCL as _))
+            .or_else(|_| {
+                let own = std::path::Path::new(&format!("/proc/self/task/{}", self.0)).exists();
+                let process = if own { rustix::process::getpid() } else { pid };
+                pidfd_open(process, PidfdFlags::empty())
+            })
+            .ok()?;
         let socket = pidfd_getfd(&pidfd, i32::try_from(fd).ok()?, PidfdGetfdFlags::empty()).ok()?;
         let address = rustix::net::getsockname(&socket).ok()?;
         Some(address.address_family().as_raw())
@@ -380,155 +560,172 @@ mod tests {
         h
     }
 
+    /// Unix sockets may be reached beneath /tmp only.
+    fn local() -> LocalSockets {
+        LocalSockets::new(&[std::path::PathBuf::from("/tmp")])
+    }
+
+    fn sealed(call: Call, args: [u64; 6], task: &Scripted) -> Verdict {
+        decide(Network::Sealed, &local(), call, args, task)
+    }
+
+    /// A caller whose descriptor 3 is of `family` and whose memory holds `at`.
+    fn caller(family: i32, at: &[(u64, Vec<u8>)]) -> Scripted {
+        Scripted {
+            memory: at.iter().cloned().collect(),
+            families: HashMap::from([(3, family as u16)]),
+        }
+    }
+
     #[test]
     fn connects_to_ip_addresses_are_refused_with_their_destination() {
-        let task = Scripted {
-            memory: HashMap::from([(0x1000, inet([93, 184, 216, 34], 443))]),
-            ..Default::default()
-        };
-        let verdict = decide(
-            Network::Sealed,
-            Call::Connect,
-            [3, 0x1000, 16, 0, 0, 0],
-            &task,
-        );
+        let task = caller(libc::AF_INET, &[(0x1000, inet([93, 184, 216, 34], 443))]);
         assert_eq!(
-            verdict,
+            sealed(Call::Connect, [3, 0x1000, 16, 0, 0, 0], &task),
             Verdict::Refuse(Destination::parse(&inet([93, 184, 216, 34], 443)))
         );
         // Loopback is refused too: the seal is no network, not no internet.
-        let task = Scripted {
-            memory: HashMap::from([(0x1000, inet([127, 0, 0, 1], 8080))]),
-            ..Default::default()
-        };
+        let task = caller(libc::AF_INET, &[(0x1000, inet([127, 0, 0, 1], 8080))]);
         assert!(matches!(
-            decide(
-                Network::Sealed,
-                Call::Connect,
-                [3, 0x1000, 16, 0, 0, 0],
-                &task
-            ),
+            sealed(Call::Connect, [3, 0x1000, 16, 0, 0, 0], &task),
             Verdict::Refuse(_)
         ));
     }
 
     #[test]
-    fn unix_sockets_continue_and_unreadable_addresses_do_not() {
-        let task = Scripted {
-            memory: HashMap::from([(0x1000, unix("/tmp/engine.sock"))]),
-            ..Default::default()
-        };
+    fn unix_sockets_continue_only_beneath_the_commands_directories() {
+        let engine = caller(
+            libc::AF_UNIX,
+            &[(0x1000, unix("/tmp/airlock-engine-1/engine.sock"))],
+        );
         assert_eq!(
-            decide(
-                Network::Sealed,
-                Call::Connect,
-                [3, 0x1000, 19, 0, 0, 0],
-                &task
-            ),
+            sealed(Call::Connect, [3, 0x1000, 35, 0, 0, 0], &engine),
             Verdict::Continue
         );
         assert_eq!(
-            decide(Network::Sealed, Call::Bind, [3, 0x1000, 19, 0, 0, 0], &task),
+            sealed(Call::Bind, [3, 0x1000, 35, 0, 0, 0], &engine),
             Verdict::Continue
         );
+        // A resolver's or a bus's socket is local, but what listens there reaches out.
+        for path in [
+            "/run/dbus/system_bus_socket",
+            "/tmp/../run/nscd/socket",
+            "/tmpx/s",
+            "tmp/s",
+        ] {
+            let task = caller(libc::AF_UNIX, &[(0x1000, unix(path))]);
+            let len = 3 + path.len() as u64;
+            assert!(
+                matches!(
+                    sealed(Call::Connect, [3, 0x1000, len, 0, 0, 0], &task),
+                    Verdict::Refuse(_)
+                ),
+                "{path}"
+            );
+        }
+        let mut abstract_name = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        abstract_name.extend(b"\0/tmp/x");
+        let task = caller(libc::AF_UNIX, &[(0x1000, abstract_name)]);
+        assert!(matches!(
+            sealed(Call::Connect, [3, 0x1000, 9, 0, 0, 0], &task),
+            Verdict::Refuse(_)
+        ));
+        // An unreadable address, or a unix address on an IP socket, is refused.
         assert_eq!(
-            decide(
-                Network::Sealed,
-                Call::Connect,
-                [3, 0x2000, 16, 0, 0, 0],
-                &task
-            ),
+            sealed(Call::Connect, [3, 0x2000, 16, 0, 0, 0], &engine),
             Verdict::Refuse(Destination::Unreadable)
         );
+        let ip_socket = caller(
+            libc::AF_INET,
+            &[(0x1000, unix("/tmp/airlock-engine-1/engine.sock"))],
+        );
+        assert!(matches!(
+            sealed(Call::Connect, [3, 0x1000, 35, 0, 0, 0], &ip_socket),
+            Verdict::Refuse(_)
+        ));
+        assert!(matches!(
+            sealed(Call::Bind, [3, 0x1000, 35, 0, 0, 0], &ip_socket),
+            Verdict::Refuse(_)
+        ));
+        // A receive-only seal connects nothing.
+        assert!(matches!(
+            decide(
+                Network::ReceiveOnly,
+                &local(),
+                Call::Connect,
+                [3, 0x1000, 35, 0, 0, 0],
+                &engine
+            ),
+            Verdict::Refuse(_)
+        ));
     }
 
     #[test]
     fn sends_with_an_address_are_refused_and_connected_sends_continue() {
-        let task = Scripted {
-            memory: HashMap::from([
+        let task = caller(
+            libc::AF_INET,
+            &[
                 (0x1000, inet([8, 8, 8, 8], 53)),
                 (0x2000, msghdr(0, 0)),
                 (0x3000, msghdr(0x1000, 16)),
-            ]),
-            ..Default::default()
-        };
+            ],
+        );
         let dns = Destination::parse(&inet([8, 8, 8, 8], 53));
         assert_eq!(
-            decide(
-                Network::Sealed,
-                Call::SendTo,
-                [3, 0, 10, 0, 0x1000, 16],
-                &task
-            ),
+            sealed(Call::SendTo, [3, 0, 10, 0, 0x1000, 16], &task),
             Verdict::Refuse(dns.clone())
         );
         assert_eq!(
-            decide(
-                Network::Sealed,
-                Call::SendMsg,
-                [3, 0x2000, 0, 0, 0, 0],
-                &task
-            ),
+            sealed(Call::SendMsg, [3, 0x2000, 0, 0, 0, 0], &task),
             Verdict::Continue
         );
         assert_eq!(
-            decide(
-                Network::Sealed,
-                Call::SendMsg,
-                [3, 0x3000, 0, 0, 0, 0],
-                &task
-            ),
-            Verdict::Refuse(dns.clone())
+            sealed(Call::SendMsg, [3, 0x3000, 0, 0, 0, 0], &task),
+            Verdict::Refuse(dns)
         );
+        // TCP Fast Open connects on the way: refused with or without an address.
+        assert!(matches!(
+            sealed(Call::SendMsg, [3, 0x2000, MSG_FASTOPEN, 0, 0, 0], &task),
+            Verdict::Refuse(_)
+        ));
+        assert!(matches!(
+            sealed(Call::SendTo, [3, 0, 10, MSG_FASTOPEN, 0, 0], &task),
+            Verdict::Refuse(_)
+        ));
         // The receive-only seal refuses every send, addressed or not.
+        let receive_only = |call, args| decide(Network::ReceiveOnly, &local(), call, args, &task);
         assert_eq!(
-            decide(
-                Network::ReceiveOnly,
-                Call::SendMsg,
-                [3, 0x2000, 0, 0, 0, 0],
-                &task
-            ),
+            receive_only(Call::SendMsg, [3, 0x2000, 0, 0, 0, 0]),
             Verdict::Refuse(Destination::None)
         );
         assert_eq!(
-            decide(
-                Network::ReceiveOnly,
-                Call::SendTo,
-                [3, 0, 10, 0, 0, 0],
-                &task
-            ),
+            receive_only(Call::SendTo, [3, 0, 10, 0, 0, 0]),
             Verdict::Refuse(Destination::None)
         );
     }
 
     #[test]
-    fn sendmmsg_is_refused_when_any_message_is_addressed() {
+    fn sendmmsg_is_refused_when_any_message_is_addressed_elsewhere() {
         let mut vector = Vec::new();
-        for name in [0u64, 0x1000] {
-            let mut h = msghdr(name, 16);
+        for (name, len) in [(0u64, 0), (0x5000, 34), (0x1000, 16)] {
+            let mut h = msghdr(name, len);
             h.resize(MMSGHDR_SIZE, 0);
             vector.extend(h);
         }
-        let task = Scripted {
-            memory: HashMap::from([(0x1000, inet([1, 1, 1, 1], 53)), (0x4000, vector)]),
-            ..Default::default()
-        };
+        let task = caller(
+            libc::AF_UNIX,
+            &[
+                (0x1000, inet([1, 1, 1, 1], 53)),
+                (0x5000, unix("/tmp/airlock-engine-1/dgram.sock")),
+                (0x4000, vector),
+            ],
+        );
         assert!(matches!(
-            decide(
-                Network::Sealed,
-                Call::SendMmsg,
-                [3, 0x4000, 2, 0, 0, 0],
-                &task
-            ),
+            sealed(Call::SendMmsg, [3, 0x4000, 3, 0, 0, 0], &task),
             Verdict::Refuse(_)
         ));
         assert_eq!(
-            decide(
-                Network::Sealed,
-                Call::SendMmsg,
-                [3, 0x4000, 1, 0, 0, 0],
-                &task
-            ),
+            sealed(Call::SendMmsg, [3, 0x4000, 2, 0, 0, 0], &task),
             Verdict::Continue
         );
     }
@@ -540,15 +737,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            decide(Network::Sealed, Call::Listen, [4, 0, 0, 0, 0, 0], &task),
+            sealed(Call::Listen, [4, 0, 0, 0, 0, 0], &task),
             Verdict::Continue
         );
         assert!(matches!(
-            decide(Network::Sealed, Call::Listen, [5, 0, 0, 0, 0, 0], &task),
+            sealed(Call::Listen, [5, 0, 0, 0, 0, 0], &task),
             Verdict::Refuse(_)
         ));
         assert!(matches!(
-            decide(Network::Sealed, Call::Listen, [6, 0, 0, 0, 0, 0], &task),
+            sealed(Call::Listen, [6, 0, 0, 0, 0, 0], &task),
             Verdict::Refuse(_)
         ));
     }
@@ -557,8 +754,7 @@ mod tests {
     fn new_sockets_are_named_by_family_and_type_without_flags() {
         let task = Scripted::default();
         let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
-        let verdict = decide(
-            Network::Sealed,
+        let verdict = sealed(
             Call::Socket,
             [
                 libc::AF_INET as u64,

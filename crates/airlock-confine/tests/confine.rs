@@ -77,6 +77,9 @@ fn child() {
     };
     // A UDP socket made before confinement, as the diode receiver binds its own.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A unix socket outside what the command keeps (as a resolver's or a bus's would be).
+    let outside = dir.join("elsewhere/outside.sock");
+    let _outside_listener = UnixListener::bind(&outside).unwrap();
     let report = confine(
         &Policy {
             network,
@@ -124,6 +127,17 @@ fn child() {
             let mut buf = [0u8; 4];
             served.read_exact(&mut buf).unwrap();
             say(format!("unix {}", &buf == b"ping"));
+            say(format!(
+                "unix outside {}",
+                UnixStream::connect(&outside).is_err()
+            ));
+            // SCTP connects through setsockopt, past connect's check: no such socket.
+            let sctp = rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::STREAM,
+                Some(rustix::net::ipproto::SCTP),
+            );
+            say(format!("sctp {}", sctp.is_err()));
             // A child process inherits the seal, and its attempt reaches the same log.
             let status = Command::new("/bin/bash")
                 .args(["-c", "exec 3<>/dev/tcp/203.0.113.9/80"])
@@ -186,6 +200,17 @@ fn the_seal_refuses_every_way_out_and_logs_each_with_its_destination() {
         "{out:?}"
     );
     assert!(has("unix true"), "{out:?}");
+    assert!(has("unix outside true") && has("sctp true"), "{out:?}");
+    assert!(
+        out.iter().any(
+            |l| l.starts_with("logged connect unix:") && l.ends_with("/elsewhere/outside.sock")
+        ),
+        "{out:?}"
+    );
+    assert!(
+        has("logged socket new AF_INET SOCK_STREAM socket"),
+        "{out:?}"
+    );
     assert!(has("child refused true"), "{out:?}");
     assert!(has("logged connect 192.0.2.1:443"), "{out:?}");
     assert!(has("logged connect 127.0.0.1:9"), "{out:?}");
@@ -198,7 +223,7 @@ fn the_seal_refuses_every_way_out_and_logs_each_with_its_destination() {
         has("logged connect 203.0.113.9:80"),
         "the child's attempt: {out:?}"
     );
-    assert!(has("blocked 5"), "{out:?}");
+    assert!(has("blocked 7"), "{out:?}");
 }
 
 #[test]

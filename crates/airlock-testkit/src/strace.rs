@@ -19,6 +19,10 @@ pub struct Violation {
 /// Calls that name a destination.
 const ADDRESSED: [&str; 5] = ["connect(", "sendto(", "sendmsg(", "sendmmsg(", "bind("];
 
+/// Socket families a silent run may make (IP sockets only ever reach loopback, checked
+/// where they are addressed).
+const LOCAL_FAMILIES: [&str; 3] = ["AF_UNIX", "AF_INET", "AF_INET6"];
+
 /// Files a name lookup opens first.
 const RESOLVER_FILES: [&str; 4] = [
     "/etc/resolv.conf",
@@ -44,13 +48,23 @@ pub fn violations(trace: &str) -> Vec<Violation> {
             reason,
             text: text.to_owned(),
         };
-        if text.contains("openat(") {
+        if call_at_start(text, "openat(") {
             if let Some(file) = RESOLVER_FILES
                 .iter()
                 .find(|f| text.contains(&format!("\"{f}\"")))
             {
                 out.push(found(format!("name lookup: opened {file}")));
             }
+            continue;
+        }
+        // Sockets of other families reach interfaces, routes, hypervisors or raw links.
+        if call_at_start(text, "socket(")
+            && let Some(family) = text
+                .split_once("socket(")
+                .and_then(|(_, rest)| rest.split(',').next())
+            && !LOCAL_FAMILIES.contains(&family)
+        {
+            out.push(found(format!("a {family} socket")));
             continue;
         }
         let Some(call) = ADDRESSED.iter().find(|c| call_at_start(text, c)) else {
@@ -168,6 +182,15 @@ mod tests {
                 "name lookup: connect to /run/systemd/resolve/io.systemd.Resolve",
             ]
         );
+    }
+
+    #[test]
+    fn other_socket_families_and_only_real_calls_count() {
+        let trace = "5 socket(AF_NETLINK, SOCK_RAW|SOCK_CLOEXEC, NETLINK_ROUTE) = 3\n\
+                     5 sendto(4, \"openat(AT_FDCWD, \\\"/etc/hosts\\\"\"..., 40, 0, NULL, 0) = 40\n\
+                     5 socket(AF_UNIX, SOCK_STREAM, 0) = 4\n";
+        let reasons: Vec<String> = violations(trace).into_iter().map(|v| v.reason).collect();
+        assert_eq!(reasons, vec!["a AF_NETLINK socket"]);
     }
 
     #[test]

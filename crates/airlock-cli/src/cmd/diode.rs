@@ -5,7 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::process::ExitCode;
 
 use airlock_bundle::{Limits, PublicKey, TrustPolicy};
-use airlock_confine::{Network, Paths, Policy, parent_of};
+use airlock_confine::{Network, Paths, Policy};
 use airlock_transfer::net::Socket;
 use airlock_transfer::receiver::{self, ReceiveOptions};
 use airlock_transfer::relay::{self, Bounds, Impairments};
@@ -75,7 +75,7 @@ fn receive(args: DiodeReceiveArgs, limits: &Limits, no_sandbox: bool) -> anyhow:
     let policy = Policy {
         network: Network::ReceiveOnly,
         paths: Paths {
-            write: vec![args.out.clone(), parent_of(&args.out)],
+            write: vec![crate::confinement::made(&args.out)],
             ..Paths::default()
         },
     };
