@@ -170,6 +170,13 @@ pub fn confine(policy: &Policy, log: Arc<dyn EgressLog>) -> Result<Report, Error
     Ok(report)
 }
 
+/// For a process that already inherited its confinement and only reads (a parser of hostile
+/// documents): no writing, making or removing files, no executing, from now on.
+pub fn forbid_writes() -> Result<Fenced, Error> {
+    no_new_privs()?;
+    fence::forbid_writes()
+}
+
 fn no_new_privs() -> Result<(), Error> {
     rustix::thread::set_no_new_privs(true).map_err(|e| Error::Seccomp {
         what: "setting no_new_privs",

@@ -178,6 +178,21 @@ fn child() {
                 std::fs::metadata("/usr/lib").is_ok()
             ));
         }
+        "read-only" => {
+            airlock_confine::forbid_writes().unwrap();
+            say(format!(
+                "read {}",
+                std::fs::read_to_string(inside.join("given.txt")).is_ok()
+            ));
+            say(format!(
+                "write {}",
+                std::fs::write(inside.join("new.txt"), "x").is_err()
+            ));
+            say(format!(
+                "exec {}",
+                Command::new("/bin/true").status().is_err()
+            ));
+        }
         "receive-only" => {
             let sent = udp.send_to(b"x", "127.0.0.1:9");
             say(format!("udp send {}", sent.is_err()));
@@ -256,6 +271,22 @@ fn the_fence_keeps_reads_to_what_was_given_where_the_kernel_has_landlock() {
         "write true",
         "libraries true",
     ] {
+        assert!(out.iter().any(|l| l == expected), "{expected}: {out:?}");
+    }
+}
+
+#[test]
+fn a_worker_that_gives_up_writing_still_reads_what_it_was_given() {
+    let (dir, _, _) = layout();
+    let out = scenario("read-only", dir.path());
+    if out
+        .iter()
+        .any(|l| l == &format!("fence {:?}", Fenced::Unsupported))
+    {
+        eprintln!("this kernel has no Landlock: file rules not tested");
+        return;
+    }
+    for expected in ["read true", "write true", "exec true"] {
         assert!(out.iter().any(|l| l == expected), "{expected}: {out:?}");
     }
 }

@@ -58,6 +58,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search(args) => rag::search(args, &data_dir(data)?),
         Command::Ask(args) => ask::ask(args, &data_dir(data)?),
         Command::ParseWorker => {
+            // It inherited its parent's seal and fence; it parses hostile documents, so it
+            // also gives up writing anything.
+            if !no_sandbox {
+                airlock_confine::forbid_writes()
+                    .map_err(|e| anyhow::anyhow!("cannot confine the parse worker: {e}"))?;
+            }
             airlock_rag::parse::worker::serve()?;
             Ok(ExitCode::SUCCESS)
         }
