@@ -4,7 +4,7 @@
 //! leaves the machine; the diode sender and relay alone keep their UDP) and a file fence (the
 //! data directory, the paths named on the command line, the system's libraries). `serve` and
 //! `diode receive` confine themselves after binding their listening sockets; the parse
-//! worker inherits its parent's confinement.
+//! worker inherits its parent's confinement and gives up writing files.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,7 +94,10 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
         Command::Export(a) => creating(with_data(vec![], vec![]), vec![parent_of(&a.out)]),
         Command::Trust(TrustCommand::Add(a)) => with_data(vec![a.key.clone()], vec![]),
         Command::Audit(AuditCommand::Verify(a)) => {
-            with_data(a.witness.iter().cloned().collect(), vec![])
+            let mut read: Vec<PathBuf> = a.witness.iter().cloned().collect();
+            // --key is a key string or a file holding one.
+            read.extend(a.key.iter().map(PathBuf::from).filter(|p| p.is_file()));
+            with_data(read, vec![])
         }
         Command::Ingest(a) => {
             let mut read = a.paths.clone();

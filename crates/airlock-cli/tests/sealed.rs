@@ -313,3 +313,15 @@ fn a_command_cannot_read_outside_what_it_was_given_even_through_a_crafted_path()
         open.stderr
     );
 }
+
+#[test]
+fn a_file_named_on_the_command_line_is_kept_wherever_it_lies() {
+    let site = Site::new();
+    // The verifier key as a file outside the data directory.
+    let key = site.ws.path("elsewhere/audit.pub");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::copy(site.data.join("audit.pub"), &key).unwrap();
+    let out = site.cmd(&["audit", "verify", "--key", key.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("OK audit log"), "{}", out.stdout);
+}
