@@ -237,5 +237,14 @@ pub(crate) fn apply(
     let report = airlock_confine::confine(policy, log).with_context(|| {
         format!("cannot confine {command} (pass --dangerous-no-sandbox to debug without it)")
     })?;
+    // SQLite's temporary files would go to /var/tmp, outside the fence: keep them in the
+    // registry's own tmp/ instead.
+    if let Some(data) = data {
+        let tmp = airlock_registry::Layout::new(data).tmp();
+        if tmp.is_dir() {
+            airlock_registry::keep_sqlite_temporary_files_in(&tmp)
+                .context("keeping SQLite's temporary files in the data directory")?;
+        }
+    }
     Ok(Some(report))
 }

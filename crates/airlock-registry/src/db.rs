@@ -7,6 +7,16 @@ use rusqlite::Connection;
 
 use crate::Result;
 
+/// Sends SQLite's temporary files (large sorts, statement journals) into `dir`, for every
+/// connection of this process. Their default places (`/var/tmp`, `/tmp`) lie outside the file
+/// fence of a confined command, where SQLite could not open them. Call it before other
+/// threads use SQLite: the setting is global.
+pub fn keep_temporary_files_in(dir: &Path) -> Result<()> {
+    let conn = Connection::open_in_memory()?;
+    conn.pragma_update(None, "temp_store_directory", dir.to_string_lossy())?;
+    Ok(())
+}
+
 /// Schema version this build writes and reads.
 pub(crate) const SCHEMA_VERSION: &str = "1";
 

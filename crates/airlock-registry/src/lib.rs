@@ -35,6 +35,7 @@ pub mod reference;
 mod registry;
 pub mod store;
 
+pub use db::keep_temporary_files_in as keep_sqlite_temporary_files_in;
 pub use error::{Error, Result};
 pub use keys::{KeyInfo, KeyRejection, KeyRole, KeyStore, NewKey};
 pub use policy::{Policy, Role};
