@@ -15,12 +15,17 @@ use crate::support::{llama_server, run};
 /// A config file serving `chat` from SmolLM2 on a supervised llama-server (and `embed` on the
 /// embedded engine, from the command line), with `extra` lines in the chat model's table.
 fn process_config(site: &Site, extra: &str) -> PathBuf {
+    process_config_with(site, &llama_server(), extra)
+}
+
+/// As [`process_config`], with `binary` as the engine process's executable.
+pub(crate) fn process_config_with(site: &Site, binary: &Path, extra: &str) -> PathBuf {
     let path = site.ws.path("airlock.toml");
     std::fs::write(
         &path,
         format!(
             "[models.chat]\nref = \"smollm2:prod\"\nengine = \"llama-server\"\nbinary = {:?}\nslots = 4\ncontext = 1024\nthreads = 2\n{extra}\n",
-            llama_server().display()
+            binary.display()
         ),
     )
     .unwrap();

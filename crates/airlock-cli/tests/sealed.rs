@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::processes::process_config_with;
 use crate::registry::Site;
 use crate::serve::{Server, audit_matching, chat_body, create_key, site_with_models};
 use crate::support::{airlock, llama_server};
@@ -110,15 +111,7 @@ fn every_isolated_side_command_and_the_engine_processes_it_starts_run_under_secc
         assert_eq!(no_new_privs, "1", "{args:?} runs without no_new_privs");
     }
     // serve, once bound, and the llama-server it starts and supervises.
-    let config = site.ws.path("airlock.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[models.chat]\nref = \"smollm2:prod\"\nengine = \"llama-server\"\nbinary = {:?}\nslots = 1\ncontext = 512\nthreads = 1\n",
-            llama_server().display()
-        ),
-    )
-    .unwrap();
+    let config = process_config_with(&site, &llama_server(), "");
     let server = Server::start_with(&site, &["--config", config.to_str().unwrap()]);
     let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
     let engine = server.model_status(&admin, "chat")["engine"]["pid"]
@@ -165,15 +158,7 @@ fn an_engine_process_that_phones_home_is_refused_logged_and_counted_and_the_serv
     let (key, _) = create_key(&site, &["--name", "user"]);
     let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
     let binary = phoning_llama_server(site.ws.dir.path());
-    let config = site.ws.path("airlock.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[models.chat]\nref = \"smollm2:prod\"\nengine = \"llama-server\"\nbinary = {:?}\nslots = 1\ncontext = 512\nthreads = 1\n",
-            binary.display()
-        ),
-    )
-    .unwrap();
+    let config = process_config_with(&site, &binary, "");
     let server = Server::start_with(&site, &["--config", config.to_str().unwrap()]);
     // (bash also asks nscd's unix socket who it runs as: outside what serve keeps, so that
     // is refused and logged too.)

@@ -44,6 +44,25 @@ pub enum Fenced {
     Unsupported,
 }
 
+impl From<RulesetStatus> for Fenced {
+    fn from(status: RulesetStatus) -> Self {
+        match status {
+            RulesetStatus::FullyEnforced => Self::Full,
+            RulesetStatus::PartiallyEnforced => Self::Partial,
+            RulesetStatus::NotEnforced => Self::Unsupported,
+        }
+    }
+}
+
+fn landlock_error(source: landlock::RulesetError) -> Error {
+    Error::Landlock(source.to_string())
+}
+
+/// Reading never includes running: an input is data.
+fn read_rights() -> landlock::BitFlags<AccessFs> {
+    AccessFs::ReadFile | AccessFs::ReadDir
+}
+
 /// Paths the process keeps.
 #[derive(Debug, Clone, Default)]
 pub struct Paths {
@@ -60,9 +79,8 @@ pub struct Paths {
 
 /// Restricts this process (and what it starts) to `paths`, with TCP closed.
 pub(crate) fn restrict(paths: &Paths) -> Result<Fenced, Error> {
-    let e = |source: landlock::RulesetError| Error::Landlock(source.to_string());
-    // Reading never includes running: an input is data.
-    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    let e = landlock_error;
+    let read = read_rights();
     let exec = read | AccessFs::Execute;
     let all = AccessFs::from_all(ABI_WANTED);
     let write = all & !AccessFs::Execute;
@@ -106,11 +124,7 @@ pub(crate) fn restrict(paths: &Paths) -> Result<Fenced, Error> {
         .map_err(e)?
         .restrict_self()
         .map_err(e)?;
-    Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => Fenced::Full,
-        RulesetStatus::PartiallyEnforced => Fenced::Partial,
-        RulesetStatus::NotEnforced => Fenced::Unsupported,
-    })
+    Ok(status.ruleset.into())
 }
 
 /// The directory a new output file lands in (it is written beside, then renamed).
@@ -126,8 +140,8 @@ pub fn parent_of(output: &Path) -> PathBuf {
 /// anything, on top of whatever the process already has: for a worker that only reads
 /// hostile input and answers on a pipe it already holds.
 pub(crate) fn forbid_writes() -> Result<Fenced, Error> {
-    let e = |source: landlock::RulesetError| Error::Landlock(source.to_string());
-    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    let e = landlock_error;
+    let read = read_rights();
     // Every right but reading is handled, and no rule grants any of them.
     let status = Ruleset::default()
         .handle_access(AccessFs::from_all(ABI_WANTED) & !read)
@@ -138,9 +152,5 @@ pub(crate) fn forbid_writes() -> Result<Fenced, Error> {
         .map_err(e)?
         .restrict_self()
         .map_err(e)?;
-    Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => Fenced::Full,
-        RulesetStatus::PartiallyEnforced => Fenced::Partial,
-        RulesetStatus::NotEnforced => Fenced::Unsupported,
-    })
+    Ok(status.ruleset.into())
 }
