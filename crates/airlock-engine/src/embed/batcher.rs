@@ -146,8 +146,10 @@ fn embed_batches(
             continue;
         }
         running.store(true, Ordering::Relaxed);
-        answer_batch(model, batch);
+        // Counted before the replies go out, so a caller that reads the count after its
+        // answer always sees its own batch.
         batches.fetch_add(1, Ordering::Relaxed);
+        answer_batch(model, batch);
         running.store(false, Ordering::Relaxed);
     }
 }
