@@ -2,9 +2,17 @@
 # Builds llama.cpp's own tools from the llama_cpp_python sdist on PyPI (which carries
 # llama.cpp's full source): llama-bench and llama-batched-bench (the engine benchmark's
 # anchors), llama-server (the engine process airlock supervises, and the serving benchmark's
-# anchor) and libllama.so (which the sdist's Python bindings load, for reference outputs).
-# Cached; prints the directory whose build/bin holds them (llama-server is
-# build/bin/llama-server under it).
+# anchor), llama-perplexity (the eval benchmark's anchor, and the source of the eval golden
+# file: scripts/eval-golden.py), llama-quantize (the quantisation benchmark's anchor) and
+# libllama.so (which the sdist's Python bindings load, for reference outputs). Cached; prints the
+# directory whose build/bin holds them (llama-server is build/bin/llama-server under it).
+#
+# One line of llama.cpp's source is switched on before the build: llama-perplexity's per-answer
+# debug line in multiple_choice_score (tools/perplexity/perplexity.cpp), commented out upstream.
+# The eval golden file records each answer's mean log-probability as llama.cpp computes it, and
+# upstream prints only the running accuracy; the line is llama.cpp's own, printed to stdout with
+# the task and answer indices, full precision and the number of scored tokens so that it parses:
+#   airlock-answer<TAB>task<TAB>answer<TAB>mean log-probability<TAB>tokens
 #
 # Built for the same CPU baseline as airlock's embedded llama.cpp (.cargo/config.toml):
 # AVX2/FMA/F16C, GGML_NATIVE off (a native build picks up AMX where the host advertises it
@@ -24,18 +32,37 @@ url="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58
 root="$cache/llama-cpp-python-$version"
 build="$root/build"
 
-tools=(llama-bench llama-batched-bench llama-server)
+tools=(llama-bench llama-batched-bench llama-server llama-perplexity llama-quantize)
+perplexity_cpp="$root/vendor/llama.cpp/tools/perplexity/perplexity.cpp"
+answer_marker=airlock-answer
+# A cache built before the per-answer line was switched on counts as not built: the build below
+# patches the source and extends it in place (cmake recompiles only perplexity.cpp).
 built() {
   local tool
   for tool in "${tools[@]}"; do [ -x "$build/bin/$tool" ] || return 1; done
-  [ -f "$build/bin/libllama.so" ]
+  [ -f "$build/bin/libllama.so" ] && grep -q "$answer_marker" "$perplexity_cpp" 2>/dev/null
+}
+# Switches on llama-perplexity's per-answer line (see the header); does nothing when it is on.
+enable_answer_line() {
+  grep -q "$answer_marker" "$perplexity_cpp" && return 0
+  local upstream='//LOG("    <%s> : %g\n", cur_task.mc1.answers[s].c_str(), log_prob/count);'
+  if [ "$(grep -cF "$upstream" "$perplexity_cpp")" != 1 ]; then
+    echo "llama.cpp: $perplexity_cpp does not have exactly one line" >&2
+    echo "  $upstream" >&2
+    echo "  (llama-perplexity's per-answer line, which the eval golden file needs)" >&2
+    exit 1
+  fi
+  sed -i 's|//LOG("    <%s> : %g\\n", cur_task\.mc1\.answers\[s\]\.c_str(), log_prob/count);|LOG("airlock-answer\\t%zu\\t%d\\t%.9g\\t%zu\\n", i, s, log_prob/count, count);|' \
+    "$perplexity_cpp"
+  grep -q "$answer_marker" "$perplexity_cpp" \
+    || { echo "llama.cpp: could not switch on the per-answer line in $perplexity_cpp" >&2; exit 1; }
 }
 if built; then
   [ "${1:-}" = "--check" ] || echo "$root"
   exit 0
 fi
 if [ "${1:-}" = "--check" ]; then
-  echo "missing: llama.cpp's ${tools[*]} in $build (scripts/build-llama-cpp.sh)"
+  echo "missing: llama.cpp's ${tools[*]} in $build, with llama-perplexity's per-answer line (scripts/build-llama-cpp.sh)"
   exit 1
 fi
 # shellcheck source=lib/debian.sh
@@ -56,6 +83,7 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
   mkdir -p "$root"
   tar -xzf "$sdist" -C "$root" --strip-components=1
 fi
+enable_answer_line
 echo "llama.cpp: building ${tools[*]} and libllama.so (several minutes on 2 cores)" >&2
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)

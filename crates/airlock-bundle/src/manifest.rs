@@ -113,6 +113,9 @@ pub struct AirlockPredicate {
     /// Eval suites carried in the bundle and any recorded results.
     #[serde(default)]
     pub evals: Vec<EvalSuite>,
+    /// How this bundle was made from `parent` (e.g. quantised), and how it compares with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derivation: Option<Derivation>,
     /// Chunk size of `files[].chunks`, [`CHUNK_SIZE`].
     pub chunk_size: u64,
     /// Every resource with its size and chunk digests.
@@ -156,6 +159,27 @@ pub struct ModelFacts {
     pub chat_template_sha256: Option<String>,
     /// Number of tensors.
     pub tensors: u64,
+}
+
+/// How a derived bundle was made from its parent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Derivation {
+    /// `quantize`.
+    pub method: String,
+    /// The quantisation type made (e.g. `Q4_K_M`).
+    pub quantization: String,
+    /// The parent's quantisation, where it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_quantization: Option<String>,
+    /// Size of the parent's weights and of these, in bytes.
+    pub parent_weights_bytes: u64,
+    /// Size of these weights in bytes.
+    pub weights_bytes: u64,
+    /// The comparison with the parent on the parent's eval suites (per-suite scores,
+    /// per-item agreement, regressed items, next-token KL divergence), as the eval runner
+    /// wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<serde_json::Value>,
 }
 
 /// An eval suite file carried in the bundle.
@@ -463,6 +487,7 @@ pub(crate) mod tests {
             model: ModelFacts::default(),
             parent: None,
             evals: vec![],
+            derivation: None,
             chunk_size: CHUNK_SIZE,
             files: entries,
         };

@@ -44,6 +44,8 @@ pub struct PackOptions {
     pub evals: Option<PathBuf>,
     /// Digest of the bundle this one derives from.
     pub parent: Option<String>,
+    /// How it was derived from `parent`.
+    pub derivation: Option<crate::manifest::Derivation>,
     /// Timestamp for `created` and every tar entry (`SOURCE_DATE_EPOCH`, else 0).
     pub source_date_epoch: u64,
 }
@@ -125,6 +127,7 @@ pub fn pack(
         model: facts,
         parent: opts.parent.clone(),
         evals,
+        derivation: opts.derivation.clone(),
         chunk_size: CHUNK_SIZE,
         files: Vec::new(),
     };

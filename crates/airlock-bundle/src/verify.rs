@@ -266,6 +266,56 @@ impl Bundle {
         Some((&self.handles[loc.handle], loc.offset, loc.size))
     }
 
+    /// Copies every file `manifest` lists into `dir` (which must exist), hashing what it
+    /// writes against the manifest, so the copies are exactly what was signed even if the
+    /// bundle changed after it was verified. Returns the files written.
+    pub fn extract(
+        &self,
+        manifest: &Manifest,
+        dir: &Path,
+        progress: &dyn Progress,
+    ) -> Result<usize> {
+        use std::io::Write as _;
+        let total: u64 = manifest
+            .files
+            .keys()
+            .filter_map(|p| self.files.get(p).map(|l| l.size))
+            .sum();
+        progress.begin("extracting", total);
+        let mut buf = vec![0u8; 1 << 20];
+        for (path, expected) in &manifest.files {
+            let (source, offset, size) = self
+                .file_range(path)
+                .ok_or_else(|| Error::InvalidInput(format!("{path} is missing from the bundle")))?;
+            let dest = dir.join(path.as_str());
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            let mut out = std::fs::File::create(&dest).map_err(|e| Error::io(&dest, e))?;
+            let mut hasher = Sha256::new();
+            let mut done = 0u64;
+            while done < size {
+                let n = (size - done).min(buf.len() as u64) as usize;
+                source
+                    .read_exact_at(&mut buf[..n], offset + done)
+                    .map_err(|e| Error::io(&self.path, e))?;
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| Error::io(&dest, e))?;
+                done += n as u64;
+                progress.advance(n as u64);
+            }
+            let got = Sha256Digest(hasher.finalize().into());
+            if got != expected.sha256 {
+                return Err(Error::InvalidInput(format!(
+                    "{path} changed while it was extracted (sha256:{got}, signed sha256:{})",
+                    expected.sha256
+                )));
+            }
+        }
+        progress.end();
+        Ok(manifest.files.len())
+    }
+
     /// Reads and parses `model.sig` without checking any signature.
     pub fn signature(&self, limits: &Limits) -> Result<SigstoreBundle> {
         let bytes = self

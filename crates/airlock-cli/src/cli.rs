@@ -92,6 +92,21 @@ pub(crate) enum Command {
     /// rendered with the model's own chat template. Greedy (temperature 0) by default, so the
     /// same question gets the same answer.
     Run(Box<RunArgs>),
+    /// Run a model's eval suites and sign the result record.
+    ///
+    /// TARGET is a registry version (NAME:VERSION, NAME:TAG; approved or quarantined, its
+    /// files re-hashed first) or a bundle file. Every item of the bundle's `evals/*.jsonl`
+    /// runs greedily, in order; each item's result is kept. With --key the record is signed,
+    /// and for a registry version stored, where `airlock approve` and `airlock tag` read it
+    /// when policy.toml's [evals] asks for a fresh record.
+    Eval(Box<EvalArgs>),
+    /// Quantise a bundle into a signed, labelled derived bundle compared with its parent.
+    ///
+    /// The derived bundle names the parent's digest and the quantisation, carries the parent's
+    /// eval suites, and records the comparison: per-suite scores, per-item agreement, the
+    /// items that regressed, and the KL divergence of next-token distributions on the suites'
+    /// prompts. With --gate, nothing is signed when a threshold is crossed.
+    Quantize(Box<QuantizeArgs>),
     /// Embed texts with an approved embedding model (safetensors, sentence-transformers).
     Embed(EmbedArgs),
     /// Serve approved models over OpenAI- and Anthropic-compatible HTTP APIs.
@@ -396,6 +411,63 @@ pub(crate) struct KeysRevokeArgs {
     /// Key id, unique id prefix (4+ hex digits), or name.
     #[arg(value_name = "KEY")]
     pub(crate) key: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    /// NAME:VERSION or NAME:TAG in the registry, or a bundle file.
+    #[arg(value_name = "TARGET")]
+    pub(crate) target: String,
+    /// Run only this suite (repeatable); default: every suite in the bundle.
+    #[arg(long = "suite", value_name = "NAME")]
+    pub(crate) suites: Vec<String>,
+    /// Sign the record with this key (an approver's, for the isolated side's gates).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: Option<PathBuf>,
+    /// Also write the record (signed envelope with --key, plain JSON without) here.
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+    /// CPU threads (default: all).
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
+    /// Print the record as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QuantizeArgs {
+    /// The parent bundle (a .airlock file or directory) holding one GGUF model.
+    #[arg(value_name = "BUNDLE")]
+    pub(crate) bundle: PathBuf,
+    /// The quantisation: Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q5_1, Q5_0, Q4_K_M, Q4_K_S, Q4_1,
+    /// Q4_0, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K, F16 or BF16.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub(crate) kind: String,
+    /// Publisher key that signs the derived bundle.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: PathBuf,
+    /// Where the derived bundle is written.
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) output: PathBuf,
+    /// Name of the derived bundle (default: the parent's name and the type, e.g.
+    /// smollm2-q4_k_m).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Refuse to sign when the derived model regresses: by default any item that passed on
+    /// the parent and fails now.
+    #[arg(long)]
+    pub(crate) gate: bool,
+    /// Gate thresholds (TOML `[gate]`: max_regressed_items, max_score_drop, min_agreement,
+    /// max_mean_kld, and per-suite `[gate.suites.NAME]`); implies --gate.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) gate_policy: Option<PathBuf>,
+    /// CPU threads (default: all).
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
     /// Print the result as JSON.
     #[arg(long)]
     pub(crate) json: bool,

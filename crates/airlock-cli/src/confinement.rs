@@ -88,6 +88,27 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
             with_data(vec![], vec![]),
             data().map(|d| parent_of(&d)).into_iter().collect(),
         ),
+        // A bundle is unpacked into a temporary directory to be loaded; a registry version is
+        // loaded from the registry's blobs.
+        Command::Eval(a) => {
+            let mut read: Vec<PathBuf> = a.key.iter().cloned().collect();
+            let outputs: Vec<PathBuf> = a.output.iter().map(|o| parent_of(o)).collect();
+            let policy = if Path::new(&a.target).exists() {
+                read.push(PathBuf::from(&a.target));
+                sealed(read, vec![std::env::temp_dir()])
+            } else {
+                with_data(read, vec![])
+            };
+            creating(policy, outputs)
+        }
+        Command::Quantize(a) => {
+            let mut read = vec![a.bundle.clone(), a.key.clone()];
+            read.extend(a.gate_policy.iter().cloned());
+            creating(
+                sealed(read, vec![std::env::temp_dir()]),
+                vec![parent_of(&a.output)],
+            )
+        }
         Command::Import(a) => with_data(vec![a.bundle.clone()], vec![]),
         Command::Approve(a) => with_data(vec![a.key.clone()], vec![]),
         Command::AllowDowngrade(a) => with_data(vec![a.key.clone()], vec![]),

@@ -15,6 +15,7 @@ mod audit;
 mod crash;
 mod diode;
 mod engine;
+mod evals;
 mod hostile;
 mod interop;
 mod pack_verify;

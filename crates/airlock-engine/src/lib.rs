@@ -17,12 +17,14 @@ mod error;
 pub mod files;
 mod gguf_check;
 pub mod interface;
+pub mod quantize;
 pub mod template;
 pub mod text;
 
 pub use chat::{
-    Backend, BatchToken, ChatConfig, ChatModel, Completion, Decoder, DecoderShape, Event,
-    FinishReason, GenerateParams, Generation, LlamaCpp, Prompter, SamplingParams, Usage,
+    Backend, BatchToken, ChatConfig, ChatModel, Completion, ContinuationScore, Decoder,
+    DecoderShape, Event, FinishReason, GenerateParams, Generation, LlamaCpp, Prompter,
+    SamplingParams, Scorer, Usage,
 };
 pub use embed::{EmbeddingEngine, EmbeddingModel};
 pub use error::{Error, ErrorKind, Result};

@@ -63,6 +63,16 @@ CREATE TABLE IF NOT EXISTS approvals (
     PRIMARY KEY (version_id, approver)
 ) STRICT;
 
+-- Signed eval records (airlock eval), kept whole: each names the suites it ran and every
+-- item's result, and is checked again (signer, digest, age) whenever a gate reads it.
+CREATE TABLE IF NOT EXISTS eval_records (
+    id         INTEGER PRIMARY KEY,
+    version_id INTEGER NOT NULL REFERENCES versions (id) ON DELETE CASCADE,
+    signer     TEXT NOT NULL,
+    record     TEXT NOT NULL,
+    made_at    TEXT NOT NULL
+) STRICT;
+
 CREATE TABLE IF NOT EXISTS tags (
     name       TEXT NOT NULL,
     tag        TEXT NOT NULL,

@@ -74,7 +74,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn refused(kind: &'static str, reason: impl Into<String>) -> Self {
+    /// A refusal of kind `kind` (stable, snake_case) with a one-line reason.
+    pub fn refused(kind: &'static str, reason: impl Into<String>) -> Self {
         Self::Refused {
             kind,
             reason: reason.into(),

@@ -80,6 +80,8 @@ struct RawPolicy {
     publisher: Vec<RawKey>,
     #[serde(default)]
     approver: Vec<RawKey>,
+    #[serde(default)]
+    evals: Option<airlock_eval::Requirements>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +149,8 @@ pub struct Policy {
     pub refused_formats: BTreeSet<String>,
     /// Whether versions may only go up.
     pub rollback_protection: bool,
+    /// What eval records approve and tag require (`[evals]`).
+    pub evals: airlock_eval::Requirements,
     /// SHA-256 of the file's bytes, recorded in audit entries.
     pub digest: Sha256Digest,
 }
@@ -210,6 +214,9 @@ impl Policy {
                 publishers.len()
             )));
         }
+        if let Some(evals) = &raw.evals {
+            evals.check_values().map_err(invalid)?;
+        }
         for f in &raw.formats.refused {
             if !["gguf", "safetensors"].contains(&f.to_ascii_lowercase().as_str()) {
                 return Err(invalid(format!(
@@ -235,6 +242,7 @@ impl Policy {
                 .map(|f| f.to_ascii_lowercase())
                 .collect(),
             rollback_protection: raw.rollback.protect,
+            evals: raw.evals.unwrap_or_default(),
             digest: Sha256Digest::of(bytes),
         })
     }

@@ -38,6 +38,7 @@ pub(crate) fn run(args: InspectArgs, limits: &Limits) -> anyhow::Result<ExitCode
             "source": airlock.and_then(|a| a.source.as_ref()),
             "revision": airlock.and_then(|a| a.revision.as_ref()),
             "parent": airlock.and_then(|a| a.parent.as_ref()),
+            "derivation": airlock.and_then(|a| a.derivation.as_ref()),
             "model": airlock.map(|a| &a.model),
             "evals": airlock.map(|a| &a.evals),
             "signers": signers,
@@ -68,6 +69,17 @@ pub(crate) fn run(args: InspectArgs, limits: &Limits) -> anyhow::Result<ExitCode
             }
             if let Some(p) = &a.parent {
                 line(&mut text, "parent", p);
+            }
+            if let Some(d) = &a.derivation {
+                let from = d.parent_quantization.as_deref().unwrap_or("?");
+                line(
+                    &mut text,
+                    "derived",
+                    &format!(
+                        "{} {from} → {} ({} → {} bytes of weights)",
+                        d.method, d.quantization, d.parent_weights_bytes, d.weights_bytes
+                    ),
+                );
             }
             let m = &a.model;
             line(&mut text, "format", &m.format);

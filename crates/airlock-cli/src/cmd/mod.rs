@@ -4,6 +4,7 @@ mod ask;
 mod audit;
 mod diode;
 mod doctor;
+mod eval;
 mod inspect;
 mod keygen;
 mod keys;
@@ -49,6 +50,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trust(cmd) => trust::run(cmd, &data_dir(data)?),
         Command::Audit(cmd) => audit::run(cmd, &data_dir(data)?),
         Command::Run(args) => run::chat(*args, &data_dir(data)?),
+        Command::Eval(args) => eval::eval(*args, data, &limits),
+        Command::Quantize(args) => eval::quantize(*args, &limits),
         Command::Embed(args) => run::embed(args, &data_dir(data)?),
         Command::Serve(args) => serve::serve(args, data, no_sandbox),
         Command::Config(cmd) => serve::config(cmd, data, no_sandbox),

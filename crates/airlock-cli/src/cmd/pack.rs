@@ -16,13 +16,7 @@ pub(crate) fn run(args: PackArgs, limits: &Limits) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|k| super::load_private_key(k))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-        Err(_) => 0,
-    };
+    let source_date_epoch = source_date_epoch()?;
     let opts = PackOptions {
         name: args.name.clone(),
         version: args.version.clone(),
@@ -33,6 +27,7 @@ pub(crate) fn run(args: PackArgs, limits: &Limits) -> anyhow::Result<ExitCode> {
         card: args.card,
         evals: args.evals,
         parent: args.parent,
+        derivation: None,
         source_date_epoch,
     };
     let out = args
@@ -77,4 +72,15 @@ pub(crate) fn run(args: PackArgs, limits: &Limits) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `SOURCE_DATE_EPOCH` (seconds), else 0: what every packed timestamp is, for reproducibility.
+pub(super) fn source_date_epoch() -> anyhow::Result<u64> {
+    Ok(match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+        Err(_) => 0,
+    })
 }

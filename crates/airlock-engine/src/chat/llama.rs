@@ -39,7 +39,7 @@ impl std::fmt::Debug for LlamaCpp {
 }
 
 /// llama.cpp's process-wide state, initialised once.
-fn runtime() -> Result<&'static LlamaBackend> {
+pub(crate) fn runtime() -> Result<&'static LlamaBackend> {
     static RUNTIME: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {

@@ -7,8 +7,9 @@
 //! ([`LlamaCpp`]) for GGUF models, or any other runtime that implements the trait.
 
 mod backend;
-mod llama;
+pub(crate) mod llama;
 mod scheduler;
+mod score;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 pub use backend::{Backend, BatchToken, Decoder, DecoderShape};
 pub use llama::{LlamaCpp, LlamaDecoder};
+pub use score::{ContinuationScore, MAX_SEQUENCES, Scorer, log_softmax};
 
 use crate::files::ModelFiles;
 use crate::interface::{
@@ -536,6 +538,22 @@ impl<B: Backend> ChatModel<B> {
             load,
             worker: Some(worker),
         })
+    }
+
+    /// Scoring state on this model's weights, beside (not behind) the generation worker:
+    /// up to `sequences` sequences of up to `context` tokens at once.
+    pub fn scorer(
+        &self,
+        sequences: usize,
+        context: usize,
+        threads: usize,
+    ) -> Result<Scorer<'_, B>> {
+        Scorer::new(&*self.backend, sequences, context, threads)
+    }
+
+    /// The token every prompt must begin with, if the model wants one.
+    pub fn prompt_start(&self) -> Option<i32> {
+        self.backend.prompt_start()
     }
 
     /// What was loaded.

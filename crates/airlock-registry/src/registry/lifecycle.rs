@@ -41,6 +41,7 @@ impl Registry {
                 }
                 _ => {}
             }
+            self.check_evals(&row, &self.tagged_versions(&row.name)?)?;
             if self.signature_of(&row)?.signed_by(key.public()) {
                 return Err(Error::refused(
                     "four_eyes",
@@ -169,6 +170,13 @@ impl Registry {
         let subject = format!("sha256:{}", row.digest);
         let approver = self
             .check_approved(&row)
+            .and_then(|approver| {
+                let now_tagged = Reference::parse(&format!("{}:{tag}", row.name))
+                    .ok()
+                    .and_then(|r| self.resolve(&r).ok());
+                self.check_evals(&row, now_tagged.as_slice())?;
+                Ok(approver)
+            })
             .map_err(|e| self.refuse("tag", Some(&subject), e))?;
         let previous: Option<String> = self
             .conn
@@ -371,6 +379,7 @@ impl Registry {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
+        let evals = self.eval_records_of(&row)?;
         Ok(VersionDetail {
             summary: VersionSummary {
                 tags: self.tags_of(row.id)?,
@@ -389,6 +398,7 @@ impl Registry {
             policy_digest: detail.7,
             reason: detail.8,
             approvals,
+            evals,
             files,
         })
     }

@@ -305,7 +305,7 @@ impl Registry {
         Ok(opened)
     }
 
-    fn approved_files(&self, row: &VersionRow) -> Result<ApprovedModel> {
+    pub(super) fn approved_files(&self, row: &VersionRow) -> Result<ApprovedModel> {
         let (kind, format): (String, String) = self.conn.query_row(
             "SELECT kind, format FROM versions WHERE id = ?1",
             params![row.id],

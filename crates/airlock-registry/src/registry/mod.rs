@@ -4,6 +4,7 @@
 //! `maintenance` (gc, fsck, export) and `trust`.
 
 mod api_keys;
+mod evals;
 mod import;
 mod lifecycle;
 mod maintenance;
@@ -119,6 +120,8 @@ pub struct VersionDetail {
     pub reason: Option<String>,
     /// Approvals.
     pub approvals: Vec<ApprovalInfo>,
+    /// Eval records, newest first.
+    pub evals: Vec<evals::EvalRecordInfo>,
     /// Files with their blob digests.
     pub files: Vec<FileInfo>,
 }
