@@ -189,6 +189,26 @@ pub struct EvalSuite {
     pub path: String,
     /// Number of cases (lines).
     pub cases: u64,
+    /// The scores measured when the bundle was packed (`pack --run-evals`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<EvalScore>,
+}
+
+/// A suite's scores as measured at pack time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalScore {
+    /// Suite name (the file's header).
+    pub suite: String,
+    /// Items passed.
+    pub passed: u64,
+    /// Items run.
+    pub total: u64,
+    /// `passed / total`.
+    pub score: f64,
+    /// The items that failed.
+    pub failed: Vec<String>,
+    /// What ran it (e.g. `airlock 0.1.0 embedded llama.cpp, 2 threads`).
+    pub engine: String,
 }
 
 /// Size and chunk digests of one resource.

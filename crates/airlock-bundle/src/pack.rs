@@ -46,6 +46,8 @@ pub struct PackOptions {
     pub parent: Option<String>,
     /// How it was derived from `parent`.
     pub derivation: Option<crate::manifest::Derivation>,
+    /// Scores of eval suites measured before packing, by bundle path (`evals/NAME.jsonl`).
+    pub eval_results: std::collections::BTreeMap<String, crate::manifest::EvalScore>,
     /// Timestamp for `created` and every tar entry (`SOURCE_DATE_EPOCH`, else 0).
     pub source_date_epoch: u64,
 }
@@ -112,6 +114,7 @@ pub fn pack(
             Ok(EvalSuite {
                 path: f.path.to_string(),
                 cases: count_cases(&f.fs_path)?,
+                result: opts.eval_results.get(f.path.as_str()).cloned(),
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -457,6 +457,9 @@ pub(crate) struct QuantizeArgs {
     /// smollm2-q4_k_m).
     #[arg(long)]
     pub(crate) name: Option<String>,
+    /// Version of the derived bundle (default: the parent's).
+    #[arg(long)]
+    pub(crate) version: Option<String>,
     /// Refuse to sign when the derived model regresses: by default any item that passed on
     /// the parent and fails now.
     #[arg(long)]
@@ -938,6 +941,13 @@ pub(crate) struct PackArgs {
     /// Directory of eval suites (*.jsonl: reference prompts, regression cases), carried and signed.
     #[arg(long, value_name = "DIR")]
     pub(crate) evals: Option<PathBuf>,
+    /// Run the --evals suites on the model before packing and record each suite's score and
+    /// failed items in the signed predicate (GGUF chat models).
+    #[arg(long, requires = "evals")]
+    pub(crate) run_evals: bool,
+    /// CPU threads for --run-evals (default: all).
+    #[arg(long, requires = "run_evals")]
+    pub(crate) threads: Option<usize>,
     /// Digest of the bundle this one derives from (e.g. before quantisation).
     #[arg(long, value_name = "sha256:HEX")]
     pub(crate) parent: Option<String>,

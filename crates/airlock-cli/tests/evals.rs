@@ -386,3 +386,143 @@ fn sha256_hex(path: &Path) -> String {
         .unwrap();
     String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
+
+#[test]
+fn a_new_version_that_regresses_items_against_the_tagged_one_is_refused_naming_them() {
+    let site = Site::new();
+    let ws = Workspace::new();
+    let parent = smollm2_bundle(&ws);
+    // Q2_K as the next version of the same model.
+    let made = quantize(
+        &ws,
+        &parent,
+        "Q2_K",
+        &["--name", "smollm2", "--version", "1.1.0"],
+    )
+    .ok()
+    .json();
+    let regressed: Vec<String> = made["comparison"]["suites"][0]["regressed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert!(!regressed.is_empty());
+    for (bundle, name) in [
+        (parent.clone(), "p.airlock"),
+        (ws.path("smollm2-Q2_K.airlock"), "q.airlock"),
+    ] {
+        let copy = site.ws.path(name);
+        std::fs::copy(bundle, &copy).unwrap();
+        site.ws.cosign(&copy, "publisher").ok();
+        site.cmd(&["import", copy.to_str().unwrap()]).ok();
+    }
+    let policy = site.data.join("policy.toml");
+    let base = std::fs::read_to_string(&policy).unwrap();
+    let require = |allowed: usize| {
+        std::fs::write(
+            &policy,
+            format!("{base}\n[evals]\nrequired = true\n\n[evals.regression]\nmax_regressed_items = {allowed}\n"),
+        )
+        .unwrap();
+    };
+    require(0);
+    let approver = site.ws.key("approver");
+    let approver = approver.to_str().unwrap();
+    for version in ["smollm2:1.0.0", "smollm2:1.1.0"] {
+        site.cmd(&["eval", version, "--key", approver, "--threads", "2"])
+            .ok();
+    }
+    site.cmd(&["approve", "smollm2:1.0.0", "--key", approver])
+        .ok();
+    site.cmd(&["tag", "smollm2:1.0.0", "prod"]).ok();
+
+    let refused = site.cmd(&["approve", "smollm2:1.1.0", "--key", approver, "--json"]);
+    assert_refused(&refused, "eval_gate");
+    assert!(
+        refused.stderr.contains("against smollm2:1.0.0"),
+        "{}",
+        refused.stderr
+    );
+    for id in &regressed {
+        assert!(
+            refused.stderr.contains(id.as_str()),
+            "{id}: {}",
+            refused.stderr
+        );
+    }
+
+    require(regressed.len());
+    site.cmd(&["approve", "smollm2:1.1.0", "--key", approver])
+        .ok();
+    // Tightened again: moving the tag to it is refused the same way, and audited.
+    require(0);
+    let refused = site.cmd(&["tag", "smollm2:1.1.0", "prod"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(regressed[0].as_str()),
+        "{}",
+        refused.stderr
+    );
+    let last = site.audit_tail(1);
+    assert_eq!(last[0]["action"], "tag");
+    assert_eq!(last[0]["outcome"], "refused");
+    assert_eq!(last[0]["details"]["rule"], "eval_gate");
+    require(regressed.len());
+    site.cmd(&["tag", "smollm2:1.1.0", "prod"]).ok();
+}
+
+#[test]
+fn pack_can_run_the_suites_and_sign_their_scores_into_the_predicate() {
+    let ws = Workspace::new();
+    let gguf = models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let bundle = ws.path("scored.airlock");
+    run(airlock()
+        .arg("pack")
+        .arg(&gguf)
+        .args([
+            "--name",
+            "smollm2",
+            "--version",
+            "1.0.0",
+            "--license",
+            "Apache-2.0",
+        ])
+        .args(["--run-evals", "--threads", "2", "--evals"])
+        .arg(suites_dir())
+        .arg("--key")
+        .arg(ws.key("publisher"))
+        .arg("-o")
+        .arg(&bundle))
+    .ok();
+    let info = run(airlock().arg("inspect").arg(&bundle).arg("--json"))
+        .ok()
+        .json();
+    let recorded = &info["evals"][0]["result"];
+    let measured = &eval_json(&bundle)["record"]["suites"][0];
+    assert_eq!(recorded["suite"], "knowledge");
+    assert_eq!(recorded["passed"], measured["passed"]);
+    assert_eq!(recorded["total"], 24);
+    let failed: Vec<&Value> = measured["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["passed"] == false)
+        .map(|i| &i["id"])
+        .collect();
+    assert_eq!(
+        recorded["failed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        failed
+    );
+    // Without --evals there is nothing to run.
+    let refused = run(airlock()
+        .arg("pack")
+        .arg(&gguf)
+        .args(["--name", "x", "--version", "1.0.0", "--run-evals", "--key"])
+        .arg(ws.key("publisher")));
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+}

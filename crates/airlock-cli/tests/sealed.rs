@@ -71,9 +71,21 @@ fn every_isolated_side_command_and_the_engine_processes_it_starts_run_under_secc
     let key = site.ws.key("approver");
     let commands: Vec<Vec<&str>> = vec![
         vec!["import", "/no/such/bundle.airlock"],
+        // Connected-side commands are sealed too.
+        vec![
+            "quantize",
+            "/no/such/bundle.airlock",
+            "--type",
+            "Q8_0",
+            "--key",
+            key.to_str().unwrap(),
+            "-o",
+            "/tmp/x.airlock",
+        ],
         vec!["approve", "smollm2:prod", "--key", key.to_str().unwrap()],
         vec!["tag", "smollm2:prod", "stable"],
         vec!["run", "smollm2:prod", "Hi"],
+        vec!["eval", "smollm2:prod"],
         vec!["embed", "all-minilm-l6-v2:prod", "Hi"],
         vec![
             "collection",

@@ -43,6 +43,15 @@ refused = []
 # an approver-signed exception naming it, with an expiry (`airlock allow-downgrade`).
 protect = true
 
+# Eval records approve and tag can require (docs/evals.md); off unless uncommented.
+# [evals]
+# required = true          # a record from `airlock eval NAME:VERSION --key APPROVER.key`
+# max_age_hours = 168
+# [evals.min_score]
+# knowledge = 0.7          # least score of the suite named `knowledge`
+# [evals.regression]
+# max_regressed_items = 0  # against the version tagged now, item by item
+
 # Trusted keys. Manage them with `airlock trust add --publisher|--approver KEY.pub` and
 # `airlock trust rm KEYID`; each entry's id must be the SHA-256 of its PEM.
 "#;
@@ -444,6 +453,34 @@ mod tests {
         assert!(
             matches!(Policy::load(&path), Err(Error::Policy { reason, .. }) if reason.contains("does not match"))
         );
+    }
+
+    #[test]
+    fn eval_requirements_are_off_by_default_and_checked_when_given() {
+        let (_dir, path) = policy_file();
+        assert!(!Policy::load(&path).unwrap().evals.required);
+        let uncommented = TEMPLATE
+            .replace("# [evals]", "[evals]")
+            .replace("# required = true", "required = true")
+            .replace("# [evals.min_score]", "[evals.min_score]")
+            .replace("# knowledge = 0.7", "knowledge = 0.7")
+            .replace("# [evals.regression]", "[evals.regression]")
+            .replace("# max_regressed_items = 0", "max_regressed_items = 0");
+        std::fs::write(&path, &uncommented).unwrap();
+        let evals = Policy::load(&path).unwrap().evals;
+        assert!(evals.required);
+        assert_eq!(evals.min_score["knowledge"], 0.7);
+        assert_eq!(evals.regression.unwrap().max_regressed_items, Some(0));
+        for (bad, reason) in [
+            ("knowledge = 0.7", "knowledge = 7"),
+            ("max_regressed_items = 0", "max_regresed_items = 0"),
+        ] {
+            std::fs::write(&path, uncommented.replace(bad, reason)).unwrap();
+            assert!(
+                matches!(Policy::load(&path), Err(Error::Policy { .. })),
+                "{reason} was accepted"
+            );
+        }
     }
 
     proptest::proptest! {

@@ -216,7 +216,8 @@ pub(crate) fn quantize(args: QuantizeArgs, limits: &Limits) -> anyhow::Result<Ex
         std::fs::copy(parent.dir.path().join(path), &dest)
             .with_context(|| format!("cannot copy {path}"))?;
     }
-    let child_files = ModelFiles::directory(format!("{name}:{}", info.version), source.path())?;
+    let version = args.version.clone().unwrap_or_else(|| info.version.clone());
+    let child_files = ModelFiles::directory(format!("{name}:{version}"), source.path())?;
 
     // Both models on the parent's suites: scores, per-item agreement, next-token divergence.
     let suites = load_suites(&parent_target.files, &[])?;
@@ -257,13 +258,14 @@ pub(crate) fn quantize(args: QuantizeArgs, limits: &Limits) -> anyhow::Result<Ex
 
     let opts = PackOptions {
         name: name.clone(),
-        version: info.version.clone(),
+        version: version.clone(),
         kind: Some(info.kind.clone()),
         license: info.license.clone(),
         source: info.source.clone(),
         revision: info.revision.clone(),
         card: None,
         evals: None,
+        eval_results: BTreeMap::new(),
         parent: Some(parent_target.digest.clone()),
         derivation: Some(Derivation {
             method: "quantize".into(),
@@ -299,14 +301,78 @@ pub(crate) fn quantize(args: QuantizeArgs, limits: &Limits) -> anyhow::Result<Ex
     );
     text.push_str(&comparison_text(&comparison));
     text.push_str(&format!(
-        "wrote {} sha256:{} ({name}:{}, parent {})\n",
+        "wrote {} sha256:{} ({name}:{version}, parent {})\n",
         args.output.display(),
         report.digest,
-        info.version,
         parent_target.digest
     ));
     output::out(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pack --run-evals`: each suite in `evals` run on the model at `src` (a GGUF file or a
+/// directory holding one), keyed by the path it will have in the bundle.
+pub(crate) fn pack_time_scores(
+    src: &Path,
+    evals: Option<&Path>,
+    threads: Option<usize>,
+) -> anyhow::Result<BTreeMap<String, airlock_bundle::manifest::EvalScore>> {
+    let evals = evals.context("--run-evals needs --evals DIR")?;
+    let threads = self::threads(threads);
+    let model = if src.is_dir() {
+        ModelFiles::directory("source", src)?
+    } else {
+        let name = src
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the source file name is not UTF-8")?;
+        ModelFiles::single("source", name, src)
+    };
+    let mut paths = Vec::new();
+    let mut suites = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(evals)
+        .with_context(|| format!("cannot read {}", evals.display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".jsonl") {
+            continue;
+        }
+        let path = format!("evals/{name}");
+        let file = std::fs::File::open(entry.path())
+            .with_context(|| format!("cannot open {}", entry.path().display()))?;
+        suites.push(Suite::read(&path, file, &SuiteLimits::default())?);
+        paths.push(path);
+    }
+    if suites.is_empty() {
+        bail!("{} holds no eval suites (*.jsonl)", evals.display());
+    }
+    let (results, _) = run_suites(&model, &suites, threads, false)?;
+    let engine = format!(
+        "airlock {} embedded llama.cpp, {threads} threads",
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(paths
+        .into_iter()
+        .zip(results)
+        .map(|(path, r)| {
+            let score = airlock_bundle::manifest::EvalScore {
+                suite: r.name.clone(),
+                passed: r.passed as u64,
+                total: r.total as u64,
+                score: r.score,
+                failed: r
+                    .items
+                    .iter()
+                    .filter(|i| !i.passed)
+                    .map(|i| i.id.clone())
+                    .collect(),
+                engine: engine.clone(),
+            };
+            (path, score)
+        })
+        .collect())
 }
 
 fn info_digest(target: &Target) -> String {

@@ -25,6 +25,11 @@ pub(crate) fn run(args: PackArgs, limits: &Limits) -> anyhow::Result<ExitCode> {
         source: args.source,
         revision: args.revision,
         card: args.card,
+        eval_results: if args.run_evals {
+            super::eval::pack_time_scores(&args.src, args.evals.as_deref(), args.threads)?
+        } else {
+            Default::default()
+        },
         evals: args.evals,
         parent: args.parent,
         derivation: None,

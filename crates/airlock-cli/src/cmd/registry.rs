@@ -170,6 +170,24 @@ pub(crate) fn run(command: Command, data: &Path) -> anyhow::Result<ExitCode> {
                         .map_or(String::new(), |l| format!(" ({l})"))
                 ));
             }
+            for e in &detail.evals {
+                let scores: Vec<String> = e
+                    .suites
+                    .iter()
+                    .map(|(name, passed, total)| format!("{name} {passed}/{total}"))
+                    .collect();
+                text.push_str(&format!(
+                    "  evaluated   {} by {}: {}{}\n",
+                    e.time,
+                    e.signer,
+                    scores.join(", "),
+                    if e.trusted {
+                        ""
+                    } else {
+                        " (no longer verifies)"
+                    }
+                ));
+            }
             if let Some(r) = &detail.reason {
                 text.push_str(&format!("  rejected    {r}\n"));
             }
