@@ -29,10 +29,15 @@
 #                    if a mean log-probability differs by 1e-3 or more, or if the quantised
 #                    outputs' sizes differ
 #   AIRLOCK_THREADS  threads for every tool (default 2)
-#   AIRLOCK_BIN      the airlock binary to measure (default: target/release/airlock, built first)
+#   AIRLOCK_BIN      the airlock binary to measure, as it is (default: target/release/airlock,
+#                    built first)
 #   AIRLOCK_CACHE    cache root (default: ~/.cache/airlock): models, llama.cpp's tools, and the
 #                    scratch directory bench-eval/ (removed at exit)
 set -euo pipefail
+# Resolved before the cd below, so that a relative path means what it meant to the caller.
+if [ -n "${AIRLOCK_BIN:-}" ]; then
+  AIRLOCK_BIN="$(realpath -m "$(command -v "$AIRLOCK_BIN" || echo "$AIRLOCK_BIN")")"
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 check=0; [ "${1:-}" = "--check" ] && check=1
 threads="${AIRLOCK_THREADS:-2}"
@@ -42,7 +47,7 @@ gguf="$cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 bash scripts/fetch-models.sh >&2
 llama_bin="$(bash scripts/build-llama-cpp.sh)/build/bin"
 if [ -n "${AIRLOCK_BIN:-}" ]; then
-  airlock="$(realpath "$AIRLOCK_BIN")"
+  airlock="$AIRLOCK_BIN"
 else
   cargo build --release --locked --quiet
   airlock="$PWD/target/release/airlock"

@@ -57,22 +57,92 @@ fn eval_json(bundle: &Path) -> Value {
     .json()
 }
 
+/// What several tests need and is slow to make once per test: SmolLM2 with its suite, and
+/// its Q2_K quantisation as the next version of the same model (`smollm2:1.1.0`), with the
+/// comparison `quantize --json` printed.
+struct Shared {
+    ws: Workspace,
+    parent: PathBuf,
+    q2k: PathBuf,
+    q2k_made: Value,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let ws = Workspace::new_in(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("evals"));
+        let parent = smollm2_bundle(&ws);
+        let q2k_made = quantize(
+            &ws,
+            &parent,
+            "Q2_K",
+            &["--name", "smollm2", "--version", "1.1.0"],
+        )
+        .ok()
+        .json();
+        let q2k = ws.path("smollm2-Q2_K.airlock");
+        Shared {
+            ws,
+            parent,
+            q2k,
+            q2k_made,
+        }
+    })
+}
+
+impl Shared {
+    /// The items the parent passes and Q2_K fails (found by running them).
+    fn regressed(&self) -> Vec<String> {
+        let regressed: Vec<String> = self.q2k_made["comparison"]["suites"][0]["regressed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            !regressed.is_empty(),
+            "Q2_K regresses nothing on this suite: {}",
+            self.q2k_made
+        );
+        regressed
+    }
+
+    /// Copies both bundles into `site`, co-signed by its publisher, and imports them.
+    fn import_into(&self, site: &Site) {
+        for (bundle, name) in [(&self.parent, "p.airlock"), (&self.q2k, "q.airlock")] {
+            let copy = site.ws.path(name);
+            std::fs::copy(bundle, &copy).unwrap();
+            site.ws.cosign(&copy, "publisher").ok();
+            site.cmd(&["import", copy.to_str().unwrap()]).ok();
+        }
+    }
+}
+
 #[test]
 fn quantised_variants_are_signed_bundles_naming_their_parent_type_and_comparison() {
-    let ws = Workspace::new();
-    let parent = smollm2_bundle(&ws);
-    let parent_digest = ws.verify(&parent, &[]).ok().json()["digest"].clone();
-    for kind in ["Q8_0", "Q4_K_M", "Q2_K"] {
-        let made = quantize(&ws, &parent, kind, &[]).ok().json();
-        let derived = ws.path(&format!("smollm2-{kind}.airlock"));
-        ws.verify(&derived, &[]).ok();
-        let info = run(airlock().arg("inspect").arg(&derived).arg("--json"))
+    let shared = shared();
+    let ws = &shared.ws;
+    let parent_digest = ws.verify(&shared.parent, &[]).ok().json()["digest"].clone();
+    let mut made = vec![("Q2_K", shared.q2k_made.clone(), shared.q2k.clone())];
+    for kind in ["Q8_0", "Q4_K_M"] {
+        let json = quantize(ws, &shared.parent, kind, &[]).ok().json();
+        made.push((kind, json, ws.path(&format!("smollm2-{kind}.airlock"))));
+    }
+    let mut kld = std::collections::BTreeMap::new();
+    for (kind, made, derived) in &made {
+        ws.verify(derived, &[]).ok();
+        let info = run(airlock().arg("inspect").arg(derived).arg("--json"))
             .ok()
             .json();
         assert_eq!(info["parent"], parent_digest, "{kind}");
-        assert_eq!(info["name"], format!("smollm2-{}", kind.to_lowercase()));
-        assert_eq!(info["model"]["quantization"], kind);
-        assert_eq!(info["derivation"]["quantization"], kind);
+        let name = if *kind == "Q2_K" {
+            "smollm2".to_owned()
+        } else {
+            format!("smollm2-{}", kind.to_lowercase())
+        };
+        assert_eq!(info["name"], name);
+        assert_eq!(info["model"]["quantization"], *kind);
+        assert_eq!(info["derivation"]["quantization"], *kind);
         assert_eq!(info["derivation"]["parent_quantization"], "Q4_1");
         assert_eq!(info["evals"][0]["path"], "evals/choice.jsonl");
         let comparison = &info["derivation"]["comparison"];
@@ -80,12 +150,13 @@ fn quantised_variants_are_signed_bundles_naming_their_parent_type_and_comparison
         let divergence = &comparison["divergence"];
         assert!(divergence["prompts"].as_u64().unwrap() >= 24);
         assert!(divergence["mean_kld"].as_f64().unwrap() > 0.0);
+        kld.insert(*kind, divergence["mean_kld"].as_f64().unwrap());
         let suite = &comparison["suites"][0];
         assert_eq!(suite["name"], "knowledge");
         assert_eq!(suite["compared"], 24);
         // The figures the issue asks to see, printed with the test's output.
         eprintln!(
-            "{kind}: size ratio {:.3}, mean KLD {:.4}, same top token {:.3}, score {} → {}, agreement {:.3}",
+            "{kind}: size ratio {:.3}, mean KLD {:.4}, same top token {:.3}, score {} -> {}, agreement {:.3}",
             made["size_ratio"].as_f64().unwrap(),
             divergence["mean_kld"].as_f64().unwrap(),
             divergence["same_top_token"].as_f64().unwrap(),
@@ -95,18 +166,10 @@ fn quantised_variants_are_signed_bundles_naming_their_parent_type_and_comparison
         );
     }
     // Coarser quantisation drifts further from the parent.
-    let kld = |kind: &str| {
-        let info = run(airlock()
-            .arg("inspect")
-            .arg(ws.path(&format!("smollm2-{kind}.airlock")))
-            .arg("--json"))
-        .ok()
-        .json();
-        info["derivation"]["comparison"]["divergence"]["mean_kld"]
-            .as_f64()
-            .unwrap()
-    };
-    assert!(kld("Q8_0") < kld("Q4_K_M") && kld("Q4_K_M") < kld("Q2_K"));
+    assert!(
+        kld["Q8_0"] < kld["Q4_K_M"] && kld["Q4_K_M"] < kld["Q2_K"],
+        "{kld:?}"
+    );
 
     // The isolated side imports and approves them like any bundle.
     let site = Site::new();
@@ -128,40 +191,39 @@ fn quantised_variants_are_signed_bundles_naming_their_parent_type_and_comparison
 #[test]
 fn the_gate_refuses_to_sign_a_regressing_quantisation_naming_its_items_and_a_looser_threshold_lets_it_through()
  {
+    let shared = shared();
+    let regressed = shared.regressed();
     let ws = Workspace::new();
-    let parent = smollm2_bundle(&ws);
-    // Found by running: which items the parent passes and Q2_K fails.
-    let ungated = quantize(&ws, &parent, "Q2_K", &[]).ok().json();
-    let regressed: Vec<String> = ungated["comparison"]["suites"][0]["regressed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
-    assert!(
-        !regressed.is_empty(),
-        "Q2_K regresses nothing on this suite: {ungated}"
-    );
-    std::fs::remove_file(ws.path("smollm2-Q2_K.airlock")).unwrap();
+    let out = ws.path("gated.airlock");
+    let gated = |extra: &[&str]| {
+        run(airlock()
+            .arg("quantize")
+            .arg(&shared.parent)
+            .args(["--type", "Q2_K", "--threads", "2", "--json", "--key"])
+            .arg(ws.key("publisher"))
+            .arg("-o")
+            .arg(&out)
+            .args(extra))
+    };
 
-    let gated = quantize(&ws, &parent, "Q2_K", &["--gate"]);
-    assert_eq!(gated.code, 1, "{}{}", gated.stdout, gated.stderr);
+    let refused = gated(&["--gate"]);
+    assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
     assert_eq!(
-        gated.stderr.trim_end().lines().count(),
+        refused.stderr.trim_end().lines().count(),
         1,
         "{}",
-        gated.stderr
+        refused.stderr
     );
     for id in &regressed {
         assert!(
-            gated.stderr.contains(id.as_str()),
+            refused.stderr.contains(id.as_str()),
             "{id} not named: {}",
-            gated.stderr
+            refused.stderr
         );
     }
-    assert_eq!(gated.json()["kind"], "eval_gate");
+    assert_eq!(refused.json()["kind"], "eval_gate");
     assert!(
-        !ws.path("smollm2-Q2_K.airlock").exists(),
+        !out.exists(),
         "nothing is signed or written when the gate refuses"
     );
 
@@ -174,32 +236,11 @@ fn the_gate_refuses_to_sign_a_regressing_quantisation_naming_its_items_and_a_loo
         ),
     )
     .unwrap();
-    let allowed = quantize(
-        &ws,
-        &parent,
-        "Q2_K",
-        &["--gate-policy", policy.to_str().unwrap()],
-    );
-    allowed.ok();
-    ws.verify(&ws.path("smollm2-Q2_K.airlock"), &[]).ok();
+    gated(&["--gate-policy", policy.to_str().unwrap()]).ok();
+    ws.verify(&out, &[]).ok();
 
-    std::fs::write(&policy, "[gate]\nmax_mean_kld = 0.001\n").unwrap();
-    std::fs::remove_file(ws.path("smollm2-Q2_K.airlock")).unwrap();
-    let strict = quantize(
-        &ws,
-        &parent,
-        "Q2_K",
-        &["--gate-policy", policy.to_str().unwrap()],
-    );
-    assert_eq!(strict.code, 1);
-    assert!(strict.stderr.contains("KL divergence"), "{}", strict.stderr);
     std::fs::write(&policy, "[gate]\nmax_regresed_items = 1\n").unwrap();
-    let typo = quantize(
-        &ws,
-        &parent,
-        "Q2_K",
-        &["--gate-policy", policy.to_str().unwrap()],
-    );
+    let typo = gated(&["--gate-policy", policy.to_str().unwrap()]);
     assert_eq!(typo.code, 2, "a malformed gate file is a usage error");
     assert!(
         typo.stderr.contains("max_regresed_items"),
@@ -210,24 +251,15 @@ fn the_gate_refuses_to_sign_a_regressing_quantisation_naming_its_items_and_a_loo
 
 #[test]
 fn approve_and_tag_need_a_fresh_eval_record_meeting_policy_and_every_refusal_is_audited() {
+    let shared = shared();
     let site = Site::new();
-    let ws = Workspace::new();
-    let parent = smollm2_bundle(&ws);
-    let q2k = ws.path("smollm2-Q2_K.airlock");
-    let made = quantize(&ws, &parent, "Q2_K", &[]).ok().json();
-    let parent_score = made["comparison"]["suites"][0]["baseline_score"]
-        .as_f64()
-        .unwrap();
-    let q2k_score = made["comparison"]["suites"][0]["candidate_score"]
-        .as_f64()
-        .unwrap();
-    assert!(q2k_score < parent_score, "{made}");
-    for (bundle, name) in [(&parent, "p.airlock"), (&q2k, "q.airlock")] {
-        let copy = site.ws.path(name);
-        std::fs::copy(bundle, &copy).unwrap();
-        site.ws.cosign(&copy, "publisher").ok();
-        site.cmd(&["import", copy.to_str().unwrap()]).ok();
-    }
+    shared.import_into(&site);
+    let suite = &shared.q2k_made["comparison"]["suites"][0];
+    let parent_score = suite["baseline_score"].as_f64().unwrap();
+    let q2k_score = suite["candidate_score"].as_f64().unwrap();
+    // A bar Q2_K does not reach (its score may equal its parent's: items regress and others
+    // improve, which is why the regression limits compare item by item).
+    let above_q2k = q2k_score + 0.01;
     let policy = site.data.join("policy.toml");
     let mut text = std::fs::read_to_string(&policy).unwrap();
     text.push_str(&format!(
@@ -242,6 +274,32 @@ fn approve_and_tag_need_a_fresh_eval_record_meeting_policy_and_every_refusal_is_
     assert_refused(&refused, "eval_missing");
     assert!(
         refused.stderr.contains("airlock eval smollm2:1.0.0"),
+        "{}",
+        refused.stderr
+    );
+
+    // A run without a key keeps no record but is audited; a key that is not an approver's is
+    // refused before anything runs.
+    site.cmd(&["eval", "smollm2:1.0.0", "--threads", "2"]).ok();
+    let last = site.audit_tail(1);
+    assert_eq!(last[0]["action"], "eval");
+    assert_eq!(last[0]["details"]["signed"], "false");
+    assert!(
+        last[0]["details"]["scores"]
+            .as_str()
+            .unwrap()
+            .starts_with("knowledge ")
+    );
+    let publisher = site.ws.key("publisher");
+    let refused = site.cmd(&[
+        "eval",
+        "smollm2:1.0.0",
+        "--key",
+        publisher.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("not a trusted approver"),
         "{}",
         refused.stderr
     );
@@ -267,28 +325,28 @@ fn approve_and_tag_need_a_fresh_eval_record_meeting_policy_and_every_refusal_is_
     site.cmd(&["tag", "smollm2:1.0.0", "prod"]).ok();
 
     // Q2_K scores below the minimum: approve refuses, naming the items it failed.
-    site.cmd(&[
-        "eval",
-        "smollm2-q2_k:1.0.0",
-        "--key",
-        approver,
-        "--threads",
-        "2",
-    ])
-    .ok();
-    let refused = site.cmd(&["approve", "smollm2-q2_k:1.0.0", "--key", approver, "--json"]);
+    std::fs::write(
+        &policy,
+        text.replace(
+            &format!("knowledge = {parent_score}"),
+            &format!("knowledge = {above_q2k}"),
+        ),
+    )
+    .unwrap();
+    site.cmd(&["eval", "smollm2:1.1.0", "--key", approver, "--threads", "2"])
+        .ok();
+    let refused = site.cmd(&["approve", "smollm2:1.1.0", "--key", approver, "--json"]);
     assert_refused(&refused, "eval_gate");
-    let failed: Vec<String> = site
-        .cmd(&["show", "smollm2-q2_k:1.0.0", "--json"])
-        .ok()
-        .json()["evals"][0]["suites"][0]
-        .as_array()
-        .map(|s| s[0].as_str().unwrap().to_owned())
-        .into_iter()
-        .collect();
-    assert_eq!(failed, ["knowledge"]);
     assert!(
         refused.stderr.contains("suite knowledge: score"),
+        "{}",
+        refused.stderr
+    );
+    for id in shared.regressed() {
+        assert!(refused.stderr.contains(&id), "{id}: {}", refused.stderr);
+    }
+    assert!(
+        refused.stderr.contains(&format!("below {above_q2k}")),
         "{}",
         refused.stderr
     );
@@ -315,7 +373,7 @@ fn approve_and_tag_need_a_fresh_eval_record_meeting_policy_and_every_refusal_is_
         ),
     )
     .unwrap();
-    site.cmd(&["approve", "smollm2-q2_k:1.0.0", "--key", approver])
+    site.cmd(&["approve", "smollm2:1.1.0", "--key", approver])
         .ok();
     let last = site.audit_tail(1);
     assert_eq!(last[0]["action"], "approve");
@@ -324,105 +382,19 @@ fn approve_and_tag_need_a_fresh_eval_record_meeting_policy_and_every_refusal_is_
 }
 
 #[test]
-fn multiple_choice_loglikelihoods_equal_llama_perplexity_on_the_same_items() {
-    let golden: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../airlock-eval/tests/golden/smollm2-choice.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let model = models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let model_sha = sha256_hex(&model);
-    assert_eq!(
-        golden["provenance"]["model_sha256"], model_sha,
-        "the golden file was made from another model file"
-    );
-    let ws = Workspace::new();
-    let record = eval_json(&smollm2_bundle(&ws))["record"].clone();
-    let items = record["suites"][0]["items"].as_array().unwrap();
-    let expected = golden["items"].as_array().unwrap();
-    assert_eq!(items.len(), expected.len());
-    let mut worst = 0f64;
-    for (ours, theirs) in items.iter().zip(expected) {
-        assert_eq!(ours["id"], theirs["id"]);
-        let ours = ours["choices"].as_array().unwrap();
-        let theirs = theirs["choices"].as_array().unwrap();
-        assert_eq!(ours.len(), theirs.len());
-        for (o, t) in ours.iter().zip(theirs) {
-            assert_eq!(o["tokens"], t["tokens"], "the same tokens are scored");
-            let mean = o["logprob"].as_f64().unwrap() / o["tokens"].as_f64().unwrap();
-            let diff = (mean - t["mean_logprob"].as_f64().unwrap()).abs();
-            worst = worst.max(diff);
-        }
-    }
-    eprintln!("largest difference from llama-perplexity: {worst:.2e}");
-    assert!(worst < 1e-3, "largest difference {worst}");
-}
-
-#[test]
-fn two_runs_give_identical_records_apart_from_time_and_signature() {
-    let ws = Workspace::new();
-    let bundle = smollm2_bundle(&ws);
-    let strip = |mut v: Value| {
-        let record = v["record"].take();
-        let mut record = record;
-        record["time"] = Value::Null;
-        serde_json::to_vec(&record).unwrap()
-    };
-    let first = strip(eval_json(&bundle));
-    let second = strip(eval_json(&bundle));
-    assert_eq!(
-        String::from_utf8(first).unwrap(),
-        String::from_utf8(second).unwrap()
-    );
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
-}
-
-#[test]
 fn a_new_version_that_regresses_items_against_the_tagged_one_is_refused_naming_them() {
+    let shared = shared();
+    let regressed = shared.regressed();
     let site = Site::new();
-    let ws = Workspace::new();
-    let parent = smollm2_bundle(&ws);
-    // Q2_K as the next version of the same model.
-    let made = quantize(
-        &ws,
-        &parent,
-        "Q2_K",
-        &["--name", "smollm2", "--version", "1.1.0"],
-    )
-    .ok()
-    .json();
-    let regressed: Vec<String> = made["comparison"]["suites"][0]["regressed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
-    assert!(!regressed.is_empty());
-    for (bundle, name) in [
-        (parent.clone(), "p.airlock"),
-        (ws.path("smollm2-Q2_K.airlock"), "q.airlock"),
-    ] {
-        let copy = site.ws.path(name);
-        std::fs::copy(bundle, &copy).unwrap();
-        site.ws.cosign(&copy, "publisher").ok();
-        site.cmd(&["import", copy.to_str().unwrap()]).ok();
-    }
+    shared.import_into(&site);
     let policy = site.data.join("policy.toml");
     let base = std::fs::read_to_string(&policy).unwrap();
     let require = |allowed: usize| {
         std::fs::write(
             &policy,
-            format!("{base}\n[evals]\nrequired = true\n\n[evals.regression]\nmax_regressed_items = {allowed}\n"),
+            format!(
+                "{base}\n[evals]\nrequired = true\n\n[evals.regression]\nmax_regressed_items = {allowed}\n"
+            ),
         )
         .unwrap();
     };
@@ -470,6 +442,68 @@ fn a_new_version_that_regresses_items_against_the_tagged_one_is_refused_naming_t
     assert_eq!(last[0]["details"]["rule"], "eval_gate");
     require(regressed.len());
     site.cmd(&["tag", "smollm2:1.1.0", "prod"]).ok();
+}
+
+#[test]
+fn multiple_choice_loglikelihoods_equal_llama_perplexity_on_the_same_items() {
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../airlock-eval/tests/golden/smollm2-choice.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let model = models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model_sha = sha256_hex(&model);
+    assert_eq!(
+        golden["provenance"]["model_sha256"], model_sha,
+        "the golden file was made from another model file"
+    );
+    let record = eval_json(&shared().parent)["record"].clone();
+    let items = record["suites"][0]["items"].as_array().unwrap();
+    let expected = golden["items"].as_array().unwrap();
+    assert_eq!(items.len(), expected.len());
+    let mut worst = 0f64;
+    for (ours, theirs) in items.iter().zip(expected) {
+        assert_eq!(ours["id"], theirs["id"]);
+        let ours = ours["choices"].as_array().unwrap();
+        let theirs = theirs["choices"].as_array().unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        for (o, t) in ours.iter().zip(theirs) {
+            assert_eq!(o["tokens"], t["tokens"], "the same tokens are scored");
+            let mean = o["logprob"].as_f64().unwrap() / o["tokens"].as_f64().unwrap();
+            let diff = (mean - t["mean_logprob"].as_f64().unwrap()).abs();
+            worst = worst.max(diff);
+        }
+    }
+    eprintln!("largest difference from llama-perplexity: {worst:.2e}");
+    assert!(worst < 1e-3, "largest difference {worst}");
+}
+
+#[test]
+fn two_runs_give_identical_records_apart_from_time_and_signature() {
+    let bundle = &shared().parent;
+    let strip = |mut v: Value| {
+        let record = v["record"].take();
+        let mut record = record;
+        record["time"] = Value::Null;
+        serde_json::to_vec(&record).unwrap()
+    };
+    let first = strip(eval_json(bundle));
+    let second = strip(eval_json(bundle));
+    assert_eq!(
+        String::from_utf8(first).unwrap(),
+        String::from_utf8(second).unwrap()
+    );
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
 
 #[test]

@@ -61,9 +61,18 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new() -> Self {
-        let ws = Self {
-            dir: tempfile::tempdir().unwrap(),
-        };
+        Self::with_dir(tempfile::tempdir().unwrap())
+    }
+
+    /// A workspace beneath `parent`, for fixtures shared by several tests of one process
+    /// (statics are never dropped, so these stay under the target directory, not in /tmp).
+    pub fn new_in(parent: &Path) -> Self {
+        std::fs::create_dir_all(parent).unwrap();
+        Self::with_dir(tempfile::tempdir_in(parent).unwrap())
+    }
+
+    fn with_dir(dir: tempfile::TempDir) -> Self {
+        let ws = Self { dir };
         for name in ["publisher", "cosigner", "stranger"] {
             run(airlock()
                 .args(["keygen", "--name", name, "-o"])

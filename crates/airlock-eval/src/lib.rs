@@ -20,6 +20,7 @@ pub use gate::{
 };
 pub use record::{EVAL_RECORD_TYPE, EngineRef, EvalRecord, Machine, ModelRef};
 pub use run::{
-    ChoiceScore, EvalModel, Generated, ItemResult, RunProgress, SuiteResult, Timing, judge, run,
+    ChoiceRequest, ChoiceScore, EvalModel, Generated, ItemResult, RunProgress, SuiteResult, Timing,
+    judge, run,
 };
 pub use suite::{Case, Expectation, Item, Prompt, RankBy, Suite, SuiteLimits};

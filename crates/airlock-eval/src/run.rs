@@ -28,9 +28,30 @@ pub trait EvalModel {
         choices: &[String],
     ) -> Result<Vec<ChoiceScore>>;
 
+    /// [`EvalModel::score_choices`] for many items at once, in order; a model that can score
+    /// several side by side (the embedded engine decodes up to 16 sequences in one batch)
+    /// overrides it.
+    fn score_many(&mut self, items: &[ChoiceRequest<'_>]) -> Result<Vec<Vec<ChoiceScore>>> {
+        items
+            .iter()
+            .map(|i| self.score_choices(i.context, i.separator, i.choices))
+            .collect()
+    }
+
     /// The log-probabilities of the token after `prompt` (the whole vocabulary), for
     /// comparing a derived model with its parent.
     fn next_token_logprobs(&mut self, prompt: &Prompt) -> Result<Vec<f32>>;
+}
+
+/// One multiple-choice item to score.
+#[derive(Debug, Clone, Copy)]
+pub struct ChoiceRequest<'a> {
+    /// The text every choice continues.
+    pub context: &'a str,
+    /// Put between context and choice.
+    pub separator: &'a str,
+    /// The candidate continuations.
+    pub choices: &'a [String],
 }
 
 /// A finished generation.
@@ -142,13 +163,58 @@ pub fn run(
     let mut done = 0;
     let mut results = Vec::with_capacity(suites.len());
     for suite in suites {
-        let mut items = Vec::with_capacity(suite.items.len());
-        for item in &suite.items {
-            let result = run_item(model, &item.id, &item.case).map_err(|e| Error::Item {
+        // Multiple-choice items are scored together up front (the model may batch them); the
+        // results are then taken in suite order like every other item's.
+        let choice_items: Vec<(&str, ChoiceRequest<'_>)> = suite
+            .items
+            .iter()
+            .filter_map(|i| match &i.case {
+                Case::Choice {
+                    context,
+                    choices,
+                    separator,
+                    ..
+                } => Some((
+                    i.id.as_str(),
+                    ChoiceRequest {
+                        context,
+                        separator,
+                        choices,
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        let mut scored = Vec::with_capacity(choice_items.len());
+        for chunk in choice_items.chunks(CHOICE_ITEMS_PER_CALL) {
+            let requests: Vec<ChoiceRequest<'_>> = chunk.iter().map(|(_, r)| *r).collect();
+            let scores = model.score_many(&requests).map_err(|e| Error::Item {
                 suite: suite.name.clone(),
-                id: item.id.clone(),
+                id: chunk[0].0.to_owned(),
                 reason: e.to_string(),
             })?;
+            if scores.len() != requests.len() {
+                return Err(Error::Model(format!(
+                    "{} results for {} items",
+                    scores.len(),
+                    requests.len()
+                )));
+            }
+            scored.extend(scores);
+        }
+        let mut scored = scored.into_iter();
+        let mut items = Vec::with_capacity(suite.items.len());
+        for item in &suite.items {
+            let precomputed = match item.case {
+                Case::Choice { .. } => scored.next(),
+                _ => None,
+            };
+            let result =
+                run_item(model, &item.id, &item.case, precomputed).map_err(|e| Error::Item {
+                    suite: suite.name.clone(),
+                    id: item.id.clone(),
+                    reason: e.to_string(),
+                })?;
             items.push(result);
             done += 1;
             progress.item_done(done, total);
@@ -166,7 +232,16 @@ pub fn run(
     Ok(results)
 }
 
-fn run_item(model: &mut dyn EvalModel, id: &str, case: &Case) -> Result<ItemResult> {
+/// Multiple-choice items handed to [`EvalModel::score_many`] at once: enough to fill a
+/// batch, few enough that progress moves.
+const CHOICE_ITEMS_PER_CALL: usize = 64;
+
+fn run_item(
+    model: &mut dyn EvalModel,
+    id: &str,
+    case: &Case,
+    precomputed: Option<Vec<ChoiceScore>>,
+) -> Result<ItemResult> {
     let mut result = ItemResult {
         id: id.to_owned(),
         kind: String::new(),
@@ -197,7 +272,10 @@ fn run_item(model: &mut dyn EvalModel, id: &str, case: &Case) -> Result<ItemResu
             rank_by,
         } => {
             result.kind = "choice".into();
-            let scores = model.score_choices(context, separator, choices)?;
+            let scores = match precomputed {
+                Some(scores) => scores,
+                None => model.score_choices(context, separator, choices)?,
+            };
             if scores.len() != choices.len() {
                 return Err(Error::Model(format!(
                     "{} scores for {} choices",

@@ -194,6 +194,27 @@ fn comparisons_count_per_item_agreement_and_gates_name_regressed_items() {
             .unwrap();
     assert_eq!(strict.check(&comparison).len(), 1);
     assert!(Gate::from_toml("[gate]\nmin_agreement = 2\n").is_err());
+
+    // The divergence limit reads the comparison's measured KL divergence.
+    let mut diverged = comparison.clone();
+    diverged.divergence = Some(airlock_eval::divergence(
+        &[vec![(0.9f32).ln(), (0.1f32).ln()]],
+        &[vec![(0.4f32).ln(), (0.6f32).ln()]],
+    ));
+    let d = diverged.divergence.as_ref().unwrap();
+    // KL(p || q) = 0.9 ln(0.9/0.4) + 0.1 ln(0.1/0.6)
+    let expected = 0.9 * (0.9f64 / 0.4).ln() + 0.1 * (0.1f64 / 0.6).ln();
+    assert!((d.mean_kld - expected).abs() < 1e-6, "{}", d.mean_kld);
+    assert_eq!(d.same_top_token, 0.0, "the most likely token moved");
+    let kld_gate =
+        Gate::from_toml("[gate]\nmax_regressed_items = 1\nmax_mean_kld = 0.1\n").unwrap();
+    let refused = kld_gate.check(&diverged);
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0]
+            .to_string()
+            .contains("mean KL divergence 0.5507 exceeds 0.1")
+    );
 }
 
 #[test]

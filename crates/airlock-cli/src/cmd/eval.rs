@@ -15,8 +15,8 @@ use airlock_engine::{
     SamplingParams, Scorer,
 };
 use airlock_eval::{
-    ChoiceScore, Comparison, EVAL_RECORD_TYPE, EngineRef, EvalModel, EvalRecord, Gate, Generated,
-    Machine, ModelRef, Prompt, RunProgress, Suite, SuiteLimits, Violation,
+    ChoiceRequest, ChoiceScore, Comparison, EVAL_RECORD_TYPE, EngineRef, EvalModel, EvalRecord,
+    Gate, Generated, Machine, ModelRef, Prompt, RunProgress, Suite, SuiteLimits, Violation,
 };
 use airlock_registry::{Reference, records};
 use anyhow::{Context as _, bail};
@@ -61,6 +61,15 @@ pub(crate) fn eval(
             .context("no data directory: pass --data DIR or set AIRLOCK_DATA")?;
         let registry = super::open_registry(&data)?;
         let reference = Reference::parse(&args.target)?;
+        // Only an approver's record counts on this side; say so before the run, not after.
+        if let Some(key) = &key {
+            let id = key.public().id().to_hex();
+            if registry.policy().approver(&id).is_none() {
+                bail!(
+                    "key {id} is not a trusted approver in policy.toml; records of registry versions are signed by approvers"
+                );
+            }
+        }
         let model = registry.open_for_eval(&reference)?;
         if model.kind != "llm" {
             bail!(
@@ -106,6 +115,31 @@ pub(crate) fn eval(
                 .add_eval_record(reference, envelope)
                 .with_context(|| format!("cannot store the eval record of {}", args.target))?,
         ),
+        (Some(registry), Some(reference), None) => {
+            let scores: Vec<String> = record
+                .suites
+                .iter()
+                .map(|s| format!("{} {}/{}", s.name, s.passed, s.total))
+                .collect();
+            let failed: Vec<String> = record
+                .suites
+                .iter()
+                .flat_map(|s| {
+                    s.items
+                        .iter()
+                        .filter(|i| !i.passed)
+                        .map(move |i| format!("{}/{}", s.name, i.id))
+                })
+                .collect();
+            let sha = airlock_bundle::Sha256Digest::of(&record.canonical_bytes()).to_hex();
+            registry.audit_unsigned_eval(
+                reference,
+                &scores.join(", "),
+                &failed.join(", "),
+                &sha,
+            )?;
+            None
+        }
         _ => None,
     };
     if let Some(out) = &args.output {
@@ -520,7 +554,10 @@ fn scoring_shape(model: &ChatModel, suites: &[Suite]) -> (usize, usize) {
                 separator,
                 ..
             } => {
-                sequences = sequences.max(choices.len());
+                // Items are scored side by side: as many slots as the scorer takes.
+                sequences = sequences
+                    .max(choices.len())
+                    .max(airlock_engine::chat::MAX_SEQUENCES);
                 for choice in choices {
                     let n = model
                         .text_prompt(&format!("{text}{separator}{choice}"))
@@ -621,31 +658,58 @@ impl EvalModel for EngineEval<'_> {
         separator: &str,
         choices: &[String],
     ) -> airlock_eval::Result<Vec<ChoiceScore>> {
+        let item = ChoiceRequest {
+            context,
+            separator,
+            choices,
+        };
+        Ok(self.score_many(&[item])?.pop().unwrap_or_default())
+    }
+
+    fn score_many(
+        &mut self,
+        items: &[ChoiceRequest<'_>],
+    ) -> airlock_eval::Result<Vec<Vec<ChoiceScore>>> {
         // As llama-perplexity: each full text tokenised alone, the tokens after the prefix
-        // all of them share scored.
-        let sequences: Vec<Vec<i32>> = choices
-            .iter()
-            .map(|c| self.model.text_prompt(&format!("{context}{separator}{c}")))
-            .collect();
-        let shortest = sequences.iter().map(Vec::len).min().unwrap_or(0);
-        let common = (0..shortest)
-            .take_while(|&i| sequences.iter().all(|s| s[i] == sequences[0][i]))
-            .count();
-        if common == 0 || common == shortest {
-            return Err(airlock_eval::Error::Model(
-                "the choices must share the context's first token and differ after it".into(),
-            ));
+        // all of an item's choices share scored. Every item's sequences go to the scorer
+        // together, which decodes as many side by side as it has slots.
+        let mut sequences: Vec<(Vec<i32>, usize)> = Vec::new();
+        for item in items {
+            let tokens: Vec<Vec<i32>> = item
+                .choices
+                .iter()
+                .map(|c| {
+                    self.model
+                        .text_prompt(&format!("{}{}{c}", item.context, item.separator))
+                })
+                .collect();
+            let shortest = tokens.iter().map(Vec::len).min().unwrap_or(0);
+            let common = (0..shortest)
+                .take_while(|&i| tokens.iter().all(|s| s[i] == tokens[0][i]))
+                .count();
+            if common == 0 || common == shortest {
+                return Err(airlock_eval::Error::Model(
+                    "the choices must share the context's first token and differ after it".into(),
+                ));
+            }
+            sequences.extend(tokens.into_iter().map(|t| (t, common)));
         }
-        let scores = self
+        let requests: Vec<(&[i32], usize)> = sequences
+            .iter()
+            .map(|(t, from)| (t.as_slice(), *from))
+            .collect();
+        let mut scores = self
             .scorer
-            .score(&sequences, common)
-            .map_err(|e| airlock_eval::Error::Model(e.to_string()))?;
-        Ok(scores
+            .score_each(&requests)
+            .map_err(|e| airlock_eval::Error::Model(e.to_string()))?
             .into_iter()
             .map(|s| ChoiceScore {
                 logprob: s.logprob,
                 tokens: s.tokens,
-            })
+            });
+        Ok(items
+            .iter()
+            .map(|item| scores.by_ref().take(item.choices.len()).collect())
             .collect())
     }
 

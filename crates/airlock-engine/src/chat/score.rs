@@ -62,38 +62,44 @@ impl<'m, B: Backend> Scorer<'m, B> {
     /// Scores every sequence's tokens from index `from` on (each given the tokens before it;
     /// `from` ≥ 1). The sequences are decoded side by side, each in its own slot.
     pub fn score(&mut self, sequences: &[Vec<i32>], from: usize) -> Result<Vec<ContinuationScore>> {
-        let mut scores = Vec::with_capacity(sequences.len());
-        self.each_distribution(sequences, from, |seq, logprobs, next| {
-            if scores.len() <= seq {
-                scores.resize(
-                    seq + 1,
-                    ContinuationScore {
-                        logprob: 0.0,
-                        tokens: 0,
-                        greedy: true,
-                    },
-                );
-            }
-            let score = &mut scores[seq];
-            let token = next as usize;
-            score.logprob += f64::from(logprobs[token]);
-            score.tokens += 1;
-            let best = logprobs
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i);
-            score.greedy &= best == Some(token);
-        })?;
-        scores.resize(
-            sequences.len(),
+        let requests: Vec<(&[i32], usize)> =
+            sequences.iter().map(|s| (s.as_slice(), from)).collect();
+        self.score_each(&requests)
+    }
+
+    /// Scores each `(tokens, from)`: the tokens from index `from` on, each given the tokens
+    /// before it. Up to [`Scorer::slots`] sequences are decoded side by side in one batch,
+    /// each in its own slot, so many short items cost one decode rather than one each.
+    pub fn score_each(&mut self, requests: &[(&[i32], usize)]) -> Result<Vec<ContinuationScore>> {
+        let mut scores = vec![
             ContinuationScore {
                 logprob: 0.0,
                 tokens: 0,
                 greedy: true,
-            },
-        );
+            };
+            requests.len()
+        ];
+        for (group, chunk) in requests.chunks(self.shape.slots).enumerate() {
+            let offset = group * self.shape.slots;
+            self.each_distribution(chunk, |seq, logprobs, next| {
+                let score = &mut scores[offset + seq];
+                let token = next as usize;
+                score.logprob += f64::from(logprobs[token]);
+                score.tokens += 1;
+                let best = logprobs
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i);
+                score.greedy &= best == Some(token);
+            })?;
+        }
         Ok(scores)
+    }
+
+    /// Sequences decoded side by side.
+    pub fn slots(&self) -> usize {
+        self.shape.slots
     }
 
     /// The log-probabilities of every token coming after all of `tokens`.
@@ -102,29 +108,29 @@ impl<'m, B: Backend> Scorer<'m, B> {
         // A placeholder to be "predicted": its distribution is the one wanted.
         extended.push(0);
         let mut out = Vec::new();
-        self.each_distribution(&[extended], tokens.len(), |_, logprobs, _| {
+        self.each_distribution(&[(&extended, tokens.len())], |_, logprobs, _| {
             out = logprobs.to_vec();
         })?;
         Ok(out)
     }
 
-    /// Decodes `sequences` and calls `visit(sequence, log-probabilities, next token)` for each
-    /// position whose next token is at index ≥ `from`, in order within each sequence.
+    /// Decodes each `(tokens, from)` in its own slot and calls `visit(index, log-probabilities,
+    /// next token)` for each position whose next token is at index ≥ `from`, in order within
+    /// each sequence.
     fn each_distribution(
         &mut self,
-        sequences: &[Vec<i32>],
-        from: usize,
+        requests: &[(&[i32], usize)],
         mut visit: impl FnMut(usize, &[f32], i32),
     ) -> Result<()> {
-        if sequences.len() > self.shape.slots {
+        if requests.len() > self.shape.slots {
             return Err(Error::Request(format!(
                 "{} sequences to score; this scorer takes {} at once",
-                sequences.len(),
+                requests.len(),
                 self.shape.slots
             )));
         }
         let vocabulary = self.backend.vocabulary();
-        for tokens in sequences {
+        for &(tokens, from) in requests {
             if from == 0 || from >= tokens.len() {
                 return Err(Error::Request(format!(
                     "nothing to score: {} tokens, scoring from token {from}",
@@ -147,7 +153,7 @@ impl<'m, B: Backend> Scorer<'m, B> {
         // Every sequence but its last token is decoded; logits are read after each token
         // whose successor is scored.
         let mut pending: Vec<(BatchToken, i32)> = Vec::new();
-        for (seq, tokens) in sequences.iter().enumerate() {
+        for (seq, &(tokens, from)) in requests.iter().enumerate() {
             self.decoder.forget(seq);
             for position in 0..tokens.len() - 1 {
                 pending.push((
@@ -172,7 +178,7 @@ impl<'m, B: Backend> Scorer<'m, B> {
                 }
             }
         }
-        for seq in 0..sequences.len() {
+        for seq in 0..requests.len() {
             self.decoder.forget(seq);
         }
         Ok(())

@@ -100,6 +100,30 @@ impl Registry {
         Ok(envelope_sha256)
     }
 
+    /// Audits an eval run whose record was not signed (and so is not kept): what ran and
+    /// its scores, so that no run on this side goes unrecorded.
+    pub fn audit_unsigned_eval(
+        &self,
+        reference: &Reference,
+        scores: &str,
+        failed: &str,
+        record_sha256: &str,
+    ) -> Result<()> {
+        let row = self.resolve(reference)?;
+        let mut entry = Entry::new(&self.actor, "eval", Outcome::Ok)
+            .subject(format!("sha256:{}", row.digest))
+            .detail("name", row.name.clone())
+            .detail("version", row.version.clone())
+            .detail("signed", "false")
+            .detail("scores", scores.to_owned())
+            .detail("record_sha256", record_sha256.to_owned());
+        if !failed.is_empty() {
+            entry = entry.detail("failed", failed.to_owned());
+        }
+        self.audit.append(entry)?;
+        Ok(())
+    }
+
     /// Opens `envelope` as a record of `row`: signed by a trusted approver, about its digest.
     fn open_record(&self, row: &VersionRow, envelope: &str) -> Result<EvalRecord> {
         let signer = records::claimed_signer(envelope).unwrap_or_default();
