@@ -37,11 +37,16 @@ fn smollm2_bundle(ws: &Workspace) -> PathBuf {
     bundle
 }
 
+// Every run here uses one thread: the test harness runs tests side by side, and llama.cpp's
+// OpenMP threads spin while waiting for each other, so two-thread runs on a busy two-core
+// machine take several times longer. Results must also come from the same thread count to be
+// compared item by item.
+
 fn quantize(ws: &Workspace, bundle: &Path, kind: &str, extra: &[&str]) -> Run {
     run(airlock()
         .arg("quantize")
         .arg(bundle)
-        .args(["--type", kind, "--threads", "2", "--json", "--key"])
+        .args(["--type", kind, "--threads", "1", "--json", "--key"])
         .arg(ws.key("publisher"))
         .arg("-o")
         .arg(ws.path(&format!("smollm2-{kind}.airlock")))
@@ -52,7 +57,7 @@ fn eval_json(bundle: &Path) -> Value {
     run(airlock()
         .arg("eval")
         .arg(bundle)
-        .args(["--threads", "2", "--json"]))
+        .args(["--threads", "1", "--json"]))
     .ok()
     .json()
 }
@@ -199,7 +204,7 @@ fn the_gate_refuses_to_sign_a_regressing_quantisation_naming_its_items_and_a_loo
         run(airlock()
             .arg("quantize")
             .arg(&shared.parent)
-            .args(["--type", "Q2_K", "--threads", "2", "--json", "--key"])
+            .args(["--type", "Q2_K", "--threads", "1", "--json", "--key"])
             .arg(ws.key("publisher"))
             .arg("-o")
             .arg(&out)
@@ -280,7 +285,7 @@ fn approve_and_tag_need_a_fresh_eval_record_meeting_policy_and_every_refusal_is_
 
     // A run without a key keeps no record but is audited; a key that is not an approver's is
     // refused before anything runs.
-    site.cmd(&["eval", "smollm2:1.0.0", "--threads", "2"]).ok();
+    site.cmd(&["eval", "smollm2:1.0.0", "--threads", "1"]).ok();
     let last = site.audit_tail(1);
     assert_eq!(last[0]["action"], "eval");
     assert_eq!(last[0]["details"]["signed"], "false");
@@ -312,7 +317,7 @@ fn approve_and_tag_need_a_fresh_eval_record_meeting_policy_and_every_refusal_is_
             "--key",
             approver,
             "--threads",
-            "2",
+            "1",
             "--json",
         ])
         .ok()
@@ -333,7 +338,7 @@ fn approve_and_tag_need_a_fresh_eval_record_meeting_policy_and_every_refusal_is_
         ),
     )
     .unwrap();
-    site.cmd(&["eval", "smollm2:1.1.0", "--key", approver, "--threads", "2"])
+    site.cmd(&["eval", "smollm2:1.1.0", "--key", approver, "--threads", "1"])
         .ok();
     let refused = site.cmd(&["approve", "smollm2:1.1.0", "--key", approver, "--json"]);
     assert_refused(&refused, "eval_gate");
@@ -402,7 +407,7 @@ fn a_new_version_that_regresses_items_against_the_tagged_one_is_refused_naming_t
     let approver = site.ws.key("approver");
     let approver = approver.to_str().unwrap();
     for version in ["smollm2:1.0.0", "smollm2:1.1.0"] {
-        site.cmd(&["eval", version, "--key", approver, "--threads", "2"])
+        site.cmd(&["eval", version, "--key", approver, "--threads", "1"])
             .ok();
     }
     site.cmd(&["approve", "smollm2:1.0.0", "--key", approver])
@@ -522,7 +527,7 @@ fn pack_can_run_the_suites_and_sign_their_scores_into_the_predicate() {
             "--license",
             "Apache-2.0",
         ])
-        .args(["--run-evals", "--threads", "2", "--evals"])
+        .args(["--run-evals", "--threads", "1", "--evals"])
         .arg(suites_dir())
         .arg("--key")
         .arg(ws.key("publisher"))
