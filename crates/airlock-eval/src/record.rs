@@ -80,6 +80,31 @@ impl EvalRecord {
         self.suites.iter().find(|s| s.name == name)
     }
 
+    /// Each suite's `name passed/total`, comma-separated: the audit log's summary of a run.
+    pub fn scores_summary(&self) -> String {
+        let scores: Vec<String> = self
+            .suites
+            .iter()
+            .map(|s| format!("{} {}/{}", s.name, s.passed, s.total))
+            .collect();
+        scores.join(", ")
+    }
+
+    /// Every failed item as `suite/id`, comma-separated (empty when all passed).
+    pub fn failed_summary(&self) -> String {
+        let failed: Vec<String> = self
+            .suites
+            .iter()
+            .flat_map(|s| {
+                s.items
+                    .iter()
+                    .filter(|i| !i.passed)
+                    .map(move |i| format!("{}/{}", s.name, i.id))
+            })
+            .collect();
+        failed.join(", ")
+    }
+
     /// Canonical JSON bytes (sorted keys, no whitespace): what is signed and compared.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         // Serialising plain data cannot fail.

@@ -116,28 +116,7 @@ pub(crate) fn eval(
                 .with_context(|| format!("cannot store the eval record of {}", args.target))?,
         ),
         (Some(registry), Some(reference), None) => {
-            let scores: Vec<String> = record
-                .suites
-                .iter()
-                .map(|s| format!("{} {}/{}", s.name, s.passed, s.total))
-                .collect();
-            let failed: Vec<String> = record
-                .suites
-                .iter()
-                .flat_map(|s| {
-                    s.items
-                        .iter()
-                        .filter(|i| !i.passed)
-                        .map(move |i| format!("{}/{}", s.name, i.id))
-                })
-                .collect();
-            let sha = airlock_bundle::Sha256Digest::of(&record.canonical_bytes()).to_hex();
-            registry.audit_unsigned_eval(
-                reference,
-                &scores.join(", "),
-                &failed.join(", "),
-                &sha,
-            )?;
+            registry.audit_unsigned_eval(reference, &record)?;
             None
         }
         _ => None,
@@ -267,7 +246,7 @@ pub(crate) fn quantize(args: QuantizeArgs, limits: &Limits) -> anyhow::Result<Ex
     let parent_bytes = std::fs::metadata(&parent_gguf)?.len();
     let child_bytes = std::fs::metadata(source.path().join(&new_gguf_name))?.len();
     let summary = json!({
-        "parent": info_digest(&parent_target),
+        "parent": parent_target.digest,
         "type": kind.name(),
         "parent_weights_bytes": parent_bytes,
         "weights_bytes": child_bytes,
@@ -407,10 +386,6 @@ pub(crate) fn pack_time_scores(
             (path, score)
         })
         .collect())
-}
-
-fn info_digest(target: &Target) -> String {
-    target.digest.clone()
 }
 
 fn comparison_text(comparison: &Comparison) -> String {

@@ -65,21 +65,7 @@ impl Registry {
             .map_err(|e| self.refuse_as(&format!("key:{signer}"), "eval", Some(&subject), e))?;
         let envelope_sha256 = Sha256Digest::of(envelope.as_bytes()).to_hex();
         let actor = self.actor.clone();
-        let scores: Vec<String> = record
-            .suites
-            .iter()
-            .map(|s| format!("{} {}/{}", s.name, s.passed, s.total))
-            .collect();
-        let failed: Vec<String> = record
-            .suites
-            .iter()
-            .flat_map(|s| {
-                s.items
-                    .iter()
-                    .filter(|i| !i.passed)
-                    .map(move |i| format!("{}/{}", s.name, i.id))
-            })
-            .collect();
+        let (scores, failed) = (record.scores_summary(), record.failed_summary());
         self.commit_audited(|tx| {
             tx.execute(
                 "INSERT INTO eval_records (version_id, signer, record, made_at) VALUES (?1, ?2, ?3, ?4)",
@@ -90,10 +76,10 @@ impl Registry {
                 .detail("name", row.name.clone())
                 .detail("version", row.version.clone())
                 .detail("user", actor)
-                .detail("scores", scores.join(", "))
+                .detail("scores", scores)
                 .detail("record_sha256", envelope_sha256.clone());
             if !failed.is_empty() {
-                entry = entry.detail("failed", failed.join(", "));
+                entry = entry.detail("failed", failed);
             }
             Ok(((), entry))
         })?;
@@ -102,23 +88,19 @@ impl Registry {
 
     /// Audits an eval run whose record was not signed (and so is not kept): what ran and
     /// its scores, so that no run on this side goes unrecorded.
-    pub fn audit_unsigned_eval(
-        &self,
-        reference: &Reference,
-        scores: &str,
-        failed: &str,
-        record_sha256: &str,
-    ) -> Result<()> {
+    pub fn audit_unsigned_eval(&self, reference: &Reference, record: &EvalRecord) -> Result<()> {
         let row = self.resolve(reference)?;
+        let record_sha256 = Sha256Digest::of(&record.canonical_bytes()).to_hex();
+        let failed = record.failed_summary();
         let mut entry = Entry::new(&self.actor, "eval", Outcome::Ok)
             .subject(format!("sha256:{}", row.digest))
             .detail("name", row.name.clone())
             .detail("version", row.version.clone())
             .detail("signed", "false")
-            .detail("scores", scores.to_owned())
-            .detail("record_sha256", record_sha256.to_owned());
+            .detail("scores", record.scores_summary())
+            .detail("record_sha256", record_sha256);
         if !failed.is_empty() {
-            entry = entry.detail("failed", failed.to_owned());
+            entry = entry.detail("failed", failed);
         }
         self.audit.append(entry)?;
         Ok(())
