@@ -14,8 +14,13 @@ fn suites_dir() -> PathBuf {
 
 /// SmolLM2 packed as `smollm2:1.0.0` with the knowledge suite (24 multiple-choice items).
 fn smollm2_bundle(ws: &Workspace) -> PathBuf {
+    smollm2_bundle_with(ws, "smollm2.airlock", &[])
+}
+
+/// [`smollm2_bundle`] written to `out`, with more `pack` arguments.
+fn smollm2_bundle_with(ws: &Workspace, out: &str, extra: &[&str]) -> PathBuf {
     let gguf = models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let bundle = ws.path("smollm2.airlock");
+    let bundle = ws.path(out);
     run(airlock()
         .arg("pack")
         .arg(&gguf)
@@ -26,8 +31,9 @@ fn smollm2_bundle(ws: &Workspace) -> PathBuf {
             "1.0.0",
             "--license",
             "Apache-2.0",
-            "--evals",
         ])
+        .args(extra)
+        .arg("--evals")
         .arg(suites_dir())
         .arg("--key")
         .arg(ws.key("publisher"))
@@ -515,25 +521,7 @@ fn sha256_hex(path: &Path) -> String {
 fn pack_can_run_the_suites_and_sign_their_scores_into_the_predicate() {
     let ws = Workspace::new();
     let gguf = models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let bundle = ws.path("scored.airlock");
-    run(airlock()
-        .arg("pack")
-        .arg(&gguf)
-        .args([
-            "--name",
-            "smollm2",
-            "--version",
-            "1.0.0",
-            "--license",
-            "Apache-2.0",
-        ])
-        .args(["--run-evals", "--threads", "1", "--evals"])
-        .arg(suites_dir())
-        .arg("--key")
-        .arg(ws.key("publisher"))
-        .arg("-o")
-        .arg(&bundle))
-    .ok();
+    let bundle = smollm2_bundle_with(&ws, "scored.airlock", &["--run-evals", "--threads", "1"]);
     let info = run(airlock().arg("inspect").arg(&bundle).arg("--json"))
         .ok()
         .json();
