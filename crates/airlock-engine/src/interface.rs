@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures_core::Stream;
 
 use crate::chat::{FinishReason, SamplingParams, Usage};
+use crate::constraint::{Constraint, OutputFormat, SchemaLimits};
 use crate::embed::Embeddings;
 use crate::template::Message;
 use crate::{Error, Result};
@@ -56,6 +57,8 @@ pub enum Param {
     MinP,
     /// Repetition penalty.
     RepetitionPenalty,
+    /// The answer's structure (a JSON schema).
+    ResponseFormat,
 }
 
 impl Param {
@@ -71,6 +74,7 @@ impl Param {
             Self::TopK => "top_k",
             Self::MinP => "min_p",
             Self::RepetitionPenalty => "repetition_penalty",
+            Self::ResponseFormat => "response_format",
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct RequestLimits {
     pub max_stop_bytes: usize,
     /// Most messages in a conversation.
     pub max_messages: usize,
+    /// Ceilings on a structured-output schema.
+    pub schema: SchemaLimits,
 }
 
 impl Default for RequestLimits {
@@ -101,6 +107,7 @@ impl Default for RequestLimits {
             max_stop_sequences: 16,
             max_stop_bytes: 256,
             max_messages: 1024,
+            schema: SchemaLimits::default(),
         }
     }
 }
@@ -120,6 +127,8 @@ pub struct ChatParams {
     /// Whose kept caches this request may reuse (see
     /// [`GenerateParams::cache_scope`](crate::GenerateParams::cache_scope)).
     pub cache_scope: Option<String>,
+    /// The answer's structure.
+    pub format: OutputFormat,
 }
 
 /// A request every engine can run: made only by [`ChatRequest::new`], so an engine never
@@ -133,6 +142,7 @@ pub struct ChatRequest {
     pub(crate) sampling: SamplingParams,
     pub(crate) cache_scope: Option<String>,
     pub(crate) ignore_eos: bool,
+    pub(crate) constraint: Option<Constraint>,
 }
 
 impl ChatRequest {
@@ -192,6 +202,11 @@ impl ChatRequest {
             );
         }
         params.sampling.check()?;
+        let constraint =
+            Constraint::compile(&params.format, &limits.schema).map_err(|e| Error::Invalid {
+                param: Param::ResponseFormat,
+                reason: e.to_string(),
+            })?;
         // A seed asks for an answer that can be reproduced, and a reused cache can change a
         // sampled answer in its last bits (llama.cpp's arithmetic differs between prompt
         // chunks of different sizes), so seeded requests decode their whole prompt.
@@ -207,6 +222,7 @@ impl ChatRequest {
             sampling: params.sampling,
             cache_scope,
             ignore_eos: false,
+            constraint,
         })
     }
 
@@ -260,6 +276,11 @@ impl ChatRequest {
     /// Whether end-of-turn tokens are ignored.
     pub fn ignores_end_of_turn(&self) -> bool {
         self.ignore_eos
+    }
+
+    /// The structure the answer must have, compiled; `None` for free text.
+    pub fn constraint(&self) -> Option<&Constraint> {
+        self.constraint.as_ref()
     }
 }
 

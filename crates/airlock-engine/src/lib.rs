@@ -12,6 +12,7 @@
 //! checked before llama.cpp sees them, chat templates run in a sandbox ([`template`]).
 
 pub mod chat;
+pub mod constraint;
 pub mod embed;
 mod error;
 pub mod files;
@@ -26,6 +27,7 @@ pub use chat::{
     DecoderShape, Event, FinishReason, GenerateParams, Generation, LlamaCpp, Prompter,
     SamplingParams, Scorer, Usage,
 };
+pub use constraint::{Constraint, OutputFormat, SchemaError, SchemaLimits};
 pub use embed::{EmbeddingEngine, EmbeddingModel};
 pub use error::{Error, ErrorKind, Result};
 pub use files::ModelFiles;

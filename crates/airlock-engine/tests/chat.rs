@@ -222,3 +222,97 @@ fn the_second_turn_of_a_conversation_reuses_the_first_and_answers_as_if_decoded_
         reused.text, whole.text
     );
 }
+
+/// A schema-constrained answer parses and matches its schema, greedy and sampled, alone and
+/// beside unconstrained generations in the same batches; without the grammar the same prompt
+/// does not answer in JSON at all.
+#[test]
+fn constrained_answers_always_parse_and_match_their_schema() {
+    use airlock_engine::{ChatParams, ChatRequest, OutputFormat, Prompt, RequestLimits};
+    let model = support::smollm2(&ChatConfig {
+        slots: 4,
+        context_per_slot: Some(1024),
+        ..ChatConfig::default()
+    });
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "country": {"type": "string", "maxLength": 30},
+            "population_millions": {"type": "integer", "minimum": 0, "maximum": 100},
+            "size": {"enum": ["small", "medium", "large"]},
+            "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 40}, "maxItems": 3}
+        },
+        "required": ["city", "country", "population_millions", "size", "landmarks"],
+        "additionalProperties": false
+    });
+    let request = |format: OutputFormat, sampling: SamplingParams| {
+        let prompt = model
+            .chat_prompt(&[Message::new(Role::User, "Tell me about Paris.")])
+            .unwrap();
+        let params = ChatParams {
+            max_tokens: Some(200),
+            sampling,
+            format,
+            ..ChatParams::default()
+        };
+        let request = ChatRequest::new(
+            Prompt::Chat(vec![Message::new(Role::User, "Tell me about Paris.")]),
+            params,
+            &RequestLimits::default(),
+        )
+        .expect("a valid request");
+        (prompt, request)
+    };
+    let constrained = OutputFormat::JsonSchema {
+        schema: schema.clone(),
+        name: None,
+    };
+    let mut streams = Vec::new();
+    for seed in [None, Some(1), Some(2)] {
+        let sampling = match seed {
+            None => SamplingParams::greedy(),
+            Some(seed) => SamplingParams {
+                temperature: 0.8,
+                seed: Some(seed),
+                ..SamplingParams::default()
+            },
+        };
+        let (_, r) = request(constrained.clone(), sampling);
+        streams.push(model.answer(r).expect("queued"));
+    }
+    let (_, free) = request(OutputFormat::Text, SamplingParams::greedy());
+    let free = model.answer(free).expect("queued");
+    let runtime = tokio_runtime();
+    for stream in streams {
+        let (text, ending) = runtime.block_on(stream.collect()).expect("answered");
+        eprintln!("{text}");
+        assert_eq!(ending.reason, airlock_engine::FinishReason::Stop, "{text}");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("parses as JSON");
+        let object = value.as_object().expect("an object");
+        assert_eq!(object.len(), 5, "{text}");
+        assert!(
+            object["city"]
+                .as_str()
+                .is_some_and(|s| s.chars().count() <= 30)
+        );
+        assert!(
+            object["population_millions"]
+                .as_u64()
+                .is_some_and(|n| n <= 100)
+        );
+        assert!(["small", "medium", "large"].contains(&object["size"].as_str().unwrap()));
+        assert!(object["landmarks"].as_array().is_some_and(|a| a.len() <= 3));
+    }
+    let (text, _) = runtime.block_on(free.collect()).expect("answered");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_err(),
+        "{text}"
+    );
+}
+
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+}

@@ -160,9 +160,13 @@ struct Dice(u64);
 impl Decoder for EchoDecoder {
     type Sampler = Dice;
 
-    fn sampler(&self, params: &SamplingParams) -> Dice {
-        assert!(params.temperature > 0.0 || params.repetition_penalty != 1.0);
-        Dice(u64::from(params.seed.unwrap_or(7)) | 1)
+    fn sampler(&self, params: &SamplingParams, grammar: Option<&str>) -> Result<Dice, String> {
+        match grammar {
+            Some("unparseable") => return Err("the grammar does not parse".into()),
+            Some(_) => {}
+            None => assert!(params.temperature > 0.0 || params.repetition_penalty != 1.0),
+        }
+        Ok(Dice(u64::from(params.seed.unwrap_or(7)) | 1))
     }
 
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), String> {
@@ -224,16 +228,16 @@ impl Decoder for EchoDecoder {
             .expect("logits only where the batch asked for them")
     }
 
-    fn sample(&mut self, dice: &mut Dice, index: usize) -> i32 {
+    fn sample(&mut self, dice: &mut Dice, index: usize) -> Result<i32, String> {
         dice.0 ^= dice.0 << 13;
         dice.0 ^= dice.0 >> 7;
         dice.0 ^= dice.0 << 17;
-        if dice.0.is_multiple_of(2) {
+        Ok(if dice.0.is_multiple_of(2) {
             let row = self.logits(index);
             row.iter().position(|&l| l == 1.0).unwrap() as i32
         } else {
             i32::from(b'a') + (dice.0 % 26) as i32
-        }
+        })
     }
 
     fn forget(&mut self, seq: usize) {

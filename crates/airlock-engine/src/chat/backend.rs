@@ -79,9 +79,15 @@ pub trait Decoder {
     /// A generation's own token chooser (its random state, its repetition window).
     type Sampler;
 
-    /// A sampler for `params`. Never asked for plain greedy decoding: the scheduler takes the
-    /// argmax of [`Decoder::logits`] itself.
-    fn sampler(&self, params: &SamplingParams) -> Self::Sampler;
+    /// A sampler for `params`, keeping every token within `grammar` if one is given (llama.cpp
+    /// GBNF, root rule `root`). Never asked for plain greedy decoding without a grammar: the
+    /// scheduler takes the argmax of [`Decoder::logits`] itself. The error says why the
+    /// grammar was not accepted.
+    fn sampler(
+        &self,
+        params: &SamplingParams,
+        grammar: Option<&str>,
+    ) -> Result<Self::Sampler, String>;
 
     /// Runs one batch (at most [`DecoderShape::batch_tokens`] tokens, each sequence's in
     /// position order). The error is the runtime's own account; the scheduler then fails every
@@ -92,7 +98,8 @@ pub trait Decoder {
     fn logits(&self, index: usize) -> &[f32];
 
     /// Chooses the token after the `index`th token of the last batch, which asked for logits.
-    fn sample(&mut self, sampler: &mut Self::Sampler, index: usize) -> i32;
+    /// The error says why no token could be chosen (a grammar that allows none).
+    fn sample(&mut self, sampler: &mut Self::Sampler, index: usize) -> Result<i32, String>;
 
     /// Empties sequence `seq`; its slot is next fed from position 0.
     fn forget(&mut self, seq: usize);

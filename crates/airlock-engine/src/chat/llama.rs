@@ -11,6 +11,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 
 use super::SamplingParams;
 use super::backend::{Backend, BatchToken, Decoder, DecoderShape};
@@ -176,6 +178,7 @@ impl Backend for LlamaCpp {
             .new_context(runtime, params)
             .map_err(|e| format!("llama.cpp could not create a context: {e}"))?;
         Ok(LlamaDecoder {
+            model: &self.model,
             context,
             batch: LlamaBatch::new(shape.batch_tokens, 1),
             vocabulary: self.model.vocab().n_tokens(),
@@ -190,6 +193,7 @@ fn random_seed() -> u32 {
 
 /// A llama.cpp context with one KV-cache stream per sequence slot.
 pub struct LlamaDecoder<'m> {
+    model: &'m LlamaModel,
     context: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
     vocabulary: i32,
@@ -201,10 +205,27 @@ impl std::fmt::Debug for LlamaDecoder<'_> {
     }
 }
 
-impl Decoder for LlamaDecoder<'_> {
-    type Sampler = LlamaSampler;
+/// One generation's token chooser: llama.cpp's sampler chain, and the grammar sampler of a
+/// structured answer.
+pub struct LlamaSampling {
+    /// `None` for plain greedy decoding (the argmax).
+    chain: Option<LlamaSampler>,
+    grammar: Option<LlamaSampler>,
+}
 
-    fn sampler(&self, params: &SamplingParams) -> LlamaSampler {
+impl std::fmt::Debug for LlamaSampling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaSampling")
+            .field("grammar", &self.grammar.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LlamaDecoder<'_> {
+    fn chain(&self, params: &SamplingParams) -> Option<LlamaSampler> {
+        if params.is_plain_greedy() {
+            return None;
+        }
         let mut chain = Vec::new();
         if params.repetition_penalty != 1.0 {
             chain.push(LlamaSampler::penalties(
@@ -230,7 +251,59 @@ impl Decoder for LlamaDecoder<'_> {
             chain.push(LlamaSampler::temp(params.temperature));
             chain.push(LlamaSampler::dist(params.seed.unwrap_or_else(random_seed)));
         }
-        LlamaSampler::chain_simple(chain)
+        Some(LlamaSampler::chain_simple(chain))
+    }
+
+    /// The token the chain (or the argmax) picks from `candidates`, which the chain may
+    /// reorder and cut.
+    fn pick(chain: &mut Option<LlamaSampler>, candidates: &mut LlamaTokenDataArray) -> Option<i32> {
+        match chain {
+            Some(chain) => {
+                chain.apply(candidates);
+                candidates.selected_token().map(|t| t.0)
+            }
+            None => {
+                let mut best: Option<&LlamaTokenData> = None;
+                for candidate in &candidates.data {
+                    if candidate.logit() > best.map_or(f32::NEG_INFINITY, |b| b.logit()) {
+                        best = Some(candidate);
+                    }
+                }
+                best.map(|b| b.id().0)
+            }
+        }
+    }
+}
+
+fn all_candidates(logits: &[f32]) -> LlamaTokenDataArray {
+    LlamaTokenDataArray::from_iter(
+        logits
+            .iter()
+            .enumerate()
+            .map(|(id, &logit)| LlamaTokenData::new(LlamaToken(id as i32), logit, 0.0)),
+        false,
+    )
+}
+
+impl Decoder for LlamaDecoder<'_> {
+    type Sampler = LlamaSampling;
+
+    fn sampler(
+        &self,
+        params: &SamplingParams,
+        grammar: Option<&str>,
+    ) -> std::result::Result<LlamaSampling, String> {
+        let grammar = match grammar {
+            Some(text) => Some(
+                LlamaSampler::grammar(self.model, text, "root")
+                    .map_err(|e| format!("llama.cpp did not accept the answer's grammar ({e})"))?,
+            ),
+            None => None,
+        };
+        Ok(LlamaSampling {
+            chain: self.chain(params),
+            grammar,
+        })
     }
 
     fn decode(&mut self, batch: &[BatchToken]) -> std::result::Result<(), String> {
@@ -259,8 +332,61 @@ impl Decoder for LlamaDecoder<'_> {
         self.context.get_logits_ith(index as i32)
     }
 
-    fn sample(&mut self, sampler: &mut LlamaSampler, index: usize) -> i32 {
-        sampler.sample(&self.context, index as i32).0
+    fn sample(
+        &mut self,
+        sampler: &mut LlamaSampling,
+        index: usize,
+    ) -> std::result::Result<i32, String> {
+        let LlamaSampling { chain, grammar } = sampler;
+        let Some(grammar) = grammar else {
+            return Ok(match chain {
+                Some(chain) => chain.sample(&self.context, index as i32).0,
+                None => super::scheduler::argmax(self.logits(index)),
+            });
+        };
+        // As llama-server does: pick without the grammar, and only when the grammar refuses
+        // that token mask the whole vocabulary and pick again. Most tokens of a structured
+        // answer are what the model would have chosen anyway, and checking one token against
+        // the grammar costs far less than checking fifty thousand.
+        let logits = self.context.get_logits_ith(index as i32);
+        let mut picked = match chain {
+            None => Some(super::scheduler::argmax(logits)),
+            Some(_) => Self::pick(chain, &mut all_candidates(logits)),
+        };
+        if let Some(token) = picked {
+            let mut one = LlamaTokenDataArray::new(
+                vec![LlamaTokenData::new(LlamaToken(token), 0.0, 0.0)],
+                false,
+            );
+            grammar.apply(&mut one);
+            if one
+                .data
+                .first()
+                .is_none_or(|t| t.logit() == f32::NEG_INFINITY)
+            {
+                picked = None;
+            }
+        }
+        let token = match picked {
+            Some(token) => token,
+            None => {
+                let mut candidates = all_candidates(logits);
+                grammar.apply(&mut candidates);
+                candidates.data.retain(|t| t.logit() != f32::NEG_INFINITY);
+                Self::pick(chain, &mut candidates)
+                    .ok_or("the answer's grammar allows no next token")?
+            }
+        };
+        if let Some(chain) = chain {
+            chain.accept(LlamaToken(token));
+        }
+        // The end of the turn finishes the answer; the grammar has no more to check.
+        if !self.model.vocab().is_eog(LlamaToken(token)) {
+            grammar
+                .try_accept(LlamaToken(token))
+                .map_err(|e| format!("the answer's grammar refused token {token}: {e}"))?;
+        }
+        Ok(token)
     }
 
     fn forget(&mut self, seq: usize) {

@@ -23,7 +23,7 @@ use futures_core::Stream;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 pub use backend::{Backend, BatchToken, Decoder, DecoderShape};
-pub use llama::{LlamaCpp, LlamaDecoder};
+pub use llama::{LlamaCpp, LlamaDecoder, LlamaSampling};
 pub use score::{ContinuationScore, MAX_SEQUENCES, Scorer, log_softmax};
 
 use crate::files::ModelFiles;
@@ -157,6 +157,9 @@ pub struct GenerateParams {
     /// sizes, so a reused cache can change a sampled answer (greedy answers hold in practice);
     /// leave this `None` where an answer must be reproducible from its seed.
     pub cache_scope: Option<String>,
+    /// A grammar (llama.cpp GBNF, root rule `root`) every token must keep the answer within;
+    /// the answer ends when the grammar is complete (see [`crate::Constraint`]).
+    pub grammar: Option<Arc<str>>,
 }
 
 /// Why a generation ended.
@@ -680,6 +683,7 @@ impl<B: Backend> ChatModel<B> {
                 sampling: request.sampling,
                 ignore_eos: request.ignore_eos,
                 cache_scope: request.cache_scope,
+                grammar: request.constraint.map(|c| c.grammar().clone()),
             },
         )?;
         let events = ChatEvents {

@@ -222,7 +222,19 @@ pub(super) fn run<B: Backend>(
             };
             load.running.fetch_add(1, Ordering::Relaxed);
             let sampling = &job.params.sampling;
-            let sampler = (!sampling.is_plain_greedy()).then(|| slots.decoder.sampler(sampling));
+            let grammar = job.params.grammar.as_deref();
+            let sampler = if sampling.is_plain_greedy() && grammar.is_none() {
+                None
+            } else {
+                match slots.decoder.sampler(sampling, grammar) {
+                    Ok(sampler) => Some(sampler),
+                    Err(e) => {
+                        let _ = job.events.send(Err(Error::Request(e)));
+                        slots.release(load, seq);
+                        continue;
+                    }
+                }
+            };
             slots.running.push(Slot {
                 seq,
                 sampler,
@@ -306,11 +318,20 @@ pub(super) fn run<B: Backend>(
         for (index, slot) in running.iter_mut().enumerate() {
             let Some(at) = slot.logits_at else { continue };
             let token = match &mut slot.sampler {
-                Some(sampler) => decoder.sample(sampler, at),
+                Some(sampler) => match decoder.sample(sampler, at) {
+                    Ok(token) => token,
+                    Err(e) => {
+                        let _ = slot.job.events.send(Err(Error::Inference(e)));
+                        finished.push(index);
+                        continue;
+                    }
+                },
                 None => argmax(decoder.logits(at)),
             };
             slot.generated += 1;
-            if backend.ends_turn(token) && !slot.job.params.ignore_eos {
+            // A complete grammar allows nothing but the end of the turn.
+            let constrained = slot.job.params.grammar.is_some();
+            if backend.ends_turn(token) && (!slot.job.params.ignore_eos || constrained) {
                 slot.generated -= 1;
                 slot.finish(FinishReason::Stop, None);
                 finished.push(index);
@@ -347,7 +368,7 @@ pub(super) fn run<B: Backend>(
 }
 
 /// The index of the first largest logit: what llama.cpp's greedy sampler picks.
-fn argmax(logits: &[f32]) -> i32 {
+pub(super) fn argmax(logits: &[f32]) -> i32 {
     let mut best = 0;
     for (i, &logit) in logits.iter().enumerate() {
         if logit > logits[best] {
