@@ -16,6 +16,7 @@ use crate::error::{ApiError, Dialect};
 use crate::gate::RequestRecord;
 use crate::generation::{self, Shape, TextContent, parse_body, refuse_if, served_model};
 use crate::rag::{self, Grounded};
+use crate::structured;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +47,8 @@ struct MessagesRequest {
     tools: Option<Value>,
     tool_choice: Option<Value>,
     thinking: Option<Value>,
+    /// The answer's structure (`format`, a JSON schema).
+    output_config: Option<Value>,
     #[expect(dead_code, reason = "accepted for compatibility; there is one tier")]
     service_tier: Option<String>,
     /// Return the sources a RAG model placed in its prompt beside the answer.
@@ -107,8 +110,10 @@ async fn handle(
         };
         conversation.push(Message::new(role, m.content.text("messages")?));
     }
+    let format = structured::anthropic_output_config(request.output_config)?;
     let params = ChatParams {
         max_tokens: Some(request.max_tokens),
+        format,
         stop: request.stop_sequences.unwrap_or_default(),
         sampling: generation::sampling(
             request.temperature,
@@ -174,6 +179,7 @@ impl Shape for MessageEvents {
     fn param_name(&self, param: Param) -> &'static str {
         match param {
             Param::Stop => "stop_sequences",
+            Param::ResponseFormat => "output_config.format",
             other => other.name(),
         }
     }

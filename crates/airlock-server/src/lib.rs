@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod models;
 mod openai;
 mod rag;
+mod structured;
 mod vector_stores;
 
 use std::future::Future;

@@ -26,6 +26,7 @@ use crate::generation::{
     self, Shape, StopSequences, TextContent, parse_body, refuse_if, served_model,
 };
 use crate::rag::{self, Grounded};
+use crate::structured;
 
 /// Answers with the handler's response, or its error in OpenAI's shape.
 fn respond(result: Result<Response, ApiError>) -> Response {
@@ -135,9 +136,6 @@ impl ChatRequest {
             v == "none" || v.is_null()
         })?;
         refuse_if(&self.parallel_tool_calls, "parallel_tool_calls", |_| true)?;
-        refuse_if(&self.response_format, "response_format", |v| {
-            v.get("type").and_then(Value::as_str) == Some("text") || v.is_null()
-        })?;
         refuse_if(&self.store, "store", |v| !v)?;
         Ok(())
     }
@@ -196,6 +194,7 @@ async fn chat(
     };
     let params = ChatParams {
         max_tokens,
+        format: structured::openai_response_format(request.response_format)?,
         stop: stops(request.stop),
         sampling: generation::sampling(
             request.temperature,

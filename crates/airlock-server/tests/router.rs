@@ -445,6 +445,12 @@ async fn bad_values_are_refused_once_naming_the_parameter_as_each_api_calls_it()
             openai_text(json!({"prompt": ""})),
             "prompt",
         ),
+        (
+            "/v1/chat/completions",
+            openai_chat(json!({"response_format": {"type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": true}}}})),
+            "response_format",
+        ),
     ] {
         let answer = h.post(path, &body).await;
         assert_eq!(
@@ -464,6 +470,11 @@ async fn bad_values_are_refused_once_naming_the_parameter_as_each_api_calls_it()
             "stop_sequences",
         ),
         (anthropic(json!({"messages": []})), "messages"),
+        (
+            anthropic(json!({"output_config": {"format": {"type": "json_schema",
+                "schema": {"type": "string", "pattern": "^(a{1000}){1000}$"}}}})),
+            "output_config.format",
+        ),
     ] {
         let answer = h.post("/v1/messages", &body).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
@@ -704,4 +715,65 @@ async fn status_shows_each_engines_kind_state_and_load() {
     assert_eq!(chat["engine"]["state"], "restarting");
     assert_eq!(chat["engine"]["reason"], "exited with signal 9");
     assert_eq!(chat["engine"]["running"], 0);
+}
+
+#[tokio::test]
+async fn both_apis_hand_a_schema_to_the_engine_compiled_and_refuse_what_cannot_be_enforced() {
+    let h = Harness::with(ScriptedChat::new([]), ScriptedEmbedder::new(8, []), "");
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}},
+        "required": ["name"], "additionalProperties": false});
+    h.post(
+        "/v1/chat/completions",
+        &openai_chat(json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "Person", "schema": schema, "strict": true}}})),
+    )
+    .await;
+    h.post(
+        "/v1/chat/completions",
+        &openai_chat(json!({"response_format": {"type": "json_object"}})),
+    )
+    .await;
+    h.post(
+        "/v1/messages",
+        &anthropic(json!({"output_config": {"format": {"type": "json_schema", "schema": schema}}})),
+    )
+    .await;
+    let requests = h.chat.requests();
+    assert_eq!(requests.len(), 3);
+    let named = requests[0].constraint().expect("a constraint");
+    assert_eq!(named.schema(), &schema);
+    assert_eq!(named.name(), Some("Person"));
+    assert!(named.grammar().contains("root ::="));
+    assert!(requests[1].constraint().expect("a constraint").is_any_object());
+    assert_eq!(requests[2].constraint().expect("a constraint").schema(), &schema);
+
+    let mut deep = json!({"type": "string"});
+    for _ in 0..64 {
+        deep = json!({"type": "array", "items": deep});
+    }
+    for (schema, says) in [
+        (deep, "deeper than"),
+        (json!({"$ref": "https://example.com/schema.json"}), "nothing is fetched"),
+        (json!({"enum": (0..5000).collect::<Vec<_>>()}), "enum"),
+        (json!({"type": "string", "pattern": "^((a{40}){40}){40}$"}), "copies"),
+        (json!({"type": "string", "pattern": "^(a)\\1$"}), "pattern"),
+    ] {
+        for (path, body) in [
+            (
+                "/v1/chat/completions",
+                openai_chat(json!({"response_format": {"type": "json_schema",
+                    "json_schema": {"name": "x", "schema": schema}}})),
+            ),
+            (
+                "/v1/messages",
+                anthropic(json!({"output_config": {"format": {"type": "json_schema", "schema": schema}}})),
+            ),
+        ] {
+            let answer = h.post(path, &body).await;
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text);
+            let message = answer.json["error"]["message"].as_str().unwrap();
+            assert!(message.contains(says), "{path} {schema}: {message}");
+        }
+    }
+    assert_eq!(h.chat.requests().len(), 3, "no refused schema reached the engine");
 }

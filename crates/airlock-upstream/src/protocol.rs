@@ -55,6 +55,11 @@ pub(crate) fn llama_server_body(
     if let Some(seed) = s.seed {
         body["seed"] = json!(seed);
     }
+    // The grammar this side compiled and checked, rather than the schema: llama-server's own
+    // converter may be another version, which could enforce a schema differently.
+    if let Some(constraint) = request.constraint() {
+        body["grammar"] = json!(constraint.grammar().as_ref());
+    }
     // Greedy decoding picks the most likely token, which no filter removes: keeping only it
     // spares llama-server's sampler chain a pass over the whole vocabulary for each token of
     // each sequence (the embedded engine takes the argmax for the same reason).
@@ -140,6 +145,17 @@ pub(crate) fn vllm_body(request: &ChatRequest, max_tokens: usize) -> (&'static s
     });
     if let Some(seed) = s.seed {
         body["seed"] = json!(seed);
+    }
+    if let Some(constraint) = request.constraint() {
+        body["response_format"] = if constraint.is_any_object() {
+            json!({"type": "json_object"})
+        } else {
+            json!({"type": "json_schema", "json_schema": {
+                "name": constraint.name().unwrap_or("answer"),
+                "schema": constraint.schema(),
+                "strict": true,
+            }})
+        };
     }
     match request.prompt() {
         Prompt::Chat(messages) => {
@@ -379,6 +395,33 @@ mod tests {
         ));
         assert!(llama_server_chunk(r#"{"stop":true,"stop_type":"none"}"#, 9).is_err());
         assert!(llama_server_chunk("not json", 9).is_err());
+    }
+
+    #[test]
+    fn a_schema_reaches_each_engine_process_in_its_own_terms() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let request = ChatRequest::new(
+            Prompt::Chat(vec![Message::new(Role::User, "hi")]),
+            ChatParams {
+                format: airlock_engine::OutputFormat::JsonSchema {
+                    schema: schema.clone(),
+                    name: Some("A".into()),
+                },
+                ..ChatParams::default()
+            },
+            &RequestLimits::default(),
+        )
+        .unwrap();
+        let grammar = request.constraint().unwrap().grammar().to_string();
+        let body = llama_server_body(&request, &[1], 8, false);
+        assert_eq!(body["grammar"], json!(grammar), "the grammar checked here");
+        let (_, body) = vllm_body(&request, 8);
+        assert_eq!(body["response_format"]["type"], "json_schema");
+        assert_eq!(body["response_format"]["json_schema"]["schema"], schema);
+        assert_eq!(body["response_format"]["json_schema"]["name"], "A");
+        assert!(llama_server_body(&super::tests::request(&[]), &[1], 8, false)
+            .get("grammar")
+            .is_none());
     }
 
     #[test]
