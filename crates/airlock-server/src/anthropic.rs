@@ -37,6 +37,8 @@ struct MessagesRequest {
     temperature: Option<f32>,
     top_p: Option<f32>,
     top_k: Option<u32>,
+    /// An extension, as on the OpenAI routes (llama.cpp's and vLLM's servers take it too).
+    repetition_penalty: Option<f32>,
     #[serde(default)]
     stream: bool,
     #[expect(
@@ -120,7 +122,7 @@ async fn handle(
             request.top_p,
             request.top_k,
             None,
-            None,
+            request.repetition_penalty,
             None,
         ),
         ..ChatParams::default()

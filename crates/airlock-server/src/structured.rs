@@ -51,7 +51,10 @@ pub(crate) fn openai_response_format(value: Option<Value>) -> Result<OutputForma
             {
                 return invalid("json_schema name must be 1 to 64 letters, digits, _ or -");
             }
-            if spec.get("strict").is_some_and(|s| !s.is_boolean() && !s.is_null()) {
+            if spec
+                .get("strict")
+                .is_some_and(|s| !s.is_boolean() && !s.is_null())
+            {
                 return invalid("json_schema strict must be a boolean");
             }
             let schema = spec.get("schema").cloned().unwrap_or(Value::Bool(true));
@@ -93,7 +96,10 @@ pub(crate) fn anthropic_output_config(value: Option<Value>) -> Result<OutputForm
     let Some(format) = format.as_object() else {
         return invalid("must be an object");
     };
-    if let Some(extra) = format.keys().find(|k| !["type", "schema"].contains(&k.as_str())) {
+    if let Some(extra) = format
+        .keys()
+        .find(|k| !["type", "schema"].contains(&k.as_str()))
+    {
         return invalid(&format!("has an unknown field {extra:?}"));
     }
     match format.get("type").and_then(Value::as_str) {
@@ -154,7 +160,10 @@ mod tests {
             assert!(e.message().contains(says), "{body}: {e:?}");
         }
         for (body, says) in [
-            (json!({"format": {"type": "json_object"}}), "\"json_object\" is unknown"),
+            (
+                json!({"format": {"type": "json_object"}}),
+                "\"json_object\" is unknown",
+            ),
             (json!({"format": {"type": "json_schema"}}), "needs a schema"),
             (json!({"effort": "high"}), "effort"),
         ] {

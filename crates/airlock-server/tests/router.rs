@@ -744,8 +744,16 @@ async fn both_apis_hand_a_schema_to_the_engine_compiled_and_refuse_what_cannot_b
     assert_eq!(named.schema(), &schema);
     assert_eq!(named.name(), Some("Person"));
     assert!(named.grammar().contains("root ::="));
-    assert!(requests[1].constraint().expect("a constraint").is_any_object());
-    assert_eq!(requests[2].constraint().expect("a constraint").schema(), &schema);
+    assert!(
+        requests[1]
+            .constraint()
+            .expect("a constraint")
+            .is_any_object()
+    );
+    assert_eq!(
+        requests[2].constraint().expect("a constraint").schema(),
+        &schema
+    );
 
     let mut deep = json!({"type": "string"});
     for _ in 0..64 {
@@ -753,9 +761,15 @@ async fn both_apis_hand_a_schema_to_the_engine_compiled_and_refuse_what_cannot_b
     }
     for (schema, says) in [
         (deep, "deeper than"),
-        (json!({"$ref": "https://example.com/schema.json"}), "nothing is fetched"),
+        (
+            json!({"$ref": "https://example.com/schema.json"}),
+            "nothing is fetched",
+        ),
         (json!({"enum": (0..5000).collect::<Vec<_>>()}), "enum"),
-        (json!({"type": "string", "pattern": "^((a{40}){40}){40}$"}), "copies"),
+        (
+            json!({"type": "string", "pattern": "^((a{40}){40}){40}$"}),
+            "copies",
+        ),
         (json!({"type": "string", "pattern": "^(a)\\1$"}), "pattern"),
     ] {
         for (path, body) in [
@@ -766,7 +780,9 @@ async fn both_apis_hand_a_schema_to_the_engine_compiled_and_refuse_what_cannot_b
             ),
             (
                 "/v1/messages",
-                anthropic(json!({"output_config": {"format": {"type": "json_schema", "schema": schema}}})),
+                anthropic(
+                    json!({"output_config": {"format": {"type": "json_schema", "schema": schema}}}),
+                ),
             ),
         ] {
             let answer = h.post(path, &body).await;
@@ -775,5 +791,9 @@ async fn both_apis_hand_a_schema_to_the_engine_compiled_and_refuse_what_cannot_b
             assert!(message.contains(says), "{path} {schema}: {message}");
         }
     }
-    assert_eq!(h.chat.requests().len(), 3, "no refused schema reached the engine");
+    assert_eq!(
+        h.chat.requests().len(),
+        3,
+        "no refused schema reached the engine"
+    );
 }

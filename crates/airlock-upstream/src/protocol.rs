@@ -419,9 +419,11 @@ mod tests {
         assert_eq!(body["response_format"]["type"], "json_schema");
         assert_eq!(body["response_format"]["json_schema"]["schema"], schema);
         assert_eq!(body["response_format"]["json_schema"]["name"], "A");
-        assert!(llama_server_body(&super::tests::request(&[]), &[1], 8, false)
-            .get("grammar")
-            .is_none());
+        assert!(
+            llama_server_body(&super::tests::request(&[]), &[1], 8, false)
+                .get("grammar")
+                .is_none()
+        );
     }
 
     #[test]
