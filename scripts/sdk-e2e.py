@@ -112,11 +112,65 @@ try:
     check("openai wrong key refused", False, "no error")
 except openai.AuthenticationError as e:
     check("openai wrong key refused", e.status_code == 401)
+# Several answers: seeded, the set is reproducible and its members differ.
+sets = [
+    oa.chat.completions.create(
+        model=chat, messages=[{"role": "user", "content": "Name a colour."}], n=3, seed=7, temperature=1.0, max_tokens=12
+    )
+    for _ in range(2)
+]
+texts = [[c.message.content for c in s.choices] for s in sets]
+check("openai n=3 gives three choices in order", [c.index for c in sets[0].choices] == [0, 1, 2], sets[0])
+check("openai n=3 with a seed is reproducible", texts[0] == texts[1], texts)
+check("openai n=3 choices differ", len(set(texts[0])) > 1, texts)
+check(
+    "openai n=3 usage counts every choice",
+    sets[0].usage.completion_tokens >= 3 and sets[0].usage.prompt_tokens > 10,
+    sets[0].usage,
+)
 try:
-    oa.chat.completions.create(model=chat, messages=[{"role": "user", "content": "hi"}], n=2)
-    check("openai n=2 refused", False, "no error")
+    oa.chat.completions.create(model=chat, messages=[{"role": "user", "content": "hi"}], n=2, stream=True)
+    check("openai streamed n=2 refused", False, "no error")
 except openai.BadRequestError as e:
-    check("openai n=2 refused", "n" in str(e))
+    check("openai streamed n=2 refused", "n" in str(e))
+
+# Log-probabilities: each token's, with the alternatives asked for; greedy picks the first.
+scored = oa.chat.completions.create(
+    model=chat, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=16, logprobs=True, top_logprobs=3
+)
+content = scored.choices[0].logprobs.content
+check("openai logprobs cover the answer", "".join(t.token for t in content) == scored.choices[0].message.content, content)
+check(
+    "openai logprobs: three alternatives, the greedy token first, all <= 0",
+    all(len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token and t.logprob <= 0 for t in content),
+    content,
+)
+check(
+    "openai logprobs: alternatives in order",
+    all(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob for t in content),
+    content,
+)
+pieces = []
+for chunk in oa.chat.completions.create(
+    model=chat, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=16, logprobs=True,
+    top_logprobs=3, stream=True,
+):
+    for choice in chunk.choices:
+        if choice.logprobs and choice.logprobs.content:
+            pieces.extend(choice.logprobs.content)
+check(
+    "openai streamed logprobs equal the whole answer's",
+    [(t.token, round(t.logprob, 5)) for t in pieces] == [(t.token, round(t.logprob, 5)) for t in content],
+    pieces,
+)
+text_scored = oa.completions.create(model=chat, prompt="The capital of France is", temperature=0, max_tokens=8, logprobs=2)
+lp = text_scored.choices[0].logprobs
+check(
+    "openai completions logprobs",
+    "".join(lp.tokens) == text_scored.choices[0].text and len(lp.token_logprobs) == len(lp.tokens)
+    and all(len(t) == 2 for t in lp.top_logprobs) and lp.text_offset[0] == 0,
+    lp,
+)
 
 an = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
 # This SDK version has no temperature argument; the Messages API still takes the field.
@@ -131,6 +185,13 @@ check(
     "anthropic usage",
     message.usage.input_tokens == 1 and message.usage.cache_read_input_tokens > 10 and message.usage.output_tokens > 0,
     message.usage,
+)
+
+counted = an.messages.count_tokens(model=chat, messages=[{"role": "user", "content": QUESTION}])
+check(
+    "anthropic count_tokens equals the prompt the model read",
+    counted.input_tokens == message.usage.input_tokens + message.usage.cache_read_input_tokens,
+    (counted, message.usage),
 )
 
 events = []

@@ -529,3 +529,70 @@ fn vllm_serves_through_the_same_interface_where_it_is_installed() {
     );
     assert_eq!(anthropic.status, 200, "{}", anthropic.body);
 }
+
+#[test]
+fn log_probabilities_agree_with_llama_servers_for_the_same_greedy_tokens() {
+    let site = site_with_models();
+    let (key, _) = create_key(&site, &["--name", "app"]);
+    // `chat` on llama-server, `local` on the embedded engine: the same bundle.
+    let server = start_with_process(
+        &site,
+        "\n[models.local]\nref = \"smollm2:prod\"\nslots = 1\ncontext = 1024\nthreads = 2",
+    );
+    let ask = |model: &str, content: &str| {
+        let reply = server.post(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": model, "messages": [{"role": "user", "content": content}],
+                "temperature": 0, "max_tokens": 24, "logprobs": true, "top_logprobs": 5}),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let mut compared = 0;
+    let mut largest = 0f64;
+    for question in [
+        "What is the capital of France?",
+        "Write one sentence about the sea.",
+        "List three colours.",
+    ] {
+        let ours = ask("local", question);
+        let theirs = ask("chat", question);
+        assert!(!ours.is_empty());
+        // The same greedy tokens, then the same numbers within 1e-3.
+        let tokens = |list: &[Value]| -> Vec<String> {
+            list.iter()
+                .map(|t| t["token"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(tokens(&ours), tokens(&theirs), "{question}");
+        for (a, b) in ours.iter().zip(&theirs) {
+            let diff = (a["logprob"].as_f64().unwrap() - b["logprob"].as_f64().unwrap()).abs();
+            largest = largest.max(diff);
+            assert!(diff < 1e-3, "{question}: {a} against {b}");
+            let (top_a, top_b) = (
+                a["top_logprobs"].as_array().unwrap(),
+                b["top_logprobs"].as_array().unwrap(),
+            );
+            assert_eq!(top_a.len(), 5);
+            assert_eq!(
+                tokens(top_a)[..3],
+                tokens(top_b)[..3],
+                "{question}: {a} against {b}"
+            );
+            for (x, y) in top_a.iter().zip(top_b) {
+                if x["token"] == y["token"] {
+                    let diff =
+                        (x["logprob"].as_f64().unwrap() - y["logprob"].as_f64().unwrap()).abs();
+                    largest = largest.max(diff);
+                    assert!(diff < 1e-3, "{question}: {x} against {y}");
+                }
+            }
+            compared += 1;
+        }
+    }
+    eprintln!("{compared} tokens compared; largest difference {largest:.2e}");
+}

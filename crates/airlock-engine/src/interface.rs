@@ -59,6 +59,8 @@ pub enum Param {
     RepetitionPenalty,
     /// The answer's structure (a JSON schema).
     ResponseFormat,
+    /// How many alternatives to report with each token's log-probability.
+    TopLogprobs,
 }
 
 impl Param {
@@ -75,6 +77,7 @@ impl Param {
             Self::MinP => "min_p",
             Self::RepetitionPenalty => "repetition_penalty",
             Self::ResponseFormat => "response_format",
+            Self::TopLogprobs => "top_logprobs",
         }
     }
 }
@@ -129,7 +132,13 @@ pub struct ChatParams {
     pub cache_scope: Option<String>,
     /// The answer's structure.
     pub format: OutputFormat,
+    /// Report each token's log-probability and this many most likely alternatives (at most
+    /// [`MAX_TOP_LOGPROBS`]); `None`: none.
+    pub logprobs: Option<usize>,
 }
+
+/// Most alternatives a request may ask to see beside each token (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// A request every engine can run: made only by [`ChatRequest::new`], so an engine never
 /// sees an unchecked value.
@@ -143,6 +152,7 @@ pub struct ChatRequest {
     pub(crate) cache_scope: Option<String>,
     pub(crate) ignore_eos: bool,
     pub(crate) constraint: Option<Constraint>,
+    pub(crate) logprobs: Option<usize>,
 }
 
 impl ChatRequest {
@@ -202,6 +212,12 @@ impl ChatRequest {
             );
         }
         params.sampling.check()?;
+        if let Some(n) = params.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+            return invalid(
+                Param::TopLogprobs,
+                format!("is {n}; at most {MAX_TOP_LOGPROBS} alternatives can be reported"),
+            );
+        }
         let constraint =
             Constraint::compile(&params.format, &limits.schema).map_err(|e| Error::Invalid {
                 param: Param::ResponseFormat,
@@ -223,6 +239,7 @@ impl ChatRequest {
             cache_scope,
             ignore_eos: false,
             constraint,
+            logprobs: params.logprobs,
         })
     }
 
@@ -278,6 +295,12 @@ impl ChatRequest {
         self.ignore_eos
     }
 
+    /// How many alternatives to report with each token's log-probability; `None`: no
+    /// log-probabilities.
+    pub fn logprobs(&self) -> Option<usize> {
+        self.logprobs
+    }
+
     /// The structure the answer must have, compiled; `None` for free text.
     pub fn constraint(&self) -> Option<&Constraint> {
         self.constraint.as_ref()
@@ -295,11 +318,41 @@ pub struct Ending {
     pub usage: Usage,
 }
 
+/// A token and its log-probability under the model (before any sampling filter or grammar).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprob {
+    /// The token's bytes (one token may hold part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    /// Natural log of its probability.
+    pub logprob: f32,
+}
+
+impl Logprob {
+    /// The token's text, with any partial character replaced.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// One generated token's log-probability, and the most likely tokens at its step (most
+/// likely first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The token generated.
+    pub chosen: Logprob,
+    /// The alternatives asked for.
+    pub top: Vec<Logprob>,
+}
+
 /// One event of an answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ChatEvent {
     /// Newly visible text (never empty).
     Text(String),
+    /// The next generated token's log-probability (asked for with
+    /// [`ChatParams::logprobs`]); comes before the text it produced, which may come later
+    /// (a held-back stop sequence) or never (the stop sequence itself).
+    Logprobs(TokenLogprobs),
     /// The answer ended; nothing follows.
     Done(Ending),
 }
@@ -348,6 +401,7 @@ impl ChatStream {
         while let Some(event) = self.next().await {
             match event? {
                 ChatEvent::Text(piece) => text.push_str(&piece),
+                ChatEvent::Logprobs(_) => {}
                 ChatEvent::Done(ending) => return Ok((text, ending)),
             }
         }
@@ -453,6 +507,13 @@ pub trait ChatEngine: Send + Sync + fmt::Debug {
     /// engine process has accepted it), or with the reason it will not: a prompt over the
     /// context, a full queue, an engine that is down.
     fn start(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream>>;
+
+    /// How many tokens `prompt` takes as this engine would feed it to the model (a
+    /// conversation through its chat template). An engine that cannot tell says so.
+    fn count_tokens(&self, prompt: &Prompt) -> Result<usize> {
+        let _ = prompt;
+        Err(Error::Request("this engine does not count tokens".into()))
+    }
 
     /// State and load now.
     fn status(&self) -> EngineStatus;

@@ -33,6 +33,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use files::ModelFiles;
 pub use interface::{
     BoxFuture, ChatEngine, ChatEvent, ChatParams, ChatRequest, ChatStream, Embedder, Ending,
-    EngineKind, EngineState, EngineStatus, Param, Prompt, RequestLimits,
+    EngineKind, EngineState, EngineStatus, Logprob, MAX_TOP_LOGPROBS, Param, Prompt, RequestLimits,
+    TokenLogprobs,
 };
 pub use template::{ChatTemplate, Message, Role};

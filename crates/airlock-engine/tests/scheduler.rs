@@ -325,7 +325,7 @@ fn a_generation_streams_its_answer_and_ends_at_the_end_of_turn_with_its_usage() 
     let mut streamed = Vec::new();
     let done = loop {
         match generation.next_blocking().unwrap().unwrap() {
-            Event::Token { id, text } => streamed.push((id, text)),
+            Event::Token { id, text, .. } => streamed.push((id, text)),
             done @ Event::Done { .. } => break done,
         }
     };

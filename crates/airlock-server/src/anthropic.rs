@@ -6,8 +6,8 @@ use airlock_engine::{ChatParams, Ending, FinishReason, Message, Param, Prompt, R
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
-use axum::response::Response;
 use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -57,6 +57,94 @@ struct MessagesRequest {
     airlock_sources: Option<bool>,
 }
 
+/// The conversation a Messages request describes: its system prompt, then its messages.
+fn conversation(
+    system: Option<TextContent>,
+    messages: Vec<InputMessage>,
+) -> Result<Vec<Message>, ApiError> {
+    // The system prompt travels apart from the messages here, and alone it is no conversation.
+    if messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "messages must not be empty",
+        ));
+    }
+    let mut conversation = Vec::with_capacity(messages.len() + 1);
+    if let Some(system) = system {
+        conversation.push(Message::new(Role::System, system.text("system")?));
+    }
+    for m in messages {
+        let role = match m.role.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "system" => {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    "messages have roles user and assistant; put instructions in the top-level system parameter",
+                ));
+            }
+            other => {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!("unknown message role {other:?}"),
+                ));
+            }
+        };
+        conversation.push(Message::new(role, m.content.text("messages")?));
+    }
+    Ok(conversation)
+}
+
+/// The body of `POST /v1/messages/count_tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountTokensRequest {
+    model: String,
+    messages: Vec<InputMessage>,
+    system: Option<TextContent>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    thinking: Option<Value>,
+    output_config: Option<Value>,
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt's length as the model would read it (the
+/// conversation through its chat template). A model that answers from collections is counted
+/// before its sources are added.
+pub(crate) async fn count_tokens(
+    State(app): State<Arc<App>>,
+    Extension(record): Extension<Arc<RequestRecord>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    count(app, record, body)
+        .await
+        .unwrap_or_else(|e| e.into_response_for(Dialect::Anthropic))
+}
+
+async fn count(
+    app: Arc<App>,
+    record: Arc<RequestRecord>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: CountTokensRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
+    let served = served_model(&app, &record, &request.model)?;
+    refuse_if(&request.tools, "tools", |v| {
+        v.as_array().is_some_and(|a| a.is_empty()) || v.is_null()
+    })?;
+    refuse_if(&request.tool_choice, "tool_choice", Value::is_null)?;
+    refuse_if(&request.thinking, "thinking", |v| {
+        v.get("type").and_then(Value::as_str) == Some("disabled") || v.is_null()
+    })?;
+    structured::anthropic_output_config(request.output_config)?;
+    let conversation = conversation(request.system, request.messages)?;
+    let engine = served.chat()?;
+    let tokens = engine
+        .count_tokens(&Prompt::Chat(conversation))
+        .map_err(|e| ApiError::from_engine(e, Param::name))?;
+    record.open(Some(tokens), false).await?;
+    Ok(axum::Json(json!({"input_tokens": tokens})).into_response())
+}
+
 /// `POST /v1/messages`.
 pub(crate) async fn messages(
     State(app): State<Arc<App>>,
@@ -82,36 +170,7 @@ async fn handle(
     refuse_if(&request.thinking, "thinking", |v| {
         v.get("type").and_then(Value::as_str) == Some("disabled") || v.is_null()
     })?;
-    // The system prompt travels apart from the messages here, and alone it is no conversation.
-    if request.messages.is_empty() {
-        return Err(ApiError::invalid_param(
-            "messages",
-            "messages must not be empty",
-        ));
-    }
-    let mut conversation = Vec::with_capacity(request.messages.len() + 1);
-    if let Some(system) = request.system {
-        conversation.push(Message::new(Role::System, system.text("system")?));
-    }
-    for m in request.messages {
-        let role = match m.role.as_str() {
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            "system" => {
-                return Err(ApiError::invalid_param(
-                    "messages",
-                    "messages have roles user and assistant; put instructions in the top-level system parameter",
-                ));
-            }
-            other => {
-                return Err(ApiError::invalid_param(
-                    "messages",
-                    format!("unknown message role {other:?}"),
-                ));
-            }
-        };
-        conversation.push(Message::new(role, m.content.text("messages")?));
-    }
+    let mut conversation = conversation(request.system, request.messages)?;
     let format = structured::anthropic_output_config(request.output_config)?;
     let params = ChatParams {
         max_tokens: Some(request.max_tokens),
@@ -186,7 +245,7 @@ impl Shape for MessageEvents {
         }
     }
 
-    fn body(&self, text: String, ending: &Ending) -> Value {
+    fn body(&mut self, text: String, ending: &Ending) -> Value {
         let mut body = json!({
             "id": self.id,
             "type": "message",

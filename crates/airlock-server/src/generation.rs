@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use airlock_engine::{
     ChatEngine, ChatEvent, ChatParams, ChatRequest, ChatStream, Ending, FinishReason, Param,
-    Prompt, SamplingParams,
+    Prompt, SamplingParams, TokenLogprobs, Usage,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -164,11 +164,14 @@ pub(crate) trait Shape: Send + 'static {
         param.name()
     }
     /// The whole answer as one JSON body.
-    fn body(&self, text: String, ending: &Ending) -> Value;
+    fn body(&mut self, text: String, ending: &Ending) -> Value;
     /// Events before the first token; `prompt_tokens` if the engine counted them already.
     fn start(&mut self, prompt_tokens: Option<usize>) -> Vec<SseEvent>;
     /// Events for newly visible text (never empty text).
     fn delta(&mut self, text: &str) -> Vec<SseEvent>;
+    /// A generated token's log-probability (only when the request asked for them), before
+    /// the text it produced: kept until the next delta, or the body.
+    fn logprobs(&mut self, _token: TokenLogprobs) {}
     /// Events after the last token.
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent>;
     /// Events for a failure after the stream began.
@@ -203,9 +206,99 @@ pub(crate) async fn answer<S: Shape>(
     if stream {
         return Ok(self::stream(chat, record, shape));
     }
-    let (text, ending) = collect(chat, &record).await?;
+    let (text, ending) = collect(chat, &record, &mut shape).await?;
     shape.settle(Some(&text), &record, false);
     Ok(Json(shape.body(text, &ending)).into_response())
+}
+
+/// One of several answers to the same request.
+pub(crate) struct Choice {
+    pub(crate) text: String,
+    pub(crate) ending: Ending,
+    pub(crate) logprobs: Vec<TokenLogprobs>,
+}
+
+impl Choice {
+    /// The token counts of answers to one prompt: the prompt once, every answer's tokens.
+    pub(crate) fn usage(choices: &[Choice]) -> Usage {
+        let mut usage = choices.first().map(|c| c.ending.usage).unwrap_or_default();
+        usage.completion_tokens = choices
+            .iter()
+            .map(|c| c.ending.usage.completion_tokens)
+            .sum();
+        usage
+    }
+}
+
+/// A shape that can hold several answers to one request (OpenAI's `n`).
+pub(crate) trait ManyChoices: Shape {
+    /// The answers as one JSON body, `choices` in order.
+    fn choices_body(&mut self, choices: Vec<Choice>) -> Value;
+}
+
+/// Most answers one request may ask for.
+pub(crate) const MAX_CHOICES: u32 = 8;
+
+/// `n` answers to one prompt, whole (streams carry one): each a generation of its own, all
+/// queued at once so the engine runs them side by side. A seeded request seeds answer `i`
+/// with `seed + i`, so the set is reproducible and its answers differ. The audit entry counts
+/// the prompt once and the answers' tokens together, and hashes their texts in order.
+pub(crate) async fn answer_choices<S: ManyChoices>(
+    app: &App,
+    record: Arc<RequestRecord>,
+    served: &ServedModel,
+    prompt: Prompt,
+    mut params: ChatParams,
+    n: u32,
+    mut shape: S,
+) -> Result<Response, ApiError> {
+    let engine_error = |e| ApiError::from_engine(e, |p| shape.param_name(p));
+    let engine = served.chat()?;
+    params.cache_scope = record.cache_scope();
+    let mut streams = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let mut choice = params.clone();
+        choice.sampling.seed = params.sampling.seed.map(|seed| seed.wrapping_add(i));
+        let request =
+            ChatRequest::new(prompt.clone(), choice, &app.request_limits).map_err(engine_error)?;
+        let chat = start(engine, request, &record, false)
+            .await
+            .map_err(|e| e.into_api(&engine_error))?;
+        streams.push(chat);
+    }
+    let mut choices = Vec::with_capacity(streams.len());
+    for chat in streams {
+        let (text, ending, logprobs) = read_answer(chat).await?;
+        record.completion_text(&text);
+        choices.push(Choice {
+            text,
+            ending,
+            logprobs,
+        });
+    }
+    record.usage(
+        &Choice::usage(&choices),
+        Some(reason_name(choices[0].ending.reason)),
+    );
+    Ok(Json(shape.choices_body(choices)).into_response())
+}
+
+/// Reads an answer to its end: its text, how it ended, its tokens' log-probabilities.
+async fn read_answer(
+    mut chat: ChatStream,
+) -> Result<(String, Ending, Vec<TokenLogprobs>), ApiError> {
+    let mut text = String::new();
+    let mut logprobs = Vec::new();
+    while let Some(event) = chat.next().await {
+        match event? {
+            ChatEvent::Text(piece) => text.push_str(&piece),
+            ChatEvent::Logprobs(token) => logprobs.push(token),
+            ChatEvent::Done(ending) => return Ok((text, ending, logprobs)),
+        }
+    }
+    Err(ApiError::Internal {
+        detail: "the answer ended without finishing".into(),
+    })
 }
 
 /// A failure to start: the engine's, or the audit log's.
@@ -254,23 +347,15 @@ async fn start(
 
 /// Runs an answer to its end, recording text and usage.
 async fn collect(
-    mut chat: ChatStream,
+    chat: ChatStream,
     record: &RequestRecord,
+    shape: &mut impl Shape,
 ) -> Result<(String, Ending), ApiError> {
-    let mut text = String::new();
-    while let Some(event) = chat.next().await {
-        match event? {
-            ChatEvent::Text(piece) => text.push_str(&piece),
-            ChatEvent::Done(ending) => {
-                record.completion_text(&text);
-                record.usage(&ending.usage, Some(reason_name(ending.reason)));
-                return Ok((text, ending));
-            }
-        }
-    }
-    Err(ApiError::Internal {
-        detail: "the answer ended without finishing".into(),
-    })
+    let (text, ending, logprobs) = read_answer(chat).await?;
+    logprobs.into_iter().for_each(|token| shape.logprobs(token));
+    record.completion_text(&text);
+    record.usage(&ending.usage, Some(reason_name(ending.reason)));
+    Ok((text, ending))
 }
 
 fn reason_name(reason: FinishReason) -> &'static str {
@@ -335,6 +420,7 @@ fn events<S: Shape>(
                     let events = s.shape.delta(&text);
                     s.pending.extend(events);
                 }
+                Some(Ok(ChatEvent::Logprobs(token))) => s.shape.logprobs(token),
                 Some(Ok(ChatEvent::Done(ending))) => {
                     s.record
                         .usage(&ending.usage, Some(reason_name(ending.reason)));

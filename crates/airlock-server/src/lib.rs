@@ -194,6 +194,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route(
             "/v1/vector_stores/{name}/search",
             post(vector_stores::search),

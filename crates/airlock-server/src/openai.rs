@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use airlock_engine::{ChatParams, Ending, FinishReason, Message, Param, Prompt, Role, Usage};
+use airlock_engine::{
+    ChatParams, Ending, FinishReason, Logprob, Message, Param, Prompt, Role, TokenLogprobs, Usage,
+};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -117,11 +119,8 @@ struct StreamOptions {
 impl ChatRequest {
     /// Refuses parameters set to something this server does not do.
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        refuse_if(&self.n, "n", |n| *n == 1)?;
         refuse_if(&self.frequency_penalty, "frequency_penalty", |v| *v == 0.0)?;
         refuse_if(&self.presence_penalty, "presence_penalty", |v| *v == 0.0)?;
-        refuse_if(&self.logprobs, "logprobs", |v| !v)?;
-        refuse_if(&self.top_logprobs, "top_logprobs", |v| *v == 0)?;
         refuse_if(&self.logit_bias, "logit_bias", |v| {
             v.as_object().is_some_and(|o| o.is_empty()) || v.is_null()
         })?;
@@ -192,8 +191,19 @@ async fn chat(
         (Some(n), _) => (Some(n), "max_completion_tokens"),
         (None, n) => (n, "max_tokens"),
     };
+    let logprobs = match (request.logprobs, request.top_logprobs) {
+        (Some(true), top) => Some(top.unwrap_or(0) as usize),
+        (_, Some(_)) => {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "top_logprobs needs logprobs set to true",
+            ));
+        }
+        (_, None) => None,
+    };
     let params = ChatParams {
         max_tokens,
+        logprobs,
         format: structured::openai_response_format(request.response_format)?,
         stop: stops(request.stop),
         sampling: generation::sampling(
@@ -215,6 +225,13 @@ async fn chat(
         request.airlock_sources.unwrap_or(false),
     )
     .await?;
+    let n = choice_count(request.n, request.stream)?;
+    if n > 1 && grounded.is_some() {
+        return Err(ApiError::unsupported(
+            "n",
+            "n > 1 is not supported for models that answer from collections",
+        ));
+    }
     let prompt = Prompt::Chat(conversation);
     let shape = Chunks {
         grounded,
@@ -225,8 +242,32 @@ async fn chat(
         include_usage,
         kind: ChunkKind::Chat,
         max_tokens_param,
+        logprobs: logprobs.map(|_| Vec::new()),
+        text_offset: 0,
     };
+    if n > 1 {
+        return generation::answer_choices(&app, record, &served, prompt, params, n, shape).await;
+    }
     generation::answer(&app, record, &served, prompt, params, request.stream, shape).await
+}
+
+/// `n`: how many answers, 1 to [`generation::MAX_CHOICES`], several only without streaming.
+fn choice_count(n: Option<u32>, stream: bool) -> Result<u32, ApiError> {
+    match n.unwrap_or(1) {
+        0 => Err(ApiError::invalid_param("n", "n must be at least 1")),
+        n if n > generation::MAX_CHOICES => Err(ApiError::invalid_param(
+            "n",
+            format!(
+                "n is {n}; at most {} answers per request",
+                generation::MAX_CHOICES
+            ),
+        )),
+        n if n > 1 && stream => Err(ApiError::unsupported(
+            "n",
+            "n > 1 is supported without streaming; stream one answer per request",
+        )),
+        n => Ok(n),
+    }
 }
 
 fn finish_reason(reason: FinishReason) -> &'static str {
@@ -236,12 +277,12 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
-fn usage(ending: &Ending) -> Value {
+fn usage(counts: &Usage) -> Value {
     json!({
-        "prompt_tokens": ending.usage.prompt_tokens,
-        "completion_tokens": ending.usage.completion_tokens,
-        "total_tokens": ending.usage.prompt_tokens + ending.usage.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": ending.usage.cached_tokens},
+        "prompt_tokens": counts.prompt_tokens,
+        "completion_tokens": counts.completion_tokens,
+        "total_tokens": counts.prompt_tokens + counts.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": counts.cached_tokens},
     })
 }
 
@@ -271,9 +312,59 @@ struct Chunks {
     kind: ChunkKind,
     /// `max_tokens` or `max_completion_tokens`, whichever the request used.
     max_tokens_param: &'static str,
+    /// Log-probabilities not yet sent, if the request asked for them.
+    logprobs: Option<Vec<TokenLogprobs>>,
+    /// Bytes of answer text already covered by log-probabilities (a text completion's
+    /// `text_offset`).
+    text_offset: usize,
 }
 
 impl Chunks {
+    /// The kept log-probabilities in this endpoint's shape (`null` when none were asked
+    /// for), emptying the buffer.
+    fn take_logprobs(&mut self) -> Value {
+        let Some(tokens) = self.logprobs.as_mut().map(std::mem::take) else {
+            return Value::Null;
+        };
+        match self.kind {
+            ChunkKind::Chat => {
+                let entry = |l: &Logprob| json!({"token": l.text(), "logprob": l.logprob, "bytes": l.bytes});
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let mut value = entry(&t.chosen);
+                        value["top_logprobs"] = t.top.iter().map(entry).collect();
+                        value
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+            ChunkKind::Text => {
+                let mut offsets = Vec::with_capacity(tokens.len());
+                for t in &tokens {
+                    offsets.push(self.text_offset);
+                    self.text_offset += t.chosen.bytes.len();
+                }
+                let top: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        t.top
+                            .iter()
+                            .map(|l| (l.text(), json!(l.logprob)))
+                            .collect::<serde_json::Map<_, _>>()
+                            .into()
+                    })
+                    .collect();
+                json!({
+                    "tokens": tokens.iter().map(|t| t.chosen.text()).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|t| t.chosen.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": offsets,
+                })
+            }
+        }
+    }
+
     fn object(&self) -> &'static str {
         match self.kind {
             ChunkKind::Chat => "chat.completion.chunk",
@@ -281,12 +372,14 @@ impl Chunks {
         }
     }
 
-    /// A chunk with one choice: `delta` for chat (or the role when `None`), text for text.
-    fn chunk(&self, text: Option<&str>, finish: Option<&str>) -> SseEvent {
+    /// A chunk with one choice: `delta` for chat (or the role when `None`), text for text,
+    /// and the log-probabilities kept since the last chunk.
+    fn chunk(&mut self, text: Option<&str>, finish: Option<&str>) -> SseEvent {
         data(&self.chunk_value(text, finish))
     }
 
-    fn chunk_value(&self, text: Option<&str>, finish: Option<&str>) -> Value {
+    fn chunk_value(&mut self, text: Option<&str>, finish: Option<&str>) -> Value {
+        let logprobs = self.take_logprobs();
         let choice = match self.kind {
             ChunkKind::Chat => {
                 let delta = match (text, finish) {
@@ -294,10 +387,10 @@ impl Chunks {
                     (None, None) => json!({"role": "assistant", "content": ""}),
                     (None, Some(_)) => json!({}),
                 };
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
             ChunkKind::Text => {
-                json!({"text": text.unwrap_or(""), "index": 0, "logprobs": null, "finish_reason": finish})
+                json!({"text": text.unwrap_or(""), "index": 0, "logprobs": logprobs, "finish_reason": finish})
             }
         };
         let mut chunk = json!({
@@ -314,40 +407,71 @@ impl Chunks {
     }
 }
 
-impl Shape for Chunks {
-    fn param_name(&self, param: Param) -> &'static str {
-        match param {
-            Param::MaxTokens => self.max_tokens_param,
-            other => other.name(),
-        }
-    }
-
-    fn body(&self, text: String, ending: &Ending) -> Value {
+impl Chunks {
+    /// One answer of a whole body, with the log-probabilities kept for it.
+    fn choice_value(&mut self, index: usize, text: String, ending: &Ending) -> Value {
         let finish = finish_reason(ending.reason);
-        let choice = match self.kind {
+        let logprobs = self.take_logprobs();
+        match self.kind {
             ChunkKind::Chat => json!({
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": text, "refusal": null},
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish,
             }),
             ChunkKind::Text => {
-                json!({"text": text, "index": 0, "logprobs": null, "finish_reason": finish})
+                json!({"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish})
             }
-        };
+        }
+    }
+
+    fn body_value(&self, choices: Vec<Value>, counts: &Usage) -> Value {
         let object = match self.kind {
             ChunkKind::Chat => "chat.completion",
             ChunkKind::Text => "text_completion",
         };
-        let mut body = json!({
+        json!({
             "id": self.id,
             "object": object,
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
-            "usage": usage(ending),
+            "choices": choices,
+            "usage": usage(counts),
             "system_fingerprint": self.fingerprint,
-        });
+        })
+    }
+}
+
+impl generation::ManyChoices for Chunks {
+    fn choices_body(&mut self, choices: Vec<generation::Choice>) -> Value {
+        let counts = generation::Choice::usage(&choices);
+        let values = choices
+            .into_iter()
+            .enumerate()
+            .map(|(index, choice)| {
+                self.text_offset = 0;
+                for token in choice.logprobs {
+                    self.logprobs(token);
+                }
+                self.choice_value(index, choice.text, &choice.ending)
+            })
+            .collect();
+        self.body_value(values, &counts)
+    }
+}
+
+impl Shape for Chunks {
+    fn param_name(&self, param: Param) -> &'static str {
+        match param {
+            Param::MaxTokens => self.max_tokens_param,
+            Param::TopLogprobs if matches!(self.kind, ChunkKind::Text) => "logprobs",
+            other => other.name(),
+        }
+    }
+
+    fn body(&mut self, text: String, ending: &Ending) -> Value {
+        let choice = self.choice_value(0, text, ending);
+        let mut body = self.body_value(vec![choice], &ending.usage);
         if let Some(grounded) = &self.grounded {
             body["choices"][0]["message"]["annotations"] = grounded.openai_annotations();
             body["airlock"] = grounded.extension();
@@ -367,6 +491,12 @@ impl Shape for Chunks {
             grounded.push(text);
         }
         vec![self.chunk(Some(text), None)]
+    }
+
+    fn logprobs(&mut self, token: TokenLogprobs) {
+        if let Some(kept) = &mut self.logprobs {
+            kept.push(token);
+        }
     }
 
     fn settle(&mut self, whole: Option<&str>, record: &RequestRecord, partial: bool) {
@@ -390,7 +520,7 @@ impl Shape for Chunks {
                 "created": self.created,
                 "model": self.model,
                 "choices": [],
-                "usage": usage(ending),
+                "usage": usage(&ending.usage),
             })));
         }
         events.push(SseEvent::default().data("[DONE]"));
@@ -487,11 +617,12 @@ async fn complete(
             ),
         ));
     }
-    refuse_if(&request.n, "n", |n| *n == 1)?;
-    refuse_if(&request.best_of, "best_of", |n| *n == 1)?;
+    let n = choice_count(request.n, request.stream)?;
+    refuse_if(&request.best_of, "best_of", |b| {
+        Some(*b) == request.n || *b == 1
+    })?;
     refuse_if(&request.echo, "echo", |v| !v)?;
     refuse_if(&request.suffix, "suffix", String::is_empty)?;
-    refuse_if(&request.logprobs, "logprobs", |v| *v == 0)?;
     refuse_if(&request.frequency_penalty, "frequency_penalty", |v| {
         *v == 0.0
     })?;
@@ -516,8 +647,10 @@ async fn complete(
         },
     };
     let include_usage = stream_usage(request.stream_options.as_ref(), request.stream)?;
+    let logprobs = request.logprobs.map(|n| n as usize);
     let params = ChatParams {
         max_tokens: request.max_tokens,
+        logprobs,
         default_max_tokens: Some(COMPLETIONS_DEFAULT_MAX_TOKENS),
         stop: stops(request.stop),
         sampling: generation::sampling(
@@ -539,8 +672,13 @@ async fn complete(
         include_usage,
         kind: ChunkKind::Text,
         max_tokens_param: "max_tokens",
+        logprobs: logprobs.map(|_| Vec::new()),
+        text_offset: 0,
     };
     let prompt = Prompt::Text(text);
+    if n > 1 {
+        return generation::answer_choices(&app, record, &served, prompt, params, n, shape).await;
+    }
     generation::answer(&app, record, &served, prompt, params, request.stream, shape).await
 }
 

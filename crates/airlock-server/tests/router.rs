@@ -447,6 +447,28 @@ async fn bad_values_are_refused_once_naming_the_parameter_as_each_api_calls_it()
         ),
         (
             "/v1/chat/completions",
+            openai_chat(json!({"logprobs": true, "top_logprobs": 21})),
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            openai_chat(json!({"top_logprobs": 2})),
+            "top_logprobs",
+        ),
+        (
+            "/v1/completions",
+            openai_text(json!({"logprobs": 30})),
+            "logprobs",
+        ),
+        ("/v1/chat/completions", openai_chat(json!({"n": 9})), "n"),
+        ("/v1/chat/completions", openai_chat(json!({"n": 0})), "n"),
+        (
+            "/v1/chat/completions",
+            openai_chat(json!({"n": 2, "stream": true})),
+            "n",
+        ),
+        (
+            "/v1/chat/completions",
             openai_chat(json!({"response_format": {"type": "json_schema",
                 "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": true}}}})),
             "response_format",
@@ -796,4 +818,28 @@ async fn both_apis_hand_a_schema_to_the_engine_compiled_and_refuse_what_cannot_b
         3,
         "no refused schema reached the engine"
     );
+}
+
+#[tokio::test]
+async fn count_tokens_counts_the_conversation_with_the_engine_and_generates_nothing() {
+    let h = Harness::with(ScriptedChat::new([]), ScriptedEmbedder::new(8, []), "");
+    let answer = h
+        .post(
+            "/v1/messages/count_tokens",
+            &json!({"model": "chat", "system": "be brief",
+                "messages": [{"role": "user", "content": "one two three"}]}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    // The scripted engine counts two per message and one per word.
+    assert_eq!(answer.json, json!({"input_tokens": 9}));
+    let refused = h
+        .post(
+            "/v1/messages/count_tokens",
+            &json!({"model": "chat", "messages": []}),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused.json["error"]["type"], "invalid_request_error");
+    assert!(h.chat.requests().is_empty(), "counting generates nothing");
 }

@@ -590,6 +590,17 @@ pub mod engine {
             Box::pin(std::future::ready(Ok(ChatStream::new(stream, Some(10)))))
         }
 
+        /// One token per word of every message, and two per message for its framing.
+        fn count_tokens(&self, prompt: &Prompt) -> Result<usize> {
+            Ok(match prompt {
+                Prompt::Chat(messages) => messages
+                    .iter()
+                    .map(|m| 2 + m.content.split_whitespace().count())
+                    .sum(),
+                Prompt::Text(text) => text.split_whitespace().count(),
+            })
+        }
+
         fn status(&self) -> EngineStatus {
             EngineStatus {
                 state: self.state.lock().unwrap().clone(),

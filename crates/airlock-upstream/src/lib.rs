@@ -281,11 +281,18 @@ impl EngineProcess {
                     body,
                     Decoder::LlamaServer {
                         prompt_tokens: prompt.len(),
+                        top_logprobs: request.logprobs(),
                     },
                     Some(prompt.len()),
                 )
             }
             None => {
+                if request.logprobs().is_some() {
+                    return Err(E::Invalid {
+                        param: airlock_engine::Param::TopLogprobs,
+                        reason: "is not passed on to vLLM processes; serve this model on the embedded engine or llama-server for log-probabilities".into(),
+                    });
+                }
                 let max_tokens = request
                     .max_tokens()
                     .unwrap_or_else(|| request.default_max_tokens());
@@ -321,6 +328,17 @@ impl EngineProcess {
 impl ChatEngine for EngineProcess {
     fn start(&self, request: ChatRequest) -> BoxFuture<'_, airlock_engine::Result<ChatStream>> {
         Box::pin(self.answer(request))
+    }
+
+    /// llama-server's prompts are tokenised here, so they are counted here; vLLM tokenises
+    /// its own.
+    fn count_tokens(&self, prompt: &airlock_engine::Prompt) -> airlock_engine::Result<usize> {
+        match &self.prompter {
+            Some(prompter) => Ok(prompter.tokens(prompt)?.len()),
+            None => Err(airlock_engine::Error::Request(
+                "vLLM processes count their own tokens; token counts are not available for this model".into(),
+            )),
+        }
     }
 
     fn status(&self) -> EngineStatus {
@@ -388,16 +406,21 @@ impl Drop for RunningGuard {
 
 /// How a process's stream is read.
 enum Decoder {
-    LlamaServer { prompt_tokens: usize },
+    LlamaServer {
+        prompt_tokens: usize,
+        /// Alternatives asked for beside each token's log-probability.
+        top_logprobs: Option<usize>,
+    },
     OpenAi(OpenAiEnding),
 }
 
 impl Decoder {
     fn chunk(&mut self, data: &str) -> Result<Chunk, String> {
         match self {
-            Self::LlamaServer { prompt_tokens } => {
-                protocol::llama_server_chunk(data, *prompt_tokens)
-            }
+            Self::LlamaServer {
+                prompt_tokens,
+                top_logprobs,
+            } => protocol::llama_server_chunk(data, *prompt_tokens, *top_logprobs),
             Self::OpenAi(ending) => ending.chunk(data),
         }
     }
@@ -439,7 +462,9 @@ impl Events {
             if let Some(data) = self.data.pop_front() {
                 match self.decoder.chunk(&data) {
                     Ok(Chunk::Nothing) => {}
-                    Ok(Chunk::Text(text)) => {
+                    Ok(Chunk::Text(text, logprobs)) => {
+                        self.pending
+                            .extend(logprobs.into_iter().map(ChatEvent::Logprobs));
                         if !text.is_empty() {
                             self.pending.push_back(ChatEvent::Text(text));
                         }

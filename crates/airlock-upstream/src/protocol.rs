@@ -9,7 +9,10 @@
 //! **vLLM**: OpenAI's `POST /v1/chat/completions` and `/v1/completions`, streamed with usage;
 //! vLLM names the stop string that ended an answer in its `stop_reason` extension.
 
-use airlock_engine::{ChatRequest, Ending, FinishReason, Message, Prompt, Role, Usage};
+use airlock_engine::{
+    ChatRequest, Ending, FinishReason, Logprob, MAX_TOP_LOGPROBS, Message, Prompt, Role,
+    TokenLogprobs, Usage,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -17,10 +20,11 @@ use serde_json::{Value, json};
 pub(crate) const SERVED_NAME: &str = "airlock";
 
 /// One decoded stream event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Chunk {
-    /// Newly generated text (possibly empty).
-    Text(String),
+    /// Newly generated text (possibly empty), and the log-probabilities of the tokens that
+    /// produced it when they were asked for.
+    Text(String, Vec<TokenLogprobs>),
     /// Text (possibly empty), then the end.
     Last(String, Ending),
     /// The process reported an error in the stream.
@@ -60,6 +64,13 @@ pub(crate) fn llama_server_body(
     if let Some(constraint) = request.constraint() {
         body["grammar"] = json!(constraint.grammar().as_ref());
     }
+    // llama-server reports the chosen token's probability only when it is among the `n_probs`
+    // it lists, so it is always asked for the most there may be; the reader keeps as many as
+    // the request wants.
+    if request.logprobs().is_some() {
+        body["n_probs"] = json!(MAX_TOP_LOGPROBS);
+        body["post_sampling_probs"] = json!(false);
+    }
     // Greedy decoding picks the most likely token, which no filter removes: keeping only it
     // spares llama-server's sampler chain a pass over the whole vocabulary for each token of
     // each sequence (the embedded engine takes the argmax for the same reason).
@@ -74,6 +85,8 @@ struct LlamaChunk {
     #[serde(default)]
     content: String,
     #[serde(default)]
+    completion_probabilities: Vec<LlamaTokenProbs>,
+    #[serde(default)]
     stop: bool,
     stop_type: Option<String>,
     stopping_word: Option<String>,
@@ -83,6 +96,51 @@ struct LlamaChunk {
     error: Option<Value>,
 }
 
+/// One token's entry in llama-server's `completion_probabilities`.
+#[derive(Debug, Deserialize)]
+struct LlamaTokenProbs {
+    id: i32,
+    bytes: Vec<u8>,
+    logprob: f32,
+    #[serde(default)]
+    top_logprobs: Vec<LlamaTopProb>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LlamaTopProb {
+    id: i32,
+    bytes: Vec<u8>,
+    logprob: f32,
+}
+
+impl LlamaTokenProbs {
+    /// The engine's account of the token with the `top` most likely alternatives. The chosen
+    /// token's log-probability is taken from the list where it is on it (llama-server sets
+    /// a token outside the list to probability 1).
+    fn into_engine(self, top: usize) -> TokenLogprobs {
+        let listed = self
+            .top_logprobs
+            .iter()
+            .find(|t| t.id == self.id)
+            .map(|t| t.logprob);
+        TokenLogprobs {
+            chosen: Logprob {
+                bytes: self.bytes,
+                logprob: listed.unwrap_or(self.logprob),
+            },
+            top: self
+                .top_logprobs
+                .into_iter()
+                .take(top)
+                .map(|t| Logprob {
+                    bytes: t.bytes,
+                    logprob: t.logprob,
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct Timings {
     /// Prompt tokens taken from the slot's cache.
@@ -90,14 +148,27 @@ struct Timings {
 }
 
 /// Reads one event of llama-server's native stream.
-pub(crate) fn llama_server_chunk(data: &str, prompt_tokens: usize) -> Result<Chunk, String> {
+/// `top`: how many alternatives the request asked to see beside each token.
+pub(crate) fn llama_server_chunk(
+    data: &str,
+    prompt_tokens: usize,
+    top: Option<usize>,
+) -> Result<Chunk, String> {
     let chunk: LlamaChunk = serde_json::from_str(data)
         .map_err(|e| format!("an event is not a completion chunk: {e}"))?;
     if let Some(error) = chunk.error {
         return Ok(Chunk::Failed(error_message(&error)));
     }
     if !chunk.stop {
-        return Ok(Chunk::Text(chunk.content));
+        let logprobs = match top {
+            Some(top) => chunk
+                .completion_probabilities
+                .into_iter()
+                .map(|t| t.into_engine(top))
+                .collect(),
+            None => Vec::new(),
+        };
+        return Ok(Chunk::Text(chunk.content, logprobs));
     }
     let (reason, stop_sequence) = match chunk.stop_type.as_deref() {
         Some("limit") => (FinishReason::Length, None),
@@ -255,7 +326,7 @@ impl OpenAiEnding {
             return Ok(if text.is_empty() {
                 Chunk::Nothing
             } else {
-                Chunk::Text(text)
+                Chunk::Text(text, Vec::new())
             });
         };
         let (reason, stop_sequence) = self
@@ -355,13 +426,14 @@ mod tests {
     #[test]
     fn llama_server_chunks_carry_text_then_the_reason_word_and_usage() {
         assert_eq!(
-            llama_server_chunk(r#"{"content":"Par","stop":false,"tokens":[1]}"#, 9),
-            Ok(Chunk::Text("Par".into()))
+            llama_server_chunk(r#"{"content":"Par","stop":false,"tokens":[1]}"#, 9, None),
+            Ok(Chunk::Text("Par".into(), Vec::new()))
         );
         let last = llama_server_chunk(
             r#"{"content":"","stop":true,"stop_type":"word","stopping_word":"END",
                 "tokens_predicted":4,"tokens_evaluated":12,"timings":{"cache_n":7}}"#,
             9,
+            None,
         );
         assert_eq!(
             last,
@@ -381,6 +453,7 @@ mod tests {
         let Ok(Chunk::Last(_, ending)) = llama_server_chunk(
             r#"{"stop":true,"stop_type":"limit","tokens_predicted":3}"#,
             9,
+            None,
         ) else {
             panic!("a limit ends the answer")
         };
@@ -390,11 +463,34 @@ mod tests {
             "our own count when none is given"
         );
         assert!(matches!(
-            llama_server_chunk(r#"{"error":{"message":"boom"}}"#, 9),
+            llama_server_chunk(r#"{"error":{"message":"boom"}}"#, 9, None),
             Ok(Chunk::Failed(m)) if m == "boom"
         ));
-        assert!(llama_server_chunk(r#"{"stop":true,"stop_type":"none"}"#, 9).is_err());
-        assert!(llama_server_chunk("not json", 9).is_err());
+        assert!(llama_server_chunk(r#"{"stop":true,"stop_type":"none"}"#, 9, None).is_err());
+        assert!(llama_server_chunk("not json", 9, None).is_err());
+    }
+
+    #[test]
+    fn llama_server_log_probabilities_become_the_engines_cut_to_what_was_asked() {
+        let data = r#"{"content":"Pa","stop":false,"completion_probabilities":[
+            {"id":5,"token":"Pa","bytes":[80,97],"logprob":0.0,"top_logprobs":[
+                {"id":7,"token":"Lo","bytes":[76,111],"logprob":-0.5},
+                {"id":5,"token":"Pa","bytes":[80,97],"logprob":-1.25},
+                {"id":9,"token":"X","bytes":[88],"logprob":-3.0}]}]}"#;
+        let Ok(Chunk::Text(text, logprobs)) = llama_server_chunk(data, 9, Some(2)) else {
+            panic!("a text chunk");
+        };
+        assert_eq!(text, "Pa");
+        assert_eq!(logprobs.len(), 1);
+        // The chosen token's value comes from the list (llama-server's own field says 0 here).
+        assert_eq!(logprobs[0].chosen.logprob, -1.25);
+        assert_eq!(logprobs[0].chosen.bytes, b"Pa");
+        assert_eq!(logprobs[0].top.len(), 2);
+        assert_eq!(logprobs[0].top[0].text(), "Lo");
+        let Ok(Chunk::Text(_, none)) = llama_server_chunk(data, 9, None) else {
+            panic!("a text chunk");
+        };
+        assert!(none.is_empty(), "none asked for, none passed on");
     }
 
     #[test]
@@ -439,7 +535,7 @@ mod tests {
         );
         assert_eq!(
             ending.chunk(r#"{"choices":[{"delta":{"content":"Paris"},"finish_reason":null}]}"#),
-            Ok(Chunk::Text("Paris".into()))
+            Ok(Chunk::Text("Paris".into(), Vec::new()))
         );
         assert_eq!(
             ending

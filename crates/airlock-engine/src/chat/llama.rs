@@ -285,6 +285,48 @@ fn all_candidates(logits: &[f32]) -> LlamaTokenDataArray {
     )
 }
 
+/// The most likely token `grammar` allows (the first of equals, as the argmax takes): the
+/// greedy choice under the grammar. The grammar is asked about the most likely tokens first,
+/// in widening tiers, so that the whole vocabulary is checked only when no likely token fits.
+fn best_allowed(grammar: &mut LlamaSampler, logits: &[f32]) -> Option<i32> {
+    let by_likelihood = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let mut from = 0;
+    for tier in [32, 512, usize::MAX] {
+        let to = tier.min(ids.len());
+        if from >= to {
+            break;
+        }
+        // The tier's tokens are the next most likely ones, in any order.
+        if to < ids.len() {
+            ids[from..].select_nth_unstable_by(to - from - 1, by_likelihood);
+        }
+        let mut candidates = LlamaTokenDataArray::new(
+            ids[from..to]
+                .iter()
+                .map(|&id| LlamaTokenData::new(LlamaToken(id as i32), logits[id as usize], 0.0))
+                .collect(),
+            false,
+        );
+        grammar.apply(&mut candidates);
+        let best = candidates
+            .data
+            .iter()
+            .filter(|t| t.logit() != f32::NEG_INFINITY)
+            .map(|t| t.id().0 as u32)
+            .min_by(by_likelihood);
+        if let Some(id) = best {
+            return Some(id as i32);
+        }
+        from = to;
+    }
+    None
+}
+
 impl Decoder for LlamaDecoder<'_> {
     type Sampler = LlamaSampling;
 
@@ -369,6 +411,9 @@ impl Decoder for LlamaDecoder<'_> {
         }
         let token = match picked {
             Some(token) => token,
+            None if chain.is_none() => {
+                best_allowed(grammar, logits).ok_or("the answer's grammar allows no next token")?
+            }
             None => {
                 let mut candidates = all_candidates(logits);
                 grammar.apply(&mut candidates);

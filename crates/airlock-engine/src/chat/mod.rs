@@ -29,7 +29,7 @@ pub use score::{ContinuationScore, MAX_SEQUENCES, Scorer, log_softmax};
 use crate::files::ModelFiles;
 use crate::interface::{
     BoxFuture, ChatEngine, ChatEvent, ChatRequest, ChatStream, Ending, EngineKind, EngineStatus,
-    Param, Prompt,
+    Param, Prompt, TokenLogprobs,
 };
 use crate::template::{ChatTemplate, Message, Segment};
 use crate::{Error, Result};
@@ -160,6 +160,8 @@ pub struct GenerateParams {
     /// A grammar (llama.cpp GBNF, root rule `root`) every token must keep the answer within;
     /// the answer ends when the grammar is complete (see [`crate::Constraint`]).
     pub grammar: Option<Arc<str>>,
+    /// Report each token's log-probability with this many most likely alternatives.
+    pub logprobs: Option<usize>,
 }
 
 /// Why a generation ended.
@@ -194,6 +196,8 @@ pub enum Event {
         id: i32,
         /// Newly visible text.
         text: String,
+        /// Its log-probability, if asked for ([`GenerateParams::logprobs`]).
+        logprobs: Option<Box<TokenLogprobs>>,
     },
     /// Generation ended; `text` is any text that was still held back.
     Done {
@@ -232,7 +236,7 @@ impl Generation {
         let mut out = Completion::default();
         while let Some(event) = self.next_blocking() {
             match event? {
-                Event::Token { id, text } => {
+                Event::Token { id, text, .. } => {
                     out.tokens.push(id);
                     out.text.push_str(&text);
                 }
@@ -354,15 +358,17 @@ impl Prompter {
 /// skipped, text released at the end sent before the ending.
 struct ChatEvents {
     generation: Generation,
-    ending: Option<Ending>,
+    /// What follows the event just returned (a token's text after its log-probability, the
+    /// ending after the last text).
+    next: Option<ChatEvent>,
 }
 
 impl Stream for ChatEvents {
     type Item = Result<ChatEvent>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(ending) = self.ending.take() {
-            return Poll::Ready(Some(Ok(ChatEvent::Done(ending))));
+        if let Some(event) = self.next.take() {
+            return Poll::Ready(Some(Ok(event)));
         }
         loop {
             let event = match self.generation.events.poll_recv(cx) {
@@ -372,6 +378,14 @@ impl Stream for ChatEvents {
                 Poll::Ready(Some(Ok(event))) => event,
             };
             match event {
+                Event::Token {
+                    text,
+                    logprobs: Some(logprobs),
+                    ..
+                } => {
+                    self.next = (!text.is_empty()).then_some(ChatEvent::Text(text));
+                    return Poll::Ready(Some(Ok(ChatEvent::Logprobs(*logprobs))));
+                }
                 Event::Token { text, .. } if text.is_empty() => {}
                 Event::Token { text, .. } => return Poll::Ready(Some(Ok(ChatEvent::Text(text)))),
                 Event::Done {
@@ -388,7 +402,7 @@ impl Stream for ChatEvents {
                     if text.is_empty() {
                         return Poll::Ready(Some(Ok(ChatEvent::Done(ending))));
                     }
-                    self.ending = Some(ending);
+                    self.next = Some(ChatEvent::Done(ending));
                     return Poll::Ready(Some(Ok(ChatEvent::Text(text))));
                 }
             }
@@ -684,11 +698,12 @@ impl<B: Backend> ChatModel<B> {
                 ignore_eos: request.ignore_eos,
                 cache_scope: request.cache_scope,
                 grammar: request.constraint.map(|c| c.grammar().clone()),
+                logprobs: request.logprobs,
             },
         )?;
         let events = ChatEvents {
             generation,
-            ending: None,
+            next: None,
         };
         Ok(ChatStream::new(events, Some(prompt_tokens)))
     }
@@ -699,6 +714,13 @@ impl<B: Backend> ChatEngine for ChatModel<B> {
         // Rendering and tokenising a prompt takes microseconds to a millisecond, less than a
         // hop to a blocking thread would cost.
         Box::pin(std::future::ready(self.answer(request)))
+    }
+
+    fn count_tokens(&self, prompt: &Prompt) -> Result<usize> {
+        Ok(match prompt {
+            Prompt::Chat(messages) => self.chat_prompt(messages)?.len(),
+            Prompt::Text(text) => self.text_prompt(text).len(),
+        })
     }
 
     fn status(&self) -> EngineStatus {

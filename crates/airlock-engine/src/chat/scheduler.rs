@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use super::backend::{Backend, BatchToken, Decoder, DecoderShape};
 use super::{Event, FinishReason, Job, Load, Usage};
 use crate::Error;
+use crate::interface::{Logprob, TokenLogprobs};
 use crate::text::{Release, TextStream};
 
 /// A generation occupying a sequence slot.
@@ -337,13 +338,22 @@ pub(super) fn run<B: Backend>(
                 finished.push(index);
                 continue;
             }
+            let logprobs = slot
+                .job
+                .params
+                .logprobs
+                .map(|top| Box::new(token_logprobs(backend, decoder.logits(at), token, top)));
             piece.clear();
             backend.append_piece(token, false, &mut piece);
             let (text, stopped) = match slot.text.push(&piece) {
                 Release::Text(t) => (t, None),
                 Release::Stopped { text, stop } => (text, Some(stop)),
             };
-            let _ = slot.job.events.send(Ok(Event::Token { id: token, text }));
+            let _ = slot.job.events.send(Ok(Event::Token {
+                id: token,
+                text,
+                logprobs,
+            }));
             let at_limit = slot
                 .job
                 .params
@@ -364,6 +374,43 @@ pub(super) fn run<B: Backend>(
             let slot = slots.running.swap_remove(index);
             slots.retire(load, slot);
         }
+    }
+}
+
+/// `token`'s log-probability under `logits` and the `top` most likely tokens' (most likely
+/// first, the first of equals first), normalised in f64 as llama.cpp's server does.
+fn token_logprobs<B: Backend>(
+    backend: &B,
+    logits: &[f32],
+    token: i32,
+    top: usize,
+) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_sum = f64::from(max) + sum.ln();
+    let logprob = |id: i32| Logprob {
+        bytes: {
+            let mut bytes = Vec::new();
+            backend.append_piece(id, false, &mut bytes);
+            bytes
+        },
+        logprob: (f64::from(logits[id as usize]) - log_sum) as f32,
+    };
+    let by_likelihood = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let top = top.min(ids.len());
+    if top > 0 && top < ids.len() {
+        ids.select_nth_unstable_by(top - 1, by_likelihood);
+    }
+    ids.truncate(top);
+    ids.sort_unstable_by(by_likelihood);
+    TokenLogprobs {
+        chosen: logprob(token),
+        top: ids.into_iter().map(|id| logprob(id as i32)).collect(),
     }
 }
 
