@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::registry::Site;
-use crate::serve::{Server, audit_matching, chat_body, create_key, sdk_e2e, site_with_models};
+use crate::serve::{
+    Server, audit_matching, chat_body, create_key, sdk_e2e, sdk_tools, site_with_models,
+};
 use crate::support::{llama_server, run};
 
 /// A config file serving `chat` from SmolLM2 on a supervised llama-server (and `embed` on the
@@ -80,6 +82,8 @@ fn the_official_sdks_work_unchanged_through_a_supervised_llama_server() {
     assert_eq!(status["state"], "ready");
     assert!(status["pid"].as_u64().is_some());
     sdk_e2e(&server, &key);
+    // Function calls: the grammar that constrains the call reaches llama-server.
+    sdk_tools(&server, &key);
 }
 
 #[test]

@@ -326,6 +326,28 @@ pub(crate) fn sdk_script(venv: &str, script: &str, args: &[&str]) -> Run {
     out
 }
 
+/// Runs `scripts/sdk-tools.py` (call, result, answer; required and named choices, streamed
+/// and not, both SDKs) against `server`'s `chat` model, with the pinned SDKs and the newest.
+pub(crate) fn sdk_tools(server: &Server, key: &str) {
+    for venv in SDK_VENVS {
+        let out = sdk_script(
+            venv,
+            "sdk-tools.py",
+            &[&format!("http://{}", server.addr), key, "chat"],
+        );
+        eprintln!("{}", out.stdout);
+        assert!(out.json()["passed"].as_u64().unwrap() >= 32, "{venv}");
+    }
+}
+
+#[test]
+fn function_calls_round_trip_through_both_sdks_with_arguments_that_match_their_schemas() {
+    let site = site_with_models();
+    let (key, _) = create_key(&site, &["--name", "sdk"]);
+    let server = Server::start(&site, &[]);
+    sdk_tools(&server, &key);
+}
+
 #[test]
 fn structured_output_through_the_newest_sdks_parses_twenty_schemas_and_refuses_hostile_ones() {
     let site = site_with_models();

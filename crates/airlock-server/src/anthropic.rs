@@ -1,8 +1,11 @@
 //! The Anthropic Messages API: `POST /v1/messages`, plain and streamed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use airlock_engine::{ChatParams, Ending, FinishReason, Message, Param, Prompt, Role};
+use airlock_engine::{
+    ChatParams, Ending, FinishReason, Message, OutputFormat, Param, Prompt, Role,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
@@ -17,6 +20,7 @@ use crate::gate::RequestRecord;
 use crate::generation::{self, Shape, TextContent, parse_body, refuse_if, served_model};
 use crate::rag::{self, Grounded};
 use crate::structured;
+use crate::tools;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +62,8 @@ struct MessagesRequest {
 }
 
 /// The conversation a Messages request describes: its system prompt, then its messages.
+/// Calls (`tool_use` blocks) and their results (`tool_result` blocks) are written as the
+/// functions' prompt asks the model to write and read them.
 fn conversation(
     system: Option<TextContent>,
     messages: Vec<InputMessage>,
@@ -73,6 +79,7 @@ fn conversation(
     if let Some(system) = system {
         conversation.push(Message::new(Role::System, system.text("system")?));
     }
+    let mut called: HashMap<String, String> = HashMap::new();
     for m in messages {
         let role = match m.role.as_str() {
             "user" => Role::User,
@@ -90,9 +97,176 @@ fn conversation(
                 ));
             }
         };
-        conversation.push(Message::new(role, m.content.text("messages")?));
+        let parts = match m.content {
+            TextContent::Text(text) => {
+                conversation.push(Message::new(role, text));
+                continue;
+            }
+            TextContent::Parts(parts) => parts,
+        };
+        let mut texts = Vec::new();
+        let mut calls = Vec::new();
+        for part in parts {
+            match part.get("type").and_then(Value::as_str) {
+                Some("tool_use") if role == Role::Assistant => {
+                    let (Some(id), Some(name)) = (
+                        part.get("id").and_then(Value::as_str),
+                        part.get("name").and_then(Value::as_str),
+                    ) else {
+                        return Err(ApiError::invalid_param(
+                            "messages",
+                            "a tool_use block needs an id and a name",
+                        ));
+                    };
+                    called.insert(id.to_owned(), name.to_owned());
+                    calls.push(tools::ToolCall {
+                        name: name.to_owned(),
+                        arguments: part.get("input").cloned().unwrap_or_else(|| json!({})),
+                    });
+                }
+                Some("tool_result") if role == Role::User => {
+                    let id = part
+                        .get("tool_use_id")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| {
+                            ApiError::invalid_param(
+                                "messages",
+                                "a tool_result block needs a tool_use_id",
+                            )
+                        })?;
+                    let content = match part.get("content") {
+                        None | Some(Value::Null) => String::new(),
+                        Some(Value::String(text)) => text.clone(),
+                        Some(Value::Array(blocks)) => {
+                            TextContent::Parts(blocks.clone()).text("messages")?
+                        }
+                        Some(_) => {
+                            return Err(ApiError::invalid_param(
+                                "messages",
+                                "a tool_result's content is text or a list of text blocks",
+                            ));
+                        }
+                    };
+                    let failed = part
+                        .get("is_error")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    texts.push(tools::result_text(
+                        called.get(id).map(String::as_str),
+                        &content,
+                        failed,
+                    ));
+                }
+                _ => texts.push(TextContent::Parts(vec![part]).text("messages")?),
+            }
+        }
+        // An assistant turn that calls is written as the call alone, as the model would.
+        let content = if calls.is_empty() {
+            texts.concat()
+        } else {
+            tools::calls_text(&calls)
+        };
+        conversation.push(Message::new(role, content));
     }
     Ok(conversation)
+}
+
+/// `tools` and `tool_choice` of a Messages request, read into the functions offered.
+fn offered_tools(
+    tools: Option<Value>,
+    choice: Option<Value>,
+) -> Result<Option<tools::Tools>, ApiError> {
+    let invalid = |message: String| ApiError::invalid_param("tools", message);
+    let list = match tools {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(invalid("tools must be a list".into())),
+    };
+    let mut offered = Vec::with_capacity(list.len());
+    for tool in list {
+        let Some(object) = tool.as_object() else {
+            return Err(invalid("a tool must be an object".into()));
+        };
+        if object
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != "custom")
+        {
+            return Err(ApiError::unsupported(
+                "tools",
+                "only custom tools (name, description, input_schema) are supported",
+            ));
+        }
+        if let Some(extra) = object.keys().find(|k| {
+            ![
+                "name",
+                "description",
+                "input_schema",
+                "type",
+                "cache_control",
+            ]
+            .contains(&k.as_str())
+        }) {
+            return Err(invalid(format!("a tool has an unknown field {extra:?}")));
+        }
+        offered.push(tools::Tool {
+            name: object
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("a tool needs a name".into()))?
+                .to_owned(),
+            description: object
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            parameters: object
+                .get("input_schema")
+                .cloned()
+                .ok_or_else(|| invalid("a tool needs an input_schema".into()))?,
+        });
+    }
+    let (choice, parallel) = match choice {
+        None | Some(Value::Null) => (tools::ToolChoice::Auto, true),
+        Some(choice) => {
+            let parallel = !choice
+                .get("disable_parallel_tool_use")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let kind = match choice.get("type").and_then(Value::as_str) {
+                Some("auto") => tools::ToolChoice::Auto,
+                Some("any") => tools::ToolChoice::Required,
+                Some("none") => tools::ToolChoice::None,
+                Some("tool") => tools::ToolChoice::Named(
+                    choice
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| {
+                            ApiError::invalid_param(
+                                "tool_choice",
+                                "tool_choice of type tool needs a name",
+                            )
+                        })?
+                        .to_owned(),
+                ),
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        "tool_choice",
+                        "tool_choice type must be auto, any, tool or none",
+                    ));
+                }
+            };
+            (kind, parallel)
+        }
+    };
+    tools::Tools::new(
+        offered,
+        choice,
+        parallel,
+        &tools::ParamNames {
+            tools: "tools",
+            tool_choice: "tool_choice",
+        },
+    )
 }
 
 /// The body of `POST /v1/messages/count_tokens`.
@@ -128,15 +302,15 @@ async fn count(
 ) -> Result<Response, ApiError> {
     let request: CountTokensRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
     let served = served_model(&app, &record, &request.model)?;
-    refuse_if(&request.tools, "tools", |v| {
-        v.as_array().is_some_and(|a| a.is_empty()) || v.is_null()
-    })?;
-    refuse_if(&request.tool_choice, "tool_choice", Value::is_null)?;
+    let offered = offered_tools(request.tools, request.tool_choice)?;
     refuse_if(&request.thinking, "thinking", |v| {
         v.get("type").and_then(Value::as_str) == Some("disabled") || v.is_null()
     })?;
     structured::anthropic_output_config(request.output_config)?;
-    let conversation = conversation(request.system, request.messages)?;
+    let mut conversation = conversation(request.system, request.messages)?;
+    if let Some(tools) = &offered {
+        tools::offer(&mut conversation, tools);
+    }
     let engine = served.chat()?;
     let tokens = engine
         .count_tokens(&Prompt::Chat(conversation))
@@ -163,15 +337,33 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let request: MessagesRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
     let served = served_model(&app, &record, &request.model)?;
-    refuse_if(&request.tools, "tools", |v| {
-        v.as_array().is_some_and(|a| a.is_empty()) || v.is_null()
-    })?;
-    refuse_if(&request.tool_choice, "tool_choice", Value::is_null)?;
+    let offered = offered_tools(request.tools, request.tool_choice)?;
     refuse_if(&request.thinking, "thinking", |v| {
         v.get("type").and_then(Value::as_str) == Some("disabled") || v.is_null()
     })?;
+    if offered.is_some() && rag::answers_from_collections(&app, &served.alias) {
+        return Err(ApiError::unsupported(
+            "tools",
+            format!(
+                "model {} answers from collections, without tools",
+                served.alias
+            ),
+        ));
+    }
     let mut conversation = conversation(request.system, request.messages)?;
-    let format = structured::anthropic_output_config(request.output_config)?;
+    if let Some(tools) = &offered {
+        tools::offer(&mut conversation, tools);
+    }
+    let mut format = structured::anthropic_output_config(request.output_config)?;
+    if let Some(tools) = offered.as_ref().filter(|t| t.forces_a_call()) {
+        if format != OutputFormat::Text {
+            return Err(ApiError::invalid_param(
+                "output_config.format",
+                "output_config.format cannot be combined with a tool_choice that requires a call",
+            ));
+        }
+        format = tools.format();
+    }
     let params = ChatParams {
         max_tokens: Some(request.max_tokens),
         format,
@@ -198,6 +390,8 @@ async fn handle(
         id: format!("msg_{}", record.id()),
         model: served.alias.clone(),
         grounded,
+        tools: offered,
+        held: String::new(),
     };
     let prompt = Prompt::Chat(conversation);
     generation::answer(&app, record, &served, prompt, params, request.stream, shape).await
@@ -227,6 +421,20 @@ fn event(name: &str, value: &Value) -> SseEvent {
     SseEvent::default().event(name).data(value.to_string())
 }
 
+fn text_block_start() -> SseEvent {
+    event(
+        "content_block_start",
+        &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    )
+}
+
+fn text_delta(text: &str) -> SseEvent {
+    event(
+        "content_block_delta",
+        &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+    )
+}
+
 /// The Messages stream: `message_start`, `content_block_start`, `ping`,
 /// `content_block_delta`..., `content_block_stop`, `message_delta`, `message_stop`.
 struct MessageEvents {
@@ -234,6 +442,30 @@ struct MessageEvents {
     model: String,
     /// The sources of a RAG model's answer.
     grounded: Option<Grounded>,
+    /// The functions offered. The answer is then held until its end, when it is known to be
+    /// calls (`tool_use` blocks) or text.
+    tools: Option<tools::Tools>,
+    /// Text held back while it may be a call.
+    held: String,
+}
+
+impl MessageEvents {
+    /// `tool_use` blocks for the calls `text` makes, if functions were offered and it is a
+    /// call object.
+    fn tool_uses(&self, text: &str) -> Option<Vec<Value>> {
+        let calls = self.tools.as_ref()?.calls(text)?;
+        let request = self.id.strip_prefix("msg_").unwrap_or(&self.id);
+        Some(
+            calls
+                .into_iter()
+                .enumerate()
+                .map(|(i, call)| {
+                    json!({"type": "tool_use", "id": format!("toolu_{request}_{i}"),
+                        "name": call.name, "input": call.arguments})
+                })
+                .collect(),
+        )
+    }
 }
 
 impl Shape for MessageEvents {
@@ -246,13 +478,17 @@ impl Shape for MessageEvents {
     }
 
     fn body(&mut self, text: String, ending: &Ending) -> Value {
+        let (content, reason) = match self.tool_uses(&text) {
+            Some(uses) => (Value::Array(uses), "tool_use"),
+            None => (json!([{"type": "text", "text": text}]), stop_reason(ending)),
+        };
         let mut body = json!({
             "id": self.id,
             "type": "message",
             "role": "assistant",
             "model": self.model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": stop_reason(ending),
+            "content": content,
+            "stop_reason": reason,
             "stop_sequence": ending.stop_sequence,
             "usage": usage(ending),
         });
@@ -264,31 +500,31 @@ impl Shape for MessageEvents {
     }
 
     fn start(&mut self, prompt_tokens: Option<usize>) -> Vec<SseEvent> {
-        vec![
-            event(
-                "message_start",
-                &json!({"type": "message_start", "message": {
-                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                    "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": prompt_tokens.unwrap_or(0), "output_tokens": 0},
-                }}),
-            ),
-            event(
-                "content_block_start",
-                &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            ),
-            event("ping", &json!({"type": "ping"})),
-        ]
+        let mut events = vec![event(
+            "message_start",
+            &json!({"type": "message_start", "message": {
+                "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": prompt_tokens.unwrap_or(0), "output_tokens": 0},
+            }}),
+        )];
+        // With functions offered, the first block's type is known only at the end.
+        if self.tools.is_none() {
+            events.push(text_block_start());
+        }
+        events.push(event("ping", &json!({"type": "ping"})));
+        events
     }
 
     fn delta(&mut self, text: &str) -> Vec<SseEvent> {
         if let Some(grounded) = &mut self.grounded {
             grounded.push(text);
         }
-        vec![event(
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
-        )]
+        if self.tools.is_some() {
+            self.held.push_str(text);
+            return Vec::new();
+        }
+        vec![text_delta(text)]
     }
 
     fn settle(&mut self, whole: Option<&str>, record: &RequestRecord, partial: bool) {
@@ -299,6 +535,46 @@ impl Shape for MessageEvents {
 
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
         let mut events = Vec::new();
+        if self.tools.is_some() {
+            let held = std::mem::take(&mut self.held);
+            match self.tool_uses(&held) {
+                Some(uses) => {
+                    // Each call as its own block: the call with empty input, then the input
+                    // whole as one JSON delta, as the Messages stream sends them.
+                    for (index, mut block) in uses.into_iter().enumerate() {
+                        let input = block["input"].take();
+                        block["input"] = json!({});
+                        events.push(event(
+                            "content_block_start",
+                            &json!({"type": "content_block_start", "index": index, "content_block": block}),
+                        ));
+                        events.push(event(
+                            "content_block_delta",
+                            &json!({"type": "content_block_delta", "index": index,
+                                "delta": {"type": "input_json_delta", "partial_json": input.to_string()}}),
+                        ));
+                        events.push(event(
+                            "content_block_stop",
+                            &json!({"type": "content_block_stop", "index": index}),
+                        ));
+                    }
+                    events.push(event(
+                        "message_delta",
+                        &json!({"type": "message_delta",
+                            "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                            "usage": usage(ending)}),
+                    ));
+                    events.push(event("message_stop", &json!({"type": "message_stop"})));
+                    return events;
+                }
+                None => {
+                    events.push(text_block_start());
+                    if !held.is_empty() {
+                        events.push(text_delta(&held));
+                    }
+                }
+            }
+        }
         let mut message_delta = json!({"type": "message_delta",
             "delta": {"stop_reason": stop_reason(ending), "stop_sequence": ending.stop_sequence},
             "usage": usage(ending)});

@@ -35,6 +35,7 @@ pub mod models;
 mod openai;
 mod rag;
 mod structured;
+mod tools;
 mod vector_stores;
 
 use std::future::Future;

@@ -5,10 +5,12 @@
 //! server does not implement (`n` > 1, tools, logprobs, ...) get a 400 rather than being
 //! silently ignored.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use airlock_engine::{
-    ChatParams, Ending, FinishReason, Logprob, Message, Param, Prompt, Role, TokenLogprobs, Usage,
+    ChatParams, Ending, FinishReason, Logprob, Message, OutputFormat, Param, Prompt, Role,
+    TokenLogprobs, Usage,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -29,6 +31,7 @@ use crate::generation::{
 };
 use crate::rag::{self, Grounded};
 use crate::structured;
+use crate::tools;
 
 /// Answers with the handler's response, or its error in OpenAI's shape.
 fn respond(result: Result<Response, ApiError>) -> Response {
@@ -64,6 +67,37 @@ struct ChatMessage {
         reason = "accepted for compatibility; names do not reach the template"
     )]
     name: Option<String>,
+    /// An assistant turn's calls.
+    tool_calls: Option<Vec<MessageToolCall>>,
+    /// The call a `tool` message answers.
+    tool_call_id: Option<String>,
+    // What an SDK sends back when an answer object is appended to the conversation as is.
+    #[expect(dead_code, reason = "accepted for compatibility; carries nothing here")]
+    refusal: Option<Value>,
+    #[expect(dead_code, reason = "accepted for compatibility; carries nothing here")]
+    annotations: Option<Value>,
+    #[expect(dead_code, reason = "accepted for compatibility; carries nothing here")]
+    audio: Option<Value>,
+    #[expect(dead_code, reason = "accepted for compatibility; carries nothing here")]
+    function_call: Option<Value>,
+}
+
+/// A call in an assistant message: `{"id", "type": "function", "function": {"name", "arguments"}}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageToolCall {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    function: CalledFunction,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CalledFunction {
+    name: String,
+    /// The arguments as a JSON text.
+    arguments: String,
 }
 
 /// The request body of `POST /v1/chat/completions`.
@@ -124,49 +158,175 @@ impl ChatRequest {
         refuse_if(&self.logit_bias, "logit_bias", |v| {
             v.as_object().is_some_and(|o| o.is_empty()) || v.is_null()
         })?;
-        refuse_if(&self.tools, "tools", |v| {
-            v.as_array().is_some_and(|a| a.is_empty()) || v.is_null()
-        })?;
-        refuse_if(&self.tool_choice, "tool_choice", |v| {
-            v == "none" || v.is_null()
-        })?;
         refuse_if(&self.functions, "functions", Value::is_null)?;
         refuse_if(&self.function_call, "function_call", |v| {
             v == "none" || v.is_null()
         })?;
-        refuse_if(&self.parallel_tool_calls, "parallel_tool_calls", |_| true)?;
         refuse_if(&self.store, "store", |v| !v)?;
         Ok(())
     }
 }
 
 fn messages(raw: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
-    raw.into_iter()
-        .map(|m| {
-            let role = match m.role.as_str() {
-                "system" | "developer" => Role::System,
-                "user" => Role::User,
-                "assistant" => Role::Assistant,
-                "tool" | "function" => {
-                    return Err(ApiError::unsupported(
-                        "messages",
-                        format!("{} messages are not supported (no tools here)", m.role),
-                    ));
+    // Which function each earlier call went to, for the results that answer them.
+    let mut called: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for m in raw {
+        let text = |content: Option<TextContent>| match content {
+            Some(c) => c.text("messages"),
+            None => Ok(String::new()),
+        };
+        let message = match m.role.as_str() {
+            "system" | "developer" => Message::new(Role::System, required(m.content)?),
+            "user" => Message::new(Role::User, required(m.content)?),
+            "assistant" => match m.tool_calls.filter(|calls| !calls.is_empty()) {
+                Some(calls) => {
+                    let mut parsed = Vec::with_capacity(calls.len());
+                    for call in calls {
+                        if call.kind != "function" {
+                            return Err(ApiError::invalid_param(
+                                "messages",
+                                format!("tool calls of type {:?} are not supported", call.kind),
+                            ));
+                        }
+                        let arguments =
+                            serde_json::from_str(&call.function.arguments).map_err(|e| {
+                                ApiError::invalid_param(
+                                    "messages",
+                                    format!(
+                                        "the arguments of call {:?} are not JSON: {e}",
+                                        call.id
+                                    ),
+                                )
+                            })?;
+                        called.insert(call.id, call.function.name.clone());
+                        parsed.push(tools::ToolCall {
+                            name: call.function.name,
+                            arguments,
+                        });
+                    }
+                    Message::new(Role::Assistant, tools::calls_text(&parsed))
                 }
-                other => {
-                    return Err(ApiError::invalid_param(
-                        "messages",
-                        format!("unknown message role {other:?}"),
-                    ));
-                }
-            };
-            let content = m
-                .content
-                .ok_or_else(|| ApiError::invalid_param("messages", "a message has no content"))?
-                .text("messages")?;
-            Ok(Message::new(role, content))
-        })
-        .collect()
+                None => Message::new(Role::Assistant, required(m.content)?),
+            },
+            "tool" => {
+                let id = m.tool_call_id.ok_or_else(|| {
+                    ApiError::invalid_param("messages", "a tool message needs a tool_call_id")
+                })?;
+                let result = text(m.content)?;
+                Message::new(
+                    Role::User,
+                    tools::result_text(called.get(&id).map(String::as_str), &result, false),
+                )
+            }
+            "function" => {
+                return Err(ApiError::unsupported(
+                    "messages",
+                    "function messages are deprecated and not supported; use tool messages",
+                ));
+            }
+            other => {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!("unknown message role {other:?}"),
+                ));
+            }
+        };
+        out.push(message);
+    }
+    Ok(out)
+}
+
+fn required(content: Option<TextContent>) -> Result<String, ApiError> {
+    content
+        .ok_or_else(|| ApiError::invalid_param("messages", "a message has no content"))?
+        .text("messages")
+}
+
+/// `tools`, `tool_choice` and `parallel_tool_calls`, read into the functions offered.
+fn offered_tools(
+    tools: Option<Value>,
+    choice: Option<Value>,
+    parallel: Option<bool>,
+) -> Result<Option<tools::Tools>, ApiError> {
+    let invalid = |message: String| ApiError::invalid_param("tools", message);
+    let list = match tools {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(invalid("tools must be a list".into())),
+    };
+    let mut offered = Vec::with_capacity(list.len());
+    for tool in list {
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ApiError::unsupported(
+                "tools",
+                "only tools of type function are supported",
+            ));
+        }
+        let function = tool
+            .get("function")
+            .and_then(Value::as_object)
+            .ok_or_else(|| invalid("a tool needs a function object".into()))?;
+        if let Some(extra) = function
+            .keys()
+            .find(|k| !["name", "description", "parameters", "strict"].contains(&k.as_str()))
+        {
+            return Err(invalid(format!(
+                "a function has an unknown field {extra:?}"
+            )));
+        }
+        offered.push(tools::Tool {
+            name: function
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("a function needs a name".into()))?
+                .to_owned(),
+            description: function
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            parameters: function
+                .get("parameters")
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        });
+    }
+    let choice = match choice {
+        None | Some(Value::Null) => tools::ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => tools::ToolChoice::None,
+            "auto" => tools::ToolChoice::Auto,
+            "required" => tools::ToolChoice::Required,
+            other => {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    format!("tool_choice {other:?} is unknown (expected none, auto, required or a function)"),
+                ));
+            }
+        },
+        Some(named) => tools::ToolChoice::Named(
+            named
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::invalid_param(
+                        "tool_choice",
+                        "tool_choice names a function as {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                    )
+                })?
+                .to_owned(),
+        ),
+    };
+    tools::Tools::new(
+        offered,
+        choice,
+        parallel.unwrap_or(true),
+        &tools::ParamNames {
+            tools: "tools",
+            tool_choice: "tool_choice",
+        },
+    )
 }
 
 /// `POST /v1/chat/completions`.
@@ -201,10 +361,34 @@ async fn chat(
         }
         (_, None) => None,
     };
+    let offered = offered_tools(
+        request.tools,
+        request.tool_choice,
+        request.parallel_tool_calls,
+    )?;
+    let mut format = structured::openai_response_format(request.response_format)?;
+    if let Some(tools) = offered.as_ref().filter(|t| t.forces_a_call()) {
+        if format != OutputFormat::Text {
+            return Err(ApiError::invalid_param(
+                "response_format",
+                "response_format cannot be combined with a tool_choice that requires a call",
+            ));
+        }
+        format = tools.format();
+    }
+    if offered.is_some() && rag::answers_from_collections(&app, &served.alias) {
+        return Err(ApiError::unsupported(
+            "tools",
+            format!(
+                "model {} answers from collections, without tools",
+                served.alias
+            ),
+        ));
+    }
     let params = ChatParams {
         max_tokens,
         logprobs,
-        format: structured::openai_response_format(request.response_format)?,
+        format,
         stop: stops(request.stop),
         sampling: generation::sampling(
             request.temperature,
@@ -217,6 +401,9 @@ async fn chat(
         ..ChatParams::default()
     };
     let mut conversation = messages(request.messages)?;
+    if let Some(tools) = &offered {
+        tools::offer(&mut conversation, tools);
+    }
     let grounded = rag::ground(
         &app,
         &record,
@@ -235,6 +422,8 @@ async fn chat(
     let prompt = Prompt::Chat(conversation);
     let shape = Chunks {
         grounded,
+        tools: offered,
+        held: String::new(),
         id: format!("chatcmpl-{}", record.id()),
         created: crate::unix_now(),
         model: served.alias.clone(),
@@ -303,6 +492,11 @@ enum ChunkKind {
 struct Chunks {
     /// The sources of a RAG model's answer.
     grounded: Option<Grounded>,
+    /// The functions offered. An answer is then held until its end, when it is known to be
+    /// calls or text.
+    tools: Option<tools::Tools>,
+    /// Text held back while it may be a call.
+    held: String,
     id: String,
     created: u64,
     model: String,
@@ -413,16 +607,44 @@ impl Chunks {
         let finish = finish_reason(ending.reason);
         let logprobs = self.take_logprobs();
         match self.kind {
-            ChunkKind::Chat => json!({
-                "index": index,
-                "message": {"role": "assistant", "content": text, "refusal": null},
-                "logprobs": logprobs,
-                "finish_reason": finish,
-            }),
+            ChunkKind::Chat => match self.calls(index, &text) {
+                Some(calls) => json!({
+                    "index": index,
+                    "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": calls},
+                    "logprobs": logprobs,
+                    "finish_reason": "tool_calls",
+                }),
+                None => json!({
+                    "index": index,
+                    "message": {"role": "assistant", "content": text, "refusal": null},
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                }),
+            },
             ChunkKind::Text => {
                 json!({"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish})
             }
         }
+    }
+
+    /// The calls `text` makes (OpenAI's `tool_calls`), if functions were offered and it is
+    /// a call object. Ids are unique per request and answer.
+    fn calls(&self, answer: usize, text: &str) -> Option<Vec<Value>> {
+        let calls = self.tools.as_ref()?.calls(text)?;
+        let request = self.id.strip_prefix("chatcmpl-").unwrap_or(&self.id);
+        Some(
+            calls
+                .into_iter()
+                .enumerate()
+                .map(|(i, call)| {
+                    json!({
+                        "id": format!("call_{request}_{answer}_{i}"),
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments.to_string()},
+                    })
+                })
+                .collect(),
+        )
     }
 
     fn body_value(&self, choices: Vec<Value>, counts: &Usage) -> Value {
@@ -490,6 +712,10 @@ impl Shape for Chunks {
         if let Some(grounded) = &mut self.grounded {
             grounded.push(text);
         }
+        if self.tools.is_some() {
+            self.held.push_str(text);
+            return Vec::new();
+        }
         vec![self.chunk(Some(text), None)]
     }
 
@@ -506,13 +732,32 @@ impl Shape for Chunks {
     }
 
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
-        let mut last = self.chunk_value(None, Some(finish_reason(ending.reason)));
+        let mut events = Vec::new();
+        let mut finish = finish_reason(ending.reason);
+        if self.tools.is_some() {
+            let held = std::mem::take(&mut self.held);
+            match self.calls(0, &held) {
+                Some(calls) => {
+                    // Each call whole, in the shape of OpenAI's tool-call deltas.
+                    for (index, mut call) in calls.into_iter().enumerate() {
+                        call["index"] = json!(index);
+                        let mut chunk = self.chunk_value(None, None);
+                        chunk["choices"][0]["delta"] = json!({"tool_calls": [call]});
+                        events.push(data(&chunk));
+                    }
+                    finish = "tool_calls";
+                }
+                None if !held.is_empty() => events.push(self.chunk(Some(&held), None)),
+                None => {}
+            }
+        }
+        let mut last = self.chunk_value(None, Some(finish));
         // Citations come with the final chunk, once the whole answer could be checked.
         if let Some(grounded) = &self.grounded {
             last["choices"][0]["delta"]["annotations"] = grounded.openai_annotations();
             last["airlock"] = grounded.extension();
         }
-        let mut events = vec![data(&last)];
+        events.push(data(&last));
         if self.include_usage {
             events.push(data(&json!({
                 "id": self.id,
@@ -665,6 +910,8 @@ async fn complete(
     };
     let shape = Chunks {
         grounded: None,
+        tools: None,
+        held: String::new(),
         id: format!("cmpl-{}", record.id()),
         created: crate::unix_now(),
         model: served.alias.clone(),

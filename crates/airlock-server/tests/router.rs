@@ -843,3 +843,133 @@ async fn count_tokens_counts_the_conversation_with_the_engine_and_generates_noth
     assert_eq!(refused.json["error"]["type"], "invalid_request_error");
     assert!(h.chat.requests().is_empty(), "counting generates nothing");
 }
+
+#[tokio::test]
+async fn calls_come_back_in_each_apis_own_shape_whole_and_streamed_and_earlier_calls_reach_the_model()
+ {
+    let call = r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]}"#;
+    // The same call, split as a model streams it.
+    let pieces = [&call[..20], &call[20..]];
+    let h = Harness::new(ScriptedChat::new([
+        Reply::text(pieces),
+        Reply::text(pieces),
+        Reply::text(pieces),
+        Reply::text(pieces),
+        Reply::text(["It is sunny."]),
+    ]));
+    let schema =
+        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+    let openai_tools =
+        json!([{"type": "function", "function": {"name": "get_weather", "parameters": schema}}]);
+    let anthropic_tools = json!([{"name": "get_weather", "input_schema": schema}]);
+
+    let whole = h
+        .post(
+            "/v1/chat/completions",
+            &openai_chat(json!({"tools": openai_tools, "tool_choice": "required"})),
+        )
+        .await;
+    let choice = &whole.json["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{}", whole.text);
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1]["function"]["name"], "get_weather");
+    assert_eq!(calls[1]["function"]["arguments"], r#"{"city":"Rome"}"#);
+    assert_ne!(calls[0]["id"], calls[1]["id"]);
+
+    let streamed = h
+        .post(
+            "/v1/chat/completions",
+            &openai_chat(json!({"tools": openai_tools, "stream": true})),
+        )
+        .await;
+    let events = streamed.events();
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert_eq!(deltas.len(), 2, "{}", streamed.text);
+    assert_eq!(deltas[1]["index"], 1);
+    assert_eq!(deltas[0]["function"]["arguments"], r#"{"city":"Oslo"}"#);
+    assert!(events.iter().all(|e| {
+        e["choices"][0]["delta"]["content"]
+            .as_str()
+            .is_none_or(str::is_empty)
+    }));
+    assert_eq!(
+        events.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+
+    let whole = h
+        .post(
+            "/v1/messages",
+            &anthropic(json!({"tools": anthropic_tools, "tool_choice": {"type": "any"}})),
+        )
+        .await;
+    assert_eq!(whole.json["stop_reason"], "tool_use", "{}", whole.text);
+    assert_eq!(whole.json["content"][0]["type"], "tool_use");
+    assert_eq!(whole.json["content"][1]["input"], json!({"city": "Rome"}));
+
+    let streamed = h
+        .post(
+            "/v1/messages",
+            &anthropic(json!({"tools": anthropic_tools, "stream": true})),
+        )
+        .await;
+    let events = streamed.events();
+    let starts: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "content_block_start")
+        .collect();
+    assert_eq!(starts.len(), 2, "{}", streamed.text);
+    assert_eq!(starts[0]["content_block"]["type"], "tool_use");
+    let json_deltas: Vec<&str> = events
+        .iter()
+        .filter(|e| e["delta"]["type"] == "input_json_delta")
+        .map(|e| e["delta"]["partial_json"].as_str().unwrap())
+        .collect();
+    assert_eq!(json_deltas, [r#"{"city":"Oslo"}"#, r#"{"city":"Rome"}"#]);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["delta"]["stop_reason"] == "tool_use")
+    );
+
+    // A conversation with a call and its result: both reach the model as text, after the
+    // functions' prompt in the system message.
+    h.post(
+        "/v1/chat/completions",
+        &openai_chat(json!({"tools": openai_tools, "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": null, "refusal": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]})),
+    )
+    .await;
+    let requests = h.chat.requests();
+    let Prompt::Chat(conversation) = requests.last().unwrap().prompt() else {
+        panic!("a conversation");
+    };
+    assert!(
+        conversation[0]
+            .content
+            .starts_with("Be brief.\n\nYou can call functions.")
+    );
+    assert!(conversation[0].content.contains("get_weather"));
+    assert_eq!(
+        conversation[2].content,
+        r#"{"tool_calls":[{"arguments":{"city":"Oslo"},"name":"get_weather"}]}"#
+    );
+    assert_eq!(
+        conversation[3].content,
+        "Function get_weather returned:\nsunny"
+    );
+    assert!(
+        requests[0].constraint().is_some(),
+        "required: calls constrained"
+    );
+    assert!(requests[1].constraint().is_none(), "auto: free");
+}
