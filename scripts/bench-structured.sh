@@ -90,7 +90,7 @@ def ask(host, auth, topic, constrained):
     body = {
         "model": "chat",
         "messages": [{"role": "user", "content": f"Describe {topic} as a JSON object with a name, category, three facts, a rating and details."}],
-        "temperature": 0, "max_tokens": 256,
+        "temperature": 0, "max_tokens": 160,
         "stream": True, "stream_options": {"include_usage": True},
     }
     if constrained:

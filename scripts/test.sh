@@ -2,8 +2,8 @@
 # The whole test suite, from a fresh machine: installs what it needs, fetches the pinned
 # default models and llama.cpp's tools, then runs formatting and lint checks, every Rust test,
 # the verify and import benchmarks (which also check that memory stays bounded), the diode
-# benchmark's delivery check, the engine, retrieval, RAG-answer, eval and confinement benchmarks'
-# smoke runs, the network-silence test (the demo and the official SDKs in a loopback-only
+# benchmark's delivery check, the engine, retrieval, RAG-answer, eval, structured-output and
+# confinement benchmarks' smoke runs, the network-silence test (the demo and the official SDKs in a loopback-only
 # network namespace, every airlock process under strace), and the server's overhead
 # benchmark and bounded load test (64 streaming clients for 60 s; fails on errors other than
 # 429s or on memory that does not come back).
@@ -42,6 +42,8 @@ echo "== benchmark: answers from documents against the same questions without re
 bash scripts/bench-rag-answer.sh --check
 echo "== benchmark: airlock eval beside llama-perplexity, airlock quantize beside llama-quantize (small)"
 bash scripts/bench-eval.sh --check
+echo "== benchmark: constrained decoding beside free generation and llama-server (small)"
+bash scripts/bench-structured.sh --check
 echo "== benchmark: confinement's cost on verify, import and API requests (small)"
 bash scripts/bench-confinement.sh --check
 echo "== network silence: the demo and the SDKs in a loopback-only namespace, every airlock process traced"

@@ -661,6 +661,57 @@ mod tests {
         assert!(e.contains("anchored"), "{e}");
     }
 
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let key = prop::sample::select(vec![
+            "type",
+            "properties",
+            "items",
+            "anyOf",
+            "$ref",
+            "enum",
+            "pattern",
+            "maxLength",
+            "required",
+            "$defs",
+            "minimum",
+            "format",
+            "const",
+            "not",
+            "x",
+        ]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(|n| json!(n)),
+            r"[a-z^$(){}|*+?\\\[\]#/0-9,]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..5).prop_map(|pairs| {
+                    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever JSON arrives as a schema, checking and compiling it answers (a grammar or
+        /// a reason) without panicking.
+        #[test]
+        fn any_schema_compiles_or_is_refused_without_panicking(schema in any_json()) {
+            let _ = compile(schema);
+        }
+
+        #[test]
+        fn any_pattern_is_measured_without_panicking(pattern in r"\PC{0,64}") {
+            let _ = pattern_expansion(&pattern);
+        }
+    }
+
     #[test]
     fn pattern_expansion_multiplies_nested_bounds_and_adds_the_rest() {
         assert_eq!(pattern_expansion("^abc$").unwrap(), 5);

@@ -316,3 +316,50 @@ fn tokio_runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("a runtime")
 }
+
+/// Schemas inside the limits but built to be hard on a grammar (ambiguous alternations,
+/// recursion through objects, nesting near the limit, a large enum) compile and generate, and
+/// every answer stops at its length.
+#[test]
+fn adversarial_schemas_within_the_limits_generate_within_their_length() {
+    use airlock_engine::{ChatParams, ChatRequest, OutputFormat, Prompt, RequestLimits};
+    let model = support::smollm2(&ChatConfig {
+        context_per_slot: Some(1024),
+        ..ChatConfig::default()
+    });
+    let mut nested = serde_json::json!({"type": "integer"});
+    for _ in 0..30 {
+        nested = serde_json::json!({"type": "array", "items": nested, "maxItems": 2});
+    }
+    let words: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
+    for schema in [
+        serde_json::json!({"type": "string", "pattern": "^(a|aa|aaa)*(b|ab|bb)*$"}),
+        serde_json::json!({"$defs": {"Node": {"type": "object", "properties": {
+            "next": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]}}, "required": ["next"]}},
+            "$ref": "#/$defs/Node"}),
+        nested,
+        serde_json::json!({"enum": words}),
+    ] {
+        let request = ChatRequest::new(
+            Prompt::Chat(vec![Message::new(Role::User, "Answer in JSON.")]),
+            ChatParams {
+                max_tokens: Some(48),
+                sampling: SamplingParams::greedy(),
+                format: OutputFormat::JsonSchema {
+                    schema: schema.clone(),
+                    name: None,
+                },
+                ..ChatParams::default()
+            },
+            &RequestLimits::default(),
+        )
+        .expect("within the limits");
+        let (text, ending) = tokio_runtime()
+            .block_on(model.answer(request).expect("queued").collect())
+            .expect("answered");
+        assert!(ending.usage.completion_tokens <= 48, "{schema}: {text}");
+        if ending.reason == airlock_engine::FinishReason::Stop {
+            serde_json::from_str::<serde_json::Value>(&text).expect("a finished answer parses");
+        }
+    }
+}
