@@ -3,9 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use airlock_engine::{
-    ChatParams, Ending, FinishReason, Message, OutputFormat, Param, Prompt, Role,
-};
+use airlock_engine::{ChatParams, Ending, FinishReason, Message, Param, Prompt, Role};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
@@ -258,15 +256,27 @@ fn offered_tools(
             (kind, parallel)
         }
     };
-    tools::Tools::new(
-        offered,
-        choice,
-        parallel,
-        &tools::ParamNames {
-            tools: "tools",
-            tool_choice: "tool_choice",
-        },
-    )
+    tools::Tools::new(offered, choice, parallel)
+}
+
+/// What a Messages request (or a count of one) gives the model to read: the conversation,
+/// with the functions offered in it, and those functions.
+fn read_prompt(
+    system: Option<TextContent>,
+    messages: Vec<InputMessage>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    thinking: &Option<Value>,
+) -> Result<(Vec<Message>, Option<tools::Tools>), ApiError> {
+    let offered = offered_tools(tools, tool_choice)?;
+    refuse_if(thinking, "thinking", |v| {
+        v.get("type").and_then(Value::as_str) == Some("disabled") || v.is_null()
+    })?;
+    let mut conversation = conversation(system, messages)?;
+    if let Some(tools) = &offered {
+        tools::offer(&mut conversation, tools);
+    }
+    Ok((conversation, offered))
 }
 
 /// The body of `POST /v1/messages/count_tokens`.
@@ -302,15 +312,14 @@ async fn count(
 ) -> Result<Response, ApiError> {
     let request: CountTokensRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
     let served = served_model(&app, &record, &request.model)?;
-    let offered = offered_tools(request.tools, request.tool_choice)?;
-    refuse_if(&request.thinking, "thinking", |v| {
-        v.get("type").and_then(Value::as_str) == Some("disabled") || v.is_null()
-    })?;
+    let (conversation, _) = read_prompt(
+        request.system,
+        request.messages,
+        request.tools,
+        request.tool_choice,
+        &request.thinking,
+    )?;
     structured::anthropic_output_config(request.output_config)?;
-    let mut conversation = conversation(request.system, request.messages)?;
-    if let Some(tools) = &offered {
-        tools::offer(&mut conversation, tools);
-    }
     let engine = served.chat()?;
     let tokens = engine
         .count_tokens(&Prompt::Chat(conversation))
@@ -337,10 +346,13 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let request: MessagesRequest = parse_body(body, &record, app.config.limits.max_body_bytes)?;
     let served = served_model(&app, &record, &request.model)?;
-    let offered = offered_tools(request.tools, request.tool_choice)?;
-    refuse_if(&request.thinking, "thinking", |v| {
-        v.get("type").and_then(Value::as_str) == Some("disabled") || v.is_null()
-    })?;
+    let (mut conversation, offered) = read_prompt(
+        request.system,
+        request.messages,
+        request.tools,
+        request.tool_choice,
+        &request.thinking,
+    )?;
     if offered.is_some() && rag::answers_from_collections(&app, &served.alias) {
         return Err(ApiError::unsupported(
             "tools",
@@ -350,20 +362,11 @@ async fn handle(
             ),
         ));
     }
-    let mut conversation = conversation(request.system, request.messages)?;
-    if let Some(tools) = &offered {
-        tools::offer(&mut conversation, tools);
-    }
-    let mut format = structured::anthropic_output_config(request.output_config)?;
-    if let Some(tools) = offered.as_ref().filter(|t| t.forces_a_call()) {
-        if format != OutputFormat::Text {
-            return Err(ApiError::invalid_param(
-                "output_config.format",
-                "output_config.format cannot be combined with a tool_choice that requires a call",
-            ));
-        }
-        format = tools.format();
-    }
+    let format = tools::answer_format(
+        offered.as_ref(),
+        structured::anthropic_output_config(request.output_config)?,
+        "output_config.format",
+    )?;
     let params = ChatParams {
         max_tokens: Some(request.max_tokens),
         format,

@@ -194,15 +194,11 @@ pub(crate) async fn answer<S: Shape>(
     stream: bool,
     mut shape: S,
 ) -> Result<Response, ApiError> {
-    let engine_error = |e| ApiError::from_engine(e, |p| shape.param_name(p));
     let engine = served.chat()?;
     // Each caller reuses only its own kept caches, at its current clearance, so that no
     // caller learns from response times what another has asked.
     params.cache_scope = record.cache_scope();
-    let request = ChatRequest::new(prompt, params, &app.request_limits).map_err(engine_error)?;
-    let chat = start(engine, request, &record, stream)
-        .await
-        .map_err(|e| e.into_api(&engine_error))?;
+    let chat = start_checked(app, engine, &record, prompt, params, stream, &shape).await?;
     if stream {
         return Ok(self::stream(chat, record, shape));
     }
@@ -252,19 +248,15 @@ pub(crate) async fn answer_choices<S: ManyChoices>(
     n: u32,
     mut shape: S,
 ) -> Result<Response, ApiError> {
-    let engine_error = |e| ApiError::from_engine(e, |p| shape.param_name(p));
     let engine = served.chat()?;
     params.cache_scope = record.cache_scope();
     let mut streams = Vec::with_capacity(n as usize);
     for i in 0..n {
         let mut choice = params.clone();
         choice.sampling.seed = params.sampling.seed.map(|seed| seed.wrapping_add(i));
-        let request =
-            ChatRequest::new(prompt.clone(), choice, &app.request_limits).map_err(engine_error)?;
-        let chat = start(engine, request, &record, false)
-            .await
-            .map_err(|e| e.into_api(&engine_error))?;
-        streams.push(chat);
+        streams.push(
+            start_checked(app, engine, &record, prompt.clone(), choice, false, &shape).await?,
+        );
     }
     let mut choices = Vec::with_capacity(streams.len());
     for chat in streams {
@@ -299,6 +291,24 @@ async fn read_answer(
     Err(ApiError::Internal {
         detail: "the answer ended without finishing".into(),
     })
+}
+
+/// Checks `params` into a request and starts it on `engine` (see [`start`]); a refusal is
+/// named in `shape`'s terms.
+async fn start_checked(
+    app: &App,
+    engine: &dyn ChatEngine,
+    record: &RequestRecord,
+    prompt: Prompt,
+    params: ChatParams,
+    stream: bool,
+    shape: &impl Shape,
+) -> Result<ChatStream, ApiError> {
+    let engine_error = |e| ApiError::from_engine(e, |p| shape.param_name(p));
+    let request = ChatRequest::new(prompt, params, &app.request_limits).map_err(engine_error)?;
+    start(engine, request, record, stream)
+        .await
+        .map_err(|e| e.into_api(&engine_error))
 }
 
 /// A failure to start: the engine's, or the audit log's.

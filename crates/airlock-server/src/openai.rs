@@ -9,8 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use airlock_engine::{
-    ChatParams, Ending, FinishReason, Logprob, Message, OutputFormat, Param, Prompt, Role,
-    TokenLogprobs, Usage,
+    ChatParams, Ending, FinishReason, Logprob, Message, Param, Prompt, Role, TokenLogprobs, Usage,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -318,15 +317,7 @@ fn offered_tools(
                 .to_owned(),
         ),
     };
-    tools::Tools::new(
-        offered,
-        choice,
-        parallel.unwrap_or(true),
-        &tools::ParamNames {
-            tools: "tools",
-            tool_choice: "tool_choice",
-        },
-    )
+    tools::Tools::new(offered, choice, parallel.unwrap_or(true))
 }
 
 /// `POST /v1/chat/completions`.
@@ -366,16 +357,11 @@ async fn chat(
         request.tool_choice,
         request.parallel_tool_calls,
     )?;
-    let mut format = structured::openai_response_format(request.response_format)?;
-    if let Some(tools) = offered.as_ref().filter(|t| t.forces_a_call()) {
-        if format != OutputFormat::Text {
-            return Err(ApiError::invalid_param(
-                "response_format",
-                "response_format cannot be combined with a tool_choice that requires a call",
-            ));
-        }
-        format = tools.format();
-    }
+    let format = tools::answer_format(
+        offered.as_ref(),
+        structured::openai_response_format(request.response_format)?,
+        "response_format",
+    )?;
     if offered.is_some() && rag::answers_from_collections(&app, &served.alias) {
         return Err(ApiError::unsupported(
             "tools",

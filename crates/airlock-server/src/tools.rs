@@ -58,20 +58,18 @@ pub(crate) struct ToolCall {
 }
 
 impl Tools {
-    /// Checks `tools` and `choice` (whose parameter names each API gives in `names`) and
+    /// Checks `tools` and `choice` (both APIs call them `tools` and `tool_choice`) and
     /// returns `None` when no function is offered or the choice is `none`.
     pub(crate) fn new(
         tools: Vec<Tool>,
         choice: ToolChoice,
         parallel: bool,
-        names: &ParamNames,
     ) -> Result<Option<Self>, ApiError> {
         if tools.len() > MAX_TOOLS {
             return Err(ApiError::invalid_param(
-                names.tools,
+                "tools",
                 format!(
-                    "{} offers {} functions; at most {MAX_TOOLS} are allowed",
-                    names.tools,
+                    "tools offers {} functions; at most {MAX_TOOLS} are allowed",
                     tools.len()
                 ),
             ));
@@ -86,7 +84,7 @@ impl Tools {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             {
                 return Err(ApiError::invalid_param(
-                    names.tools,
+                    "tools",
                     format!(
                         "function name {:?} must be 1 to 64 letters, digits, _ or -",
                         tool.name
@@ -95,7 +93,7 @@ impl Tools {
             }
             if !seen.insert(tool.name.as_str()) {
                 return Err(ApiError::invalid_param(
-                    names.tools,
+                    "tools",
                     format!("function {:?} is offered twice", tool.name),
                 ));
             }
@@ -105,7 +103,7 @@ impl Tools {
                 .is_some_and(|d| d.len() > MAX_DESCRIPTION_BYTES)
             {
                 return Err(ApiError::invalid_param(
-                    names.tools,
+                    "tools",
                     format!(
                         "function {:?} has a description over {MAX_DESCRIPTION_BYTES} bytes",
                         tool.name
@@ -114,7 +112,7 @@ impl Tools {
             }
             if !tool.parameters.is_object() {
                 return Err(ApiError::invalid_param(
-                    names.tools,
+                    "tools",
                     format!("function {:?} needs a parameters schema object", tool.name),
                 ));
             }
@@ -123,20 +121,14 @@ impl Tools {
             && !seen.contains(name.as_str())
         {
             return Err(ApiError::invalid_param(
-                names.tool_choice,
-                format!(
-                    "{} names {name:?}, which is not among the functions offered",
-                    names.tool_choice
-                ),
+                "tool_choice",
+                format!("tool_choice names {name:?}, which is not among the functions offered"),
             ));
         }
         if matches!(choice, ToolChoice::Required | ToolChoice::Named(_)) && tools.is_empty() {
             return Err(ApiError::invalid_param(
-                names.tool_choice,
-                format!(
-                    "{} asks for a call, but no function is offered",
-                    names.tool_choice
-                ),
+                "tool_choice",
+                "tool_choice asks for a call, but no function is offered",
             ));
         }
         if tools.is_empty() || choice == ToolChoice::None {
@@ -149,7 +141,7 @@ impl Tools {
         };
         // Every schema is checked now, whatever the choice, so a bad one is refused up front.
         Constraint::compile(&tools.calls_format(None), &SchemaLimits::default())
-            .map_err(|e| ApiError::invalid_param(names.tools, format!("{}: {e}", names.tools)))?;
+            .map_err(|e| ApiError::invalid_param("tools", format!("tools: {e}")))?;
         Ok(Some(tools))
     }
 
@@ -267,10 +259,22 @@ pub(crate) fn offer(conversation: &mut Vec<Message>, tools: &Tools) {
     }
 }
 
-/// How an API names its tool parameters, for errors.
-pub(crate) struct ParamNames {
-    pub(crate) tools: &'static str,
-    pub(crate) tool_choice: &'static str,
+/// The answer's format once the functions `offered` are taken into account: the call object
+/// when a call is required (a format asked for in `param` may not contradict it), else the
+/// format asked for.
+pub(crate) fn answer_format(
+    offered: Option<&Tools>,
+    asked: OutputFormat,
+    param: &str,
+) -> Result<OutputFormat, ApiError> {
+    match offered.filter(|t| t.forces_a_call()) {
+        None => Ok(asked),
+        Some(_) if asked != OutputFormat::Text => Err(ApiError::invalid_param(
+            param,
+            format!("{param} cannot be combined with a tool_choice that requires a call"),
+        )),
+        Some(tools) => Ok(tools.format()),
+    }
 }
 
 /// An earlier answer's calls, as the model is asked to write them.
@@ -295,11 +299,6 @@ pub(crate) fn result_text(name: Option<&str>, content: &str, is_error: bool) -> 
 mod tests {
     use super::*;
 
-    const NAMES: ParamNames = ParamNames {
-        tools: "tools",
-        tool_choice: "tool_choice",
-    };
-
     fn weather() -> Tool {
         Tool {
             name: "get_weather".into(),
@@ -311,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_required_choice_constrains_to_calls_of_the_offered_functions() {
-        let tools = Tools::new(vec![weather()], ToolChoice::Required, true, &NAMES)
+        let tools = Tools::new(vec![weather()], ToolChoice::Required, true)
             .unwrap()
             .unwrap();
         assert!(tools.forces_a_call());
@@ -326,7 +325,7 @@ mod tests {
 
     #[test]
     fn answers_that_are_call_objects_become_calls_and_others_stay_text() {
-        let tools = Tools::new(vec![weather()], ToolChoice::Auto, true, &NAMES)
+        let tools = Tools::new(vec![weather()], ToolChoice::Auto, true)
             .unwrap()
             .unwrap();
         assert_eq!(tools.format(), OutputFormat::Text);
@@ -371,11 +370,11 @@ mod tests {
                 "\"not\"",
             ),
         ] {
-            let e = Tools::new(tools, choice, true, &NAMES).unwrap_err();
+            let e = Tools::new(tools, choice, true).unwrap_err();
             assert!(e.message().contains(says), "{}", e.message());
         }
         assert!(
-            Tools::new(vec![weather()], ToolChoice::None, true, &NAMES)
+            Tools::new(vec![weather()], ToolChoice::None, true)
                 .unwrap()
                 .is_none()
         );
@@ -385,6 +384,6 @@ mod tests {
                 ..weather()
             })
             .collect();
-        assert!(Tools::new(many, ToolChoice::Auto, true, &NAMES).is_err());
+        assert!(Tools::new(many, ToolChoice::Auto, true).is_err());
     }
 }
