@@ -238,7 +238,11 @@ fn the_seal_refuses_every_way_out_and_logs_each_with_its_destination() {
         has("logged connect 203.0.113.9:80"),
         "the child's attempt: {out:?}"
     );
-    assert!(has("blocked 7"), "{out:?}");
+    // Each refusal is logged once; the machine may add its own (bash asking a
+    // name-service cache for the user), which are refused and logged too.
+    let logged = out.iter().filter(|l| l.starts_with("logged ")).count();
+    assert!(logged >= 7, "{out:?}");
+    assert!(has(&format!("blocked {logged}")), "{out:?}");
 }
 
 #[test]
