@@ -223,20 +223,13 @@ impl ChatRequest {
                 param: Param::ResponseFormat,
                 reason: e.to_string(),
             })?;
-        // A seed asks for an answer that can be reproduced, and a reused cache can change a
-        // sampled answer in its last bits (llama.cpp's arithmetic differs between prompt
-        // chunks of different sizes), so seeded requests decode their whole prompt.
-        let cache_scope = match params.sampling.seed {
-            Some(_) => None,
-            None => params.cache_scope,
-        };
         Ok(Self {
             prompt,
             max_tokens,
             default_max_tokens: params.default_max_tokens.unwrap_or(cap).clamp(1, cap),
             stop: params.stop,
             sampling: params.sampling,
-            cache_scope,
+            cache_scope: params.cache_scope,
             ignore_eos: false,
             constraint,
             logprobs: params.logprobs,
@@ -285,7 +278,7 @@ impl ChatRequest {
         &self.sampling
     }
 
-    /// Whose kept caches this request may reuse; `None` for seeded requests.
+    /// Whose caches this request may reuse.
     pub fn cache_scope(&self) -> Option<&str> {
         self.cache_scope.as_deref()
     }
@@ -668,7 +661,7 @@ mod tests {
     }
 
     #[test]
-    fn a_seeded_request_never_reuses_a_cache() -> Result<()> {
+    fn a_seeded_request_keeps_its_scope() -> Result<()> {
         let params = ChatParams {
             cache_scope: Some("caller".into()),
             sampling: SamplingParams {
@@ -678,7 +671,7 @@ mod tests {
             ..ChatParams::default()
         };
         let request = ChatRequest::new(chat(), params, &RequestLimits::default())?;
-        assert_eq!(request.cache_scope(), None);
+        assert_eq!(request.cache_scope(), Some("caller"));
         Ok(())
     }
 }

@@ -363,3 +363,72 @@ fn adversarial_schemas_within_the_limits_generate_within_their_length() {
         }
     }
 }
+
+/// Requests of one scope with the same long prompt, started together as the answers of one
+/// `n` request are: the first decodes the prompt and the others copy it from its cache (a
+/// seeded one only whole, with the logits of the step that decoded it, if it came in time),
+/// and each gives exactly what it gives alone on a model that decodes everything itself.
+#[test]
+fn requests_sharing_a_prompt_decode_it_once_and_each_answers_as_if_alone() {
+    let config = ChatConfig {
+        slots: 4,
+        context_per_slot: Some(512),
+        ..ChatConfig::default()
+    };
+    let model = support::smollm2(&config);
+    let prompt = model
+        .chat_prompt(&[
+            Message::new(
+                Role::System,
+                "You are a careful assistant for a hospital's records office. Answer briefly, \
+                 in plain words, and say when you do not know. Never guess a patient's details.",
+            ),
+            Message::new(Role::User, "Name three colours."),
+        ])
+        .expect("prompt");
+    let params = |temperature: f32, seed: Option<u32>, scope: Option<&str>| GenerateParams {
+        max_tokens: Some(16),
+        sampling: SamplingParams {
+            temperature,
+            seed,
+            ..SamplingParams::greedy()
+        },
+        cache_scope: scope.map(str::to_owned),
+        ..Default::default()
+    };
+    let choices = [(0.0, None), (0.0, None), (0.9, Some(2)), (0.9, Some(3))];
+    let together: Vec<_> = choices
+        .iter()
+        .map(|&(t, seed)| {
+            model
+                .generate(prompt.clone(), params(t, seed, Some("alice")))
+                .expect("queued")
+        })
+        .collect();
+    let together: Vec<_> = together
+        .into_iter()
+        .map(|g| g.collect_blocking().expect("generated"))
+        .collect();
+    let len = prompt.len();
+    let cached: Vec<usize> = together.iter().map(|c| c.usage.cached_tokens).collect();
+    eprintln!("prompt {len} tokens, cached {cached:?}");
+    assert_eq!(cached[0], 0, "{cached:?}");
+    assert!([len - 1, len].contains(&cached[1]), "{cached:?}");
+    assert!(
+        cached[2..].iter().all(|c| [0, len].contains(c)),
+        "{cached:?}"
+    );
+    let fresh = support::smollm2(&config);
+    for (&(t, seed), shared) in choices.iter().zip(&together) {
+        let alone = fresh
+            .generate(prompt.clone(), params(t, seed, None))
+            .expect("queued")
+            .collect_blocking()
+            .expect("generated");
+        assert_eq!(
+            shared.tokens, alone.tokens,
+            "{:?} / {:?}",
+            shared.text, alone.text
+        );
+    }
+}

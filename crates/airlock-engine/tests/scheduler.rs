@@ -13,7 +13,7 @@
 )]
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,12 @@ struct Controls {
     fail_next: AtomicBool,
     /// The decoder cannot cut a sequence short, as a recurrent model's cannot.
     refuse_cuts: AtomicBool,
+    /// The decoder cannot copy one sequence into another.
+    refuse_shares: AtomicBool,
+    /// Held by a test, every decode waits for it.
+    gate: Mutex<()>,
+    /// Decodes begun, counted before the gate.
+    decodes_begun: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -170,6 +176,8 @@ impl Decoder for EchoDecoder {
     }
 
     fn decode(&mut self, batch: &[BatchToken]) -> Result<(), String> {
+        self.controls.decodes_begun.fetch_add(1, Ordering::Relaxed);
+        drop(self.controls.gate.lock().unwrap());
         std::thread::sleep(Duration::from_micros(
             self.controls.step_micros.load(Ordering::Relaxed),
         ));
@@ -257,6 +265,20 @@ impl Decoder for EchoDecoder {
             return false;
         }
         history.truncate(len);
+        true
+    }
+
+    fn share(&mut self, from: usize, to: usize, len: usize) -> bool {
+        assert!(
+            len <= self.histories[from].len(),
+            "sequence {from} shares {len} of its {} tokens",
+            self.histories[from].len()
+        );
+        if self.controls.refuse_shares.load(Ordering::Relaxed) {
+            self.forget(to);
+            return false;
+        }
+        self.histories[to] = self.histories[from][..len].to_vec();
         true
     }
 }
@@ -799,4 +821,219 @@ fn a_runtime_that_cannot_cut_a_sequence_short_starts_it_over() {
     let reused = scoped(&model, &next, 4, "alice");
     assert_eq!(reused.usage.cached_tokens, other.len() + 3);
     assert_eq!(first.text, "abcd");
+}
+
+/// Generations of `prompt`, one per entry of `params`, all started before any is read.
+fn side_by_side(
+    model: &ChatModel<Echo>,
+    prompt: &[i32],
+    params: impl IntoIterator<Item = GenerateParams>,
+) -> Vec<Completion> {
+    let generations: Vec<Generation> = params
+        .into_iter()
+        .map(|params| model.generate(prompt.to_vec(), params).unwrap())
+        .collect();
+    generations
+        .into_iter()
+        .map(|g| g.collect_blocking().unwrap())
+        .collect()
+}
+
+/// Greedy generations in `scope`s.
+fn in_scopes(scopes: &[&str], max_tokens: usize) -> Vec<GenerateParams> {
+    scopes
+        .iter()
+        .map(|scope| GenerateParams {
+            cache_scope: Some((*scope).into()),
+            ..greedy(max_tokens)
+        })
+        .collect()
+}
+
+/// Like [`side_by_side`], but all admitted in the same step: they are queued while the worker
+/// is held inside the decode of a short generation of another scope.
+fn admitted_together(
+    model: &ChatModel<Echo>,
+    controls: &Controls,
+    prompt: &[i32],
+    params: Vec<GenerateParams>,
+) -> Vec<Completion> {
+    let gate = controls.gate.lock().unwrap();
+    let begun = controls.decodes_begun.load(Ordering::Relaxed);
+    let blocker = model
+        .generate(model.text_prompt("x#|"), in_scopes(&["other"], 4).remove(0))
+        .unwrap();
+    wait_until("the worker is inside a decode", || {
+        controls.decodes_begun.load(Ordering::Relaxed) > begun
+    });
+    let generations: Vec<Generation> = params
+        .into_iter()
+        .map(|params| model.generate(prompt.to_vec(), params).unwrap())
+        .collect();
+    drop(gate);
+    assert_eq!(blocker.collect_blocking().unwrap().text, "x");
+    generations
+        .into_iter()
+        .map(|g| g.collect_blocking().unwrap())
+        .collect()
+}
+
+/// A prompt long enough to be worth sharing.
+fn long_prompt(model: &ChatModel<Echo>) -> Vec<i32> {
+    model.text_prompt(&format!("{}|", "the same system prompt, ".repeat(4)))
+}
+
+#[test]
+fn requests_of_one_scope_admitted_together_with_the_same_prompt_decode_it_once() {
+    let (model, controls) = start(config(5), 512);
+    let prompt = long_prompt(&model);
+    let max_tokens = 6;
+    let answers = admitted_together(
+        &model,
+        &controls,
+        &prompt,
+        in_scopes(&["alice"; 4], max_tokens),
+    );
+    let cached: Vec<usize> = answers.iter().map(|a| a.usage.cached_tokens).collect();
+    let len = prompt.len();
+    assert_eq!(
+        cached,
+        [0, len, len, len],
+        "the first decodes the prompt, the others take all of it and its last logits"
+    );
+    assert_eq!(
+        controls.seen().tokens,
+        5 + len + 4 * (max_tokens - 1),
+        "the short generation, the prompt once, the fed-back answers"
+    );
+    let alone = cold(&prompt, max_tokens);
+    for answer in &answers {
+        assert_eq!(answer.tokens, alone.tokens);
+        assert_eq!(answer.usage.prompt_tokens, len);
+    }
+}
+
+#[test]
+fn seeded_requests_share_only_a_whole_prompt_and_each_answers_as_alone() {
+    let (model, controls) = start(config(4), 512);
+    let prompt = long_prompt(&model);
+    let seeded = |seed: u32| GenerateParams {
+        cache_scope: Some("alice".into()),
+        sampling: SamplingParams {
+            temperature: 0.8,
+            seed: Some(seed),
+            ..SamplingParams::greedy()
+        },
+        ..greedy(8)
+    };
+    let answers = admitted_together(&model, &controls, &prompt, (1..=3).map(seeded).collect());
+    let len = prompt.len();
+    assert_eq!(
+        answers
+            .iter()
+            .map(|a| a.usage.cached_tokens)
+            .collect::<Vec<_>>(),
+        [0, len, len]
+    );
+    for (seed, answer) in (1..=3).zip(&answers) {
+        let alone = {
+            let (fresh, _) = start(config(1), 512);
+            fresh
+                .generate(
+                    prompt.clone(),
+                    GenerateParams {
+                        cache_scope: None,
+                        ..seeded(seed)
+                    },
+                )
+                .unwrap()
+                .collect_blocking()
+                .unwrap()
+        };
+        assert_eq!(answer.tokens, alone.tokens, "seed {seed}");
+    }
+    assert_ne!(answers[0].tokens, answers[1].tokens, "the seeds differ");
+
+    // Once the prompt is decoded, a seeded request decodes it again (its kept cache and a
+    // running copy would both give other logits for its last token); one without a seed
+    // takes all but the last token from a generation still running.
+    controls.step_micros.store(1000, Ordering::Relaxed);
+    let mut running = model
+        .generate(prompt.clone(), in_scopes(&["alice"], 400).remove(0))
+        .unwrap();
+    assert!(matches!(
+        running.next_blocking(),
+        Some(Ok(Event::Token { .. }))
+    ));
+    let again = side_by_side(&model, &prompt, [seeded(1)]);
+    assert_eq!(again[0].usage.cached_tokens, 0);
+    assert_eq!(again[0].tokens, answers[0].tokens);
+    let unseeded = side_by_side(&model, &prompt, in_scopes(&["alice"], 4));
+    assert_eq!(unseeded[0].usage.cached_tokens, len - 1);
+    assert_eq!(unseeded[0].tokens, cold(&prompt, 4).tokens);
+    // A prompt that only begins the same way shares that beginning.
+    let mut other = prompt.clone();
+    let tail = other.len() - 3;
+    other.truncate(tail);
+    other.extend(model.text_prompt("xyz|").into_iter().skip(1));
+    let started = side_by_side(&model, &other, in_scopes(&["alice"], 4));
+    assert_eq!(started[0].usage.cached_tokens, tail);
+    assert_eq!(started[0].tokens, cold(&other, 4).tokens);
+    drop(running);
+}
+
+#[test]
+fn a_prompt_is_shared_only_within_its_scope() {
+    let (model, controls) = start(config(2), 512);
+    controls.step_micros.store(2000, Ordering::Relaxed);
+    let prompt = long_prompt(&model);
+    let answers = side_by_side(&model, &prompt, in_scopes(&["alice", "bob"], 4));
+    assert_eq!(
+        answers
+            .iter()
+            .map(|a| a.usage.cached_tokens)
+            .collect::<Vec<_>>(),
+        [0, 0]
+    );
+    assert_eq!(answers[0].tokens, answers[1].tokens);
+}
+
+#[test]
+fn a_runtime_that_cannot_copy_a_sequence_decodes_each_prompt_itself() {
+    let (model, controls) = start(config(3), 512);
+    controls.step_micros.store(2000, Ordering::Relaxed);
+    controls.refuse_shares.store(true, Ordering::Relaxed);
+    let prompt = long_prompt(&model);
+    let answers = side_by_side(&model, &prompt, in_scopes(&["alice"; 3], 4));
+    let alone = cold(&prompt, 4);
+    for answer in &answers {
+        assert_eq!(answer.usage.cached_tokens, 0);
+        assert_eq!(answer.tokens, alone.tokens);
+    }
+}
+
+#[test]
+fn a_request_waiting_to_share_a_prompt_whose_source_is_cancelled_decodes_it_itself() {
+    // Small batches make the first prompt take several steps, so the second waits on it.
+    let (model, controls) = start(
+        ChatConfig {
+            batch_tokens: 8,
+            ..config(2)
+        },
+        512,
+    );
+    controls.step_micros.store(3000, Ordering::Relaxed);
+    let prompt = long_prompt(&model);
+    let scoped_params = GenerateParams {
+        cache_scope: Some("alice".into()),
+        ..greedy(5)
+    };
+    let source = model
+        .generate(prompt.clone(), scoped_params.clone())
+        .unwrap();
+    let waiting = model.generate(prompt.clone(), scoped_params).unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    drop(source);
+    let answer = waiting.collect_blocking().unwrap();
+    assert_eq!(answer.tokens, cold(&prompt, 5).tokens);
 }

@@ -112,4 +112,15 @@ pub trait Decoder {
         self.forget(seq);
         len == 0
     }
+
+    /// Makes sequence `to` hold the first `len` tokens of sequence `from` (which holds at
+    /// least that many) in place of its own, so that `to` is next fed from position `len`:
+    /// requests with the same prompt decode it once. Returns `false` if the runtime cannot
+    /// copy a sequence; `to` has then been emptied. A runtime that cannot keeps this default,
+    /// and every sequence decodes its own prompt.
+    fn share(&mut self, from: usize, to: usize, len: usize) -> bool {
+        let _ = (from, len);
+        self.forget(to);
+        false
+    }
 }

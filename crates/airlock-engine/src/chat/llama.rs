@@ -454,4 +454,18 @@ impl Decoder for LlamaDecoder<'_> {
         self.forget(seq);
         len == 0
     }
+
+    fn share(&mut self, from: usize, to: usize, len: usize) -> bool {
+        // Each sequence has a cache stream of its own, and llama.cpp copies between streams
+        // only whole (the copy is made before the next decode); the copy is then cut to `len`.
+        let copied = match (i32::try_from(from), i32::try_from(to)) {
+            (Ok(from), Ok(to)) => self.context.copy_kv_cache_seq(from, to, None, None).is_ok(),
+            _ => false,
+        };
+        if !copied {
+            self.forget(to);
+            return false;
+        }
+        self.truncate(to, len)
+    }
 }

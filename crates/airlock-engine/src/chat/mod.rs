@@ -147,15 +147,18 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Keep generating past end-of-turn tokens (for benchmarks that need an exact length).
     pub ignore_eos: bool,
-    /// Who may reuse this generation's cache once it finishes. A later request with the same
-    /// scope whose prompt begins with the same tokens (the next turn of a conversation, a
-    /// retry) skips decoding them. Requests reuse only their own scope's caches, so one
-    /// caller cannot learn from response times what another has asked. `None`: nothing is
-    /// kept, and nothing is reused.
+    /// Who may reuse this generation's cache. A later request with the same scope whose
+    /// prompt begins with the same tokens (the next turn of a conversation, a retry) skips
+    /// decoding them, and requests of one scope running together with the same prompt (the
+    /// answers of one `n` request) decode it once. Requests reuse only their own scope's
+    /// caches, so one caller cannot learn from response times what another has asked.
+    /// `None`: nothing is kept, and nothing is reused or shared.
     ///
-    /// llama.cpp's arithmetic differs in the last bits between prompt chunks of different
-    /// sizes, so a reused cache can change a sampled answer (greedy answers hold in practice);
-    /// leave this `None` where an answer must be reproducible from its seed.
+    /// A seeded answer must be reproducible from its seed, and llama.cpp's arithmetic differs
+    /// in the last bits between prompt chunks of different sizes, so a reused cache could
+    /// change it (greedy answers hold in practice). A seeded generation therefore reuses no
+    /// kept cache, and shares a prompt only whole, taking the logits of the very step that
+    /// decoded it: exactly what it would have decoded itself.
     pub cache_scope: Option<String>,
     /// A grammar (llama.cpp GBNF, root rule `root`) every token must keep the answer within;
     /// the answer ends when the grammar is complete (see [`crate::Constraint`]).

@@ -7,6 +7,13 @@
 //! A finished generation that names a cache scope leaves its tokens in its slot's cache. A
 //! later request of the same scope whose prompt begins with them (the next turn of the
 //! conversation) is admitted into that slot and decodes only the rest of its prompt.
+//!
+//! Requests of one scope that run at the same time with the same prompt start (the answers
+//! of one `n` request, one system prompt sent by many) decode that start once: a later one
+//! waits until an earlier one has decoded it, then copies it into its own slot. One with the
+//! very same prompt, admitted while the first is still decoding it, takes the whole prompt
+//! and the logits of the step that decoded its last token, so it is exactly what it would
+//! have decoded itself: the only sharing a seeded request takes part in.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -18,9 +25,17 @@ use crate::Error;
 use crate::interface::{Logprob, TokenLogprobs};
 use crate::text::{Release, TextStream};
 
+/// Fewest prompt tokens worth copying from another running generation rather than decoding:
+/// a runtime may copy a slot's whole cache to share any part of it (llama.cpp does).
+const LEAST_SHARED: usize = 32;
+
 /// A generation occupying a sequence slot.
 struct Slot<S> {
     seq: usize,
+    /// Admission order: names the generation, whichever slot it holds.
+    id: u64,
+    /// Waiting for a running generation to decode the prompt start they share.
+    follows: Option<Follow>,
     job: Job,
     /// `None`: plain greedy, an argmax the scheduler takes itself.
     sampler: Option<S>,
@@ -58,6 +73,17 @@ impl<S> Slot<S> {
     }
 }
 
+/// A prompt start to copy from another generation once that one has decoded it.
+#[derive(Debug, Clone, Copy)]
+struct Follow {
+    /// The generation's [`Slot::id`].
+    source: u64,
+    /// Tokens shared.
+    len: usize,
+    /// The whole prompt, with the logits of the step that decodes its last token.
+    whole: bool,
+}
+
 /// What a free slot's cache still holds from the generation that last ran in it.
 #[derive(Debug, Default)]
 struct Kept {
@@ -82,6 +108,8 @@ struct Slots<'m, B: Backend + 'm> {
     running: Vec<Slot<<B::Decoder<'m> as Decoder>::Sampler>>,
     /// Decode steps so far.
     step: u64,
+    /// Generations admitted so far.
+    admitted: u64,
 }
 
 impl<B: Backend> Slots<'_, B> {
@@ -96,7 +124,7 @@ impl<B: Backend> Slots<'_, B> {
         // At least the last prompt token is decoded, for the logits of the first answer token.
         let most = job.prompt.len() - 1;
         let shared = |kept: &Kept| match &job.params.cache_scope {
-            Some(scope) if *scope == kept.scope => {
+            Some(scope) if *scope == kept.scope && !seeded(job) => {
                 common_prefix(&kept.tokens, &job.prompt).min(most)
             }
             _ => 0,
@@ -133,6 +161,106 @@ impl<B: Backend> Slots<'_, B> {
         Some((seq, if kept_all { keep } else { 0 }))
     }
 
+    /// The running generation of `job`'s scope to copy `job`'s prompt from, if any: one
+    /// still decoding the very same prompt, else (unless `job` must be reproducible) the one
+    /// whose prompt begins as `job`'s does for the most tokens, if those are worth copying
+    /// and more than `job`'s slot already holds.
+    fn source_for(&self, job: &Job, held: usize) -> Option<Follow> {
+        let scope = job.params.cache_scope.as_ref()?;
+        let len = job.prompt.len();
+        let mut best: Option<Follow> = None;
+        for slot in &self.running {
+            if slot.follows.is_some() || slot.job.params.cache_scope.as_ref() != Some(scope) {
+                continue;
+            }
+            if len >= LEAST_SHARED && slot.job.prompt == job.prompt && slot.fed < len {
+                return Some(Follow {
+                    source: slot.id,
+                    len,
+                    whole: true,
+                });
+            }
+            // At least the last prompt token is decoded, for the first answer token's logits.
+            let shared = common_prefix(&slot.job.prompt, &job.prompt).min(len - 1);
+            if !seeded(job)
+                && shared >= LEAST_SHARED
+                && shared > held
+                && best.is_none_or(|b| shared > b.len)
+            {
+                best = Some(Follow {
+                    source: slot.id,
+                    len: shared,
+                    whole: false,
+                });
+            }
+        }
+        best
+    }
+
+    /// Before a step: gives each generation waiting for a prompt start that start once its
+    /// source has decoded it. One whose source has ended decodes its prompt itself.
+    fn share_prompt_starts(&mut self) {
+        let Self {
+            decoder, running, ..
+        } = self;
+        for index in 0..running.len() {
+            let Some(follow) = running[index].follows else {
+                continue;
+            };
+            let source = running
+                .iter()
+                .find(|slot| slot.id == follow.source)
+                .map(|slot| (slot.seq, slot.fed));
+            let slot = &mut running[index];
+            match source {
+                Some(_) if follow.whole => continue,
+                Some((_, fed)) if fed < follow.len => continue,
+                Some((from, _)) => {
+                    let held = if decoder.share(from, slot.seq, follow.len) {
+                        follow.len
+                    } else {
+                        0
+                    };
+                    slot.fed = held;
+                    slot.reused = held;
+                }
+                None => {}
+            }
+            slot.follows = None;
+        }
+    }
+
+    /// After a step's decode: gives each generation waiting for a whole prompt that prompt,
+    /// and its source's logits for the first answer token, once the source has decoded it.
+    fn share_whole_prompts(&mut self) {
+        let Self {
+            decoder, running, ..
+        } = self;
+        for index in 0..running.len() {
+            let Some(follow) = running[index].follows.filter(|f| f.whole) else {
+                continue;
+            };
+            let decoded = running
+                .iter()
+                .find(|slot| slot.id == follow.source)
+                .filter(|slot| slot.next.is_none() && slot.fed == follow.len)
+                .and_then(|slot| Some((slot.seq, slot.logits_at?)));
+            let Some((from, logits_at)) = decoded else {
+                continue;
+            };
+            let slot = &mut running[index];
+            slot.follows = None;
+            if decoder.share(from, slot.seq, follow.len) {
+                slot.fed = follow.len;
+                slot.reused = follow.len;
+                slot.logits_at = Some(logits_at);
+            } else {
+                slot.fed = 0;
+                slot.reused = 0;
+            }
+        }
+    }
+
     /// Frees a cancelled or failed generation's slot, emptying its cache.
     fn release(&mut self, load: &Load, seq: usize) {
         self.decoder.forget(seq);
@@ -156,6 +284,12 @@ impl<B: Backend> Slots<'_, B> {
         self.free.insert(slot.seq);
         load.running.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Whether `job`'s answer must be reproducible from its seed (see
+/// [`GenerateParams::cache_scope`](super::GenerateParams::cache_scope)).
+fn seeded(job: &Job) -> bool {
+    job.params.sampling.seed.is_some()
 }
 
 /// How many tokens `a` and `b` begin with in common.
@@ -188,6 +322,7 @@ pub(super) fn run<B: Backend>(
         kept: (0..shape.slots).map(|_| Kept::default()).collect(),
         running: Vec::with_capacity(shape.slots),
         step: 0,
+        admitted: 0,
     };
     let capacity = shape.batch_tokens;
     let mut batch: Vec<BatchToken> = Vec::with_capacity(capacity);
@@ -236,8 +371,12 @@ pub(super) fn run<B: Backend>(
                     }
                 }
             };
+            let follows = slots.source_for(&job, reused);
+            slots.admitted += 1;
             slots.running.push(Slot {
                 seq,
+                id: slots.admitted,
+                follows,
                 sampler,
                 text: TextStream::new(&job.params.stop),
                 job,
@@ -267,6 +406,8 @@ pub(super) fn run<B: Backend>(
             }
         }
 
+        slots.share_prompt_starts();
+
         // One batch: every decoding sequence's next token first, then prompt chunks.
         slots.running.sort_unstable_by_key(|slot| slot.seq);
         batch.clear();
@@ -284,7 +425,7 @@ pub(super) fn run<B: Backend>(
             }
         }
         for slot in slots.running.iter_mut() {
-            if slot.next.is_some() {
+            if slot.next.is_some() || slot.follows.is_some() {
                 continue;
             }
             let take = (slot.job.prompt.len() - slot.fed).min(capacity - batch.len());
@@ -310,6 +451,7 @@ pub(super) fn run<B: Backend>(
             }
             continue;
         }
+        slots.share_whole_prompts();
 
         // Sample every sequence that produced logits and stream what became visible.
         let Slots {
