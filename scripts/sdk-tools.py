@@ -74,6 +74,9 @@ QUESTION = "What is the weather in Paris for the next two days?"
 # A 135M-parameter model decoding greedily tends to repeat a call until the limit; a mild
 # repetition penalty lets it close the list.
 PENALTY = {"repetition_penalty": 1.3}
+# Room for the most calls one answer may make (8), so a model that keeps calling still ends
+# its answer where the grammar closes the list.
+CALL_TOKENS = 640
 oa = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
 openai_tools = [
     {"type": "function", "function": {"name": n, "description": d, "parameters": FUNCTIONS[n]}}
@@ -87,7 +90,7 @@ for label, choice, parallel in [
     for stream in (False, True):
         name = f"openai {label}{' streamed' if stream else ''}"
         messages = [{"role": "user", "content": QUESTION}]
-        request = dict(model=chat, messages=messages, tools=openai_tools, tool_choice=choice, temperature=0, max_tokens=200,
+        request = dict(model=chat, messages=messages, tools=openai_tools, tool_choice=choice, temperature=0, max_tokens=CALL_TOKENS,
                        parallel_tool_calls=parallel, extra_body=PENALTY)
         if stream:
             calls, finish = {}, None
@@ -140,7 +143,7 @@ for label, choice in [
     for stream in (False, True):
         name = f"anthropic {label}{' streamed' if stream else ''}"
         messages = [{"role": "user", "content": QUESTION}]
-        request = dict(model=chat, max_tokens=200, messages=messages, tools=anthropic_tools, tool_choice=choice,
+        request = dict(model=chat, max_tokens=CALL_TOKENS, messages=messages, tools=anthropic_tools, tool_choice=choice,
                        extra_body=GREEDY)
         if stream:
             with an.messages.stream(**request) as s:

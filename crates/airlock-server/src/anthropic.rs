@@ -393,8 +393,7 @@ async fn handle(
         id: format!("msg_{}", record.id()),
         model: served.alias.clone(),
         grounded,
-        tools: offered,
-        held: String::new(),
+        tools: offered.map(tools::Offered::new),
     };
     let prompt = Prompt::Chat(conversation);
     generation::answer(&app, record, &served, prompt, params, request.stream, shape).await
@@ -438,6 +437,13 @@ fn text_delta(text: &str) -> SseEvent {
     )
 }
 
+fn block_stop(index: usize) -> SseEvent {
+    event(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": index}),
+    )
+}
+
 /// The Messages stream: `message_start`, `content_block_start`, `ping`,
 /// `content_block_delta`..., `content_block_stop`, `message_delta`, `message_stop`.
 struct MessageEvents {
@@ -445,29 +451,56 @@ struct MessageEvents {
     model: String,
     /// The sources of a RAG model's answer.
     grounded: Option<Grounded>,
-    /// The functions offered. The answer is then held until its end, when it is known to be
-    /// calls (`tool_use` blocks) or text.
-    tools: Option<tools::Tools>,
-    /// Text held back while it may be a call.
-    held: String,
+    /// The functions offered, and the answer held while it may be calls (`tool_use` blocks).
+    tools: Option<tools::Offered>,
 }
 
 impl MessageEvents {
     /// `tool_use` blocks for the calls `text` makes, if functions were offered and it is a
     /// call object.
     fn tool_uses(&self, text: &str) -> Option<Vec<Value>> {
-        let calls = self.tools.as_ref()?.calls(text)?;
-        let request = self.id.strip_prefix("msg_").unwrap_or(&self.id);
+        let calls = self.tools.as_ref()?.tools().calls(text)?;
         Some(
             calls
                 .into_iter()
                 .enumerate()
                 .map(|(i, call)| {
-                    json!({"type": "tool_use", "id": format!("toolu_{request}_{i}"),
+                    json!({"type": "tool_use", "id": self.tool_use_id(i),
                         "name": call.name, "input": call.arguments})
                 })
                 .collect(),
         )
+    }
+
+    /// Call `call`'s id: unique per request.
+    fn tool_use_id(&self, call: usize) -> String {
+        let request = self.id.strip_prefix("msg_").unwrap_or(&self.id);
+        format!("toolu_{request}_{call}")
+    }
+
+    /// A streamed piece of a forced call, as the Messages stream's events: each call a
+    /// `tool_use` block of its own, its input in JSON deltas.
+    fn call_events(&self, piece: tools::CallPiece) -> Vec<SseEvent> {
+        match piece {
+            tools::CallPiece::Start { index, name } => {
+                let mut events = Vec::new();
+                if index > 0 {
+                    events.push(block_stop(index - 1));
+                }
+                let block = json!({"type": "tool_use", "id": self.tool_use_id(index),
+                    "name": name, "input": {}});
+                events.push(event(
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": index, "content_block": block}),
+                ));
+                events
+            }
+            tools::CallPiece::Arguments { index, json } => vec![event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": json}}),
+            )],
+        }
     }
 }
 
@@ -523,9 +556,12 @@ impl Shape for MessageEvents {
         if let Some(grounded) = &mut self.grounded {
             grounded.push(text);
         }
-        if self.tools.is_some() {
-            self.held.push_str(text);
-            return Vec::new();
+        if let Some(offered) = &mut self.tools {
+            let pieces = offered.push(text);
+            return pieces
+                .into_iter()
+                .flat_map(|p| self.call_events(p))
+                .collect();
         }
         vec![text_delta(text)]
     }
@@ -538,8 +574,29 @@ impl Shape for MessageEvents {
 
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
         let mut events = Vec::new();
-        if self.tools.is_some() {
-            let held = std::mem::take(&mut self.held);
+        let streamed_calls = self
+            .tools
+            .as_ref()
+            .map_or(0, tools::Offered::streamed_calls);
+        if streamed_calls > 0 {
+            // A forced call's answer streamed as it was made; one cut short stays
+            // "max_tokens".
+            let reason = match ending.reason {
+                FinishReason::Stop => "tool_use",
+                FinishReason::Length => stop_reason(ending),
+            };
+            events.push(block_stop(streamed_calls - 1));
+            events.push(event(
+                "message_delta",
+                &json!({"type": "message_delta",
+                    "delta": {"stop_reason": reason, "stop_sequence": null},
+                    "usage": usage(ending)}),
+            ));
+            events.push(event("message_stop", &json!({"type": "message_stop"})));
+            return events;
+        }
+        if let Some(offered) = &mut self.tools {
+            let held = offered.take_held();
             match self.tool_uses(&held) {
                 Some(uses) => {
                     // Each call as its own block: the call with empty input, then the input
@@ -556,10 +613,7 @@ impl Shape for MessageEvents {
                             &json!({"type": "content_block_delta", "index": index,
                                 "delta": {"type": "input_json_delta", "partial_json": input.to_string()}}),
                         ));
-                        events.push(event(
-                            "content_block_stop",
-                            &json!({"type": "content_block_stop", "index": index}),
-                        ));
+                        events.push(block_stop(index));
                     }
                     events.push(event(
                         "message_delta",
@@ -592,10 +646,7 @@ impl Shape for MessageEvents {
             }
             message_delta["airlock"] = grounded.extension();
         }
-        events.push(event(
-            "content_block_stop",
-            &json!({"type": "content_block_stop", "index": 0}),
-        ));
+        events.push(block_stop(0));
         events.push(event("message_delta", &message_delta));
         events.push(event("message_stop", &json!({"type": "message_stop"})));
         events

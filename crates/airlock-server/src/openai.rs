@@ -408,8 +408,7 @@ async fn chat(
     let prompt = Prompt::Chat(conversation);
     let shape = Chunks {
         grounded,
-        tools: offered,
-        held: String::new(),
+        tools: offered.map(tools::Offered::new),
         id: format!("chatcmpl-{}", record.id()),
         created: crate::unix_now(),
         model: served.alias.clone(),
@@ -478,11 +477,8 @@ enum ChunkKind {
 struct Chunks {
     /// The sources of a RAG model's answer.
     grounded: Option<Grounded>,
-    /// The functions offered. An answer is then held until its end, when it is known to be
-    /// calls or text.
-    tools: Option<tools::Tools>,
-    /// Text held back while it may be a call.
-    held: String,
+    /// The functions offered, and the answer held while it may be calls.
+    tools: Option<tools::Offered>,
     id: String,
     created: u64,
     model: String,
@@ -616,21 +612,42 @@ impl Chunks {
     /// The calls `text` makes (OpenAI's `tool_calls`), if functions were offered and it is
     /// a call object. Ids are unique per request and answer.
     fn calls(&self, answer: usize, text: &str) -> Option<Vec<Value>> {
-        let calls = self.tools.as_ref()?.calls(text)?;
-        let request = self.id.strip_prefix("chatcmpl-").unwrap_or(&self.id);
+        let calls = self.tools.as_ref()?.tools().calls(text)?;
         Some(
             calls
                 .into_iter()
                 .enumerate()
                 .map(|(i, call)| {
                     json!({
-                        "id": format!("call_{request}_{answer}_{i}"),
+                        "id": self.call_id(answer, i),
                         "type": "function",
                         "function": {"name": call.name, "arguments": call.arguments.to_string()},
                     })
                 })
                 .collect(),
         )
+    }
+
+    /// Call `call` of answer `answer`: unique per request and answer.
+    fn call_id(&self, answer: usize, call: usize) -> String {
+        let request = self.id.strip_prefix("chatcmpl-").unwrap_or(&self.id);
+        format!("call_{request}_{answer}_{call}")
+    }
+
+    /// A streamed piece of a forced call, as OpenAI's tool-call delta.
+    fn call_chunk(&mut self, piece: tools::CallPiece) -> SseEvent {
+        let call = match piece {
+            tools::CallPiece::Start { index, name } => json!({
+                "index": index, "id": self.call_id(0, index), "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }),
+            tools::CallPiece::Arguments { index, json } => {
+                json!({"index": index, "function": {"arguments": json}})
+            }
+        };
+        let mut chunk = self.chunk_value(None, None);
+        chunk["choices"][0]["delta"] = json!({"tool_calls": [call]});
+        data(&chunk)
     }
 
     fn body_value(&self, choices: Vec<Value>, counts: &Usage) -> Value {
@@ -698,9 +715,9 @@ impl Shape for Chunks {
         if let Some(grounded) = &mut self.grounded {
             grounded.push(text);
         }
-        if self.tools.is_some() {
-            self.held.push_str(text);
-            return Vec::new();
+        if let Some(offered) = &mut self.tools {
+            let pieces = offered.push(text);
+            return pieces.into_iter().map(|p| self.call_chunk(p)).collect();
         }
         vec![self.chunk(Some(text), None)]
     }
@@ -720,8 +737,17 @@ impl Shape for Chunks {
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
         let mut events = Vec::new();
         let mut finish = finish_reason(ending.reason);
-        if self.tools.is_some() {
-            let held = std::mem::take(&mut self.held);
+        let streamed_calls = self
+            .tools
+            .as_ref()
+            .map_or(0, tools::Offered::streamed_calls);
+        if streamed_calls > 0 {
+            // A forced call's answer streamed as it was made; one cut short stays "length".
+            if ending.reason == FinishReason::Stop {
+                finish = "tool_calls";
+            }
+        } else if let Some(offered) = &mut self.tools {
+            let held = offered.take_held();
             match self.calls(0, &held) {
                 Some(calls) => {
                     // Each call whole, in the shape of OpenAI's tool-call deltas.
@@ -897,7 +923,6 @@ async fn complete(
     let shape = Chunks {
         grounded: None,
         tools: None,
-        held: String::new(),
         id: format!("cmpl-{}", record.id()),
         created: crate::unix_now(),
         model: served.alias.clone(),

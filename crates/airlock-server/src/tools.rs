@@ -5,7 +5,9 @@
 //! match. The conversation's earlier calls and results are written back in the same format.
 //!
 //! The model is asked to answer, when it calls functions, with only
-//! `{"tool_calls": [{"name": NAME, "arguments": {...}}]}`.
+//! `{"tool_calls": [{"name": NAME, "parameters": {...}}]}` (the keys in that order, as a schema
+//! is compiled in key order: a forced call's name comes before its arguments, so both can be
+//! streamed as they are generated; see [`CallStream`]).
 
 use airlock_engine::{Constraint, Message, OutputFormat, Role, SchemaLimits};
 use serde_json::{Map, Value, json};
@@ -18,6 +20,9 @@ pub(crate) const MAX_TOOLS: usize = 64;
 const MAX_DESCRIPTION_BYTES: usize = 4096;
 /// Most calls one answer may make.
 const MAX_PARALLEL_CALLS: usize = 8;
+/// The key of a call's arguments in the call object. It sorts after `name`, and the JSON
+/// objects here keep their keys sorted.
+const ARGUMENTS: &str = "parameters";
 
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,7 +176,7 @@ impl Tools {
         format!(
             "You can call functions. They are described here as JSON Schema:\n{}\n\
              To call functions, reply with only this JSON and nothing else:\n\
-             {{\"tool_calls\": [{{\"name\": \"<function name>\", \"arguments\": {{<arguments>}}}}]}}\n\
+             {{\"tool_calls\": [{{\"name\": \"<function name>\", \"parameters\": {{<arguments>}}}}]}}\n\
              {when}{named}",
             Value::Array(described)
         )
@@ -201,8 +206,8 @@ impl Tools {
             .map(|t| {
                 json!({
                     "type": "object",
-                    "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                    "required": ["name", "arguments"],
+                    "properties": {"name": {"const": t.name}, ARGUMENTS: t.parameters},
+                    "required": ["name", ARGUMENTS],
                     "additionalProperties": false,
                 })
             })
@@ -222,7 +227,8 @@ impl Tools {
     }
 
     /// The calls `answer` makes, if it is a call object naming offered functions (a
-    /// constrained answer always is; a free one may be).
+    /// constrained answer always is; a free one may be, and may name the arguments
+    /// `arguments` as OpenAI's calls do).
     pub(crate) fn calls(&self, answer: &str) -> Option<Vec<ToolCall>> {
         let value: Value = serde_json::from_str(answer.trim()).ok()?;
         let list = value.as_object()?.get("tool_calls")?.as_array()?;
@@ -232,7 +238,8 @@ impl Tools {
             let name = call.get("name")?.as_str()?;
             self.tools.iter().find(|t| t.name == name)?;
             let arguments = call
-                .get("arguments")
+                .get(ARGUMENTS)
+                .or_else(|| call.get("arguments"))
                 .cloned()
                 .unwrap_or_else(|| Value::Object(Map::new()));
             if !arguments.is_object() {
@@ -281,7 +288,7 @@ pub(crate) fn answer_format(
 pub(crate) fn calls_text(calls: &[ToolCall]) -> String {
     let list: Vec<Value> = calls
         .iter()
-        .map(|c| json!({"name": c.name, "arguments": c.arguments}))
+        .map(|c| json!({"name": c.name, ARGUMENTS: c.arguments}))
         .collect();
     json!({"tool_calls": list}).to_string()
 }
@@ -292,6 +299,229 @@ pub(crate) fn result_text(name: Option<&str>, content: &str, is_error: bool) -> 
     match name {
         Some(name) => format!("Function {name} {what}:\n{content}"),
         None => format!("A function {what}:\n{content}"),
+    }
+}
+
+/// A streamed answer to a request that offered functions. Its text is held until its end,
+/// when it is known to be calls or text; a forced call's answer is known to be calls from its
+/// start, and each call streams as it is made.
+#[derive(Debug)]
+pub(crate) struct Offered {
+    tools: Tools,
+    held: String,
+    /// For a forced call.
+    stream: Option<CallStream>,
+}
+
+impl Offered {
+    pub(crate) fn new(tools: Tools) -> Self {
+        let stream = tools.forces_a_call().then(CallStream::default);
+        Self {
+            tools,
+            held: String::new(),
+            stream,
+        }
+    }
+
+    /// The functions offered.
+    pub(crate) fn tools(&self) -> &Tools {
+        &self.tools
+    }
+
+    /// Takes the answer's next piece; returns what it adds to a forced call's calls.
+    pub(crate) fn push(&mut self, text: &str) -> Vec<CallPiece> {
+        self.held.push_str(text);
+        match &mut self.stream {
+            Some(stream) => stream.push(text),
+            None => Vec::new(),
+        }
+    }
+
+    /// How many calls have been streamed.
+    pub(crate) fn streamed_calls(&self) -> usize {
+        self.stream.as_ref().map_or(0, CallStream::calls)
+    }
+
+    /// The answer so far, taken.
+    pub(crate) fn take_held(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+/// What a forced call's answer has said so far, as it streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CallPiece {
+    /// Call `index` (from 0) names the function `name`.
+    Start { index: usize, name: String },
+    /// More of call `index`'s arguments, as JSON text.
+    Arguments { index: usize, json: String },
+}
+
+/// Where a [`CallStream`] is inside a call object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum InCall {
+    /// Outside any call, or after a value: before a key or the call's end.
+    #[default]
+    Between,
+    /// Reading a key, quotes included.
+    Key(String),
+    /// After the key, before its value.
+    Value(String),
+    /// Reading the name, quotes included.
+    Name(String),
+    /// Passing the arguments on; whitespace at their top level is held until more follows,
+    /// so none trails them.
+    Arguments { blank: String },
+    /// Passing over a value of another key.
+    Other,
+}
+
+/// Reads an answer constrained to calls (`{"tool_calls": [{"name": ..., "parameters": ...},
+/// ...]}`, whitespace as the grammar allows) piece by piece as it is generated, so each call
+/// can be streamed as it is made: its name once it is whole, then its arguments' text as it
+/// comes. The grammar guarantees the shape; this only follows strings and nesting.
+#[derive(Debug, Default)]
+pub(crate) struct CallStream {
+    /// Open objects and arrays: the answer is 1, the call list 2, a call 3.
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    /// Calls begun.
+    calls: usize,
+    at: InCall,
+    /// Whether the current call's name has been given.
+    named: bool,
+    /// Arguments read before the name (none in this shape), given once it is.
+    early: String,
+}
+
+impl CallStream {
+    /// How many calls have begun.
+    pub(crate) fn calls(&self) -> usize {
+        self.calls
+    }
+
+    /// Reads `text`, the answer's next piece; returns what it adds to the calls.
+    pub(crate) fn push(&mut self, text: &str) -> Vec<CallPiece> {
+        let mut pieces = Vec::new();
+        for c in text.chars() {
+            self.step(c, &mut pieces);
+        }
+        pieces
+    }
+
+    fn step(&mut self, c: char, pieces: &mut Vec<CallPiece>) {
+        let was_in_string = self.in_string;
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+            } else if c == '\\' {
+                self.escaped = true;
+            } else if c == '"' {
+                self.in_string = false;
+            }
+        } else if c == '"' {
+            self.in_string = true;
+        }
+        // Not part of a string, quotes included.
+        let structural = !was_in_string && !self.in_string;
+        let depth = self.depth;
+        if structural {
+            match c {
+                '{' | '[' => self.depth += 1,
+                '}' | ']' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if structural && depth == 2 && c == '{' {
+            self.calls += 1;
+            self.named = false;
+            self.early.clear();
+            self.at = InCall::Between;
+            return;
+        }
+        if depth < 3 && self.depth < 3 {
+            return;
+        }
+        let index = self.calls.saturating_sub(1);
+        // A value at the call's top level ends at the call's next `,` or its `}`.
+        let ends_value = structural && depth == 3 && matches!(c, ',' | '}');
+        match &mut self.at {
+            InCall::Arguments { blank } => {
+                if ends_value {
+                    self.at = InCall::Between;
+                } else if structural && depth == 3 && c.is_whitespace() {
+                    blank.push(c);
+                } else {
+                    let mut json = std::mem::take(blank);
+                    json.push(c);
+                    self.arguments(index, json, pieces);
+                }
+            }
+            InCall::Other => {
+                if ends_value {
+                    self.at = InCall::Between;
+                }
+            }
+            InCall::Between => {
+                if c == '"' && self.in_string && depth == 3 {
+                    self.at = InCall::Key(c.to_string());
+                }
+            }
+            InCall::Key(key) => {
+                key.push(c);
+                if !self.in_string {
+                    let key = serde_json::from_str::<String>(key).unwrap_or_default();
+                    self.at = InCall::Value(key);
+                }
+            }
+            InCall::Value(key) => {
+                if structural && (c == ':' || c.is_whitespace()) {
+                    return;
+                }
+                if key == "name" && c == '"' {
+                    self.at = InCall::Name(c.to_string());
+                } else if key == ARGUMENTS {
+                    self.at = InCall::Arguments {
+                        blank: String::new(),
+                    };
+                    self.arguments(index, c.to_string(), pieces);
+                } else {
+                    self.at = InCall::Other;
+                }
+            }
+            InCall::Name(name) => {
+                name.push(c);
+                if !self.in_string {
+                    let name = serde_json::from_str::<String>(name).unwrap_or_default();
+                    self.at = InCall::Between;
+                    self.named = true;
+                    pieces.push(CallPiece::Start { index, name });
+                    if !self.early.is_empty() {
+                        let json = std::mem::take(&mut self.early);
+                        pieces.push(CallPiece::Arguments { index, json });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Passes `json` on as call `index`'s arguments, joined to the last piece if that was
+    /// theirs too; held until the call is named.
+    fn arguments(&mut self, index: usize, json: String, pieces: &mut Vec<CallPiece>) {
+        if !self.named {
+            self.early.push_str(&json);
+            return;
+        }
+        match pieces.last_mut() {
+            Some(CallPiece::Arguments {
+                index: last,
+                json: so_far,
+            }) if *last == index => {
+                so_far.push_str(&json);
+            }
+            _ => pieces.push(CallPiece::Arguments { index, json }),
+        }
     }
 }
 
@@ -319,7 +549,10 @@ mod tests {
         };
         let call = &schema["properties"]["tool_calls"]["items"]["anyOf"][0];
         assert_eq!(call["properties"]["name"]["const"], "get_weather");
-        assert_eq!(call["properties"]["arguments"]["required"], json!(["city"]));
+        assert_eq!(
+            call["properties"]["parameters"]["required"],
+            json!(["city"])
+        );
         assert!(tools.prompt().contains("get_weather"));
     }
 
@@ -330,13 +563,17 @@ mod tests {
             .unwrap();
         assert_eq!(tools.format(), OutputFormat::Text);
         let calls = tools
-            .calls(r#" {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]} "#)
+            .calls(r#" {"tool_calls": [{"name": "get_weather", "parameters": {"city": "Oslo"}}]} "#)
             .unwrap();
         assert_eq!(calls[0].arguments["city"], "Oslo");
         assert_eq!(
             calls_text(&calls),
-            r#"{"tool_calls":[{"arguments":{"city":"Oslo"},"name":"get_weather"}]}"#
+            r#"{"tool_calls":[{"name":"get_weather","parameters":{"city":"Oslo"}}]}"#
         );
+        // A free answer may name them as OpenAI's calls do.
+        let openai_style =
+            r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}"#;
+        assert_eq!(tools.calls(openai_style), Some(calls));
         assert!(tools.calls("It is sunny.").is_none());
         assert!(
             tools
@@ -385,5 +622,89 @@ mod tests {
             })
             .collect();
         assert!(Tools::new(many, ToolChoice::Auto, true).is_err());
+    }
+}
+
+#[cfg(test)]
+mod call_stream {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every call's name and arguments text, from the pieces of `answer` split at `cuts`.
+    fn streamed(answer: &str, cuts: &[usize]) -> Vec<(String, String)> {
+        let mut stream = CallStream::default();
+        let mut calls: Vec<(String, String)> = Vec::new();
+        let mut from = 0;
+        let mut bounds: Vec<usize> = cuts
+            .iter()
+            .map(|&c| c % (answer.len() + 1))
+            .filter(|&c| answer.is_char_boundary(c))
+            .collect();
+        bounds.sort_unstable();
+        bounds.push(answer.len());
+        for to in bounds {
+            for piece in stream.push(&answer[from..to]) {
+                match piece {
+                    CallPiece::Start { index, name } => {
+                        assert_eq!(index, calls.len(), "calls start in order");
+                        calls.push((name, String::new()));
+                    }
+                    CallPiece::Arguments { index, json } => {
+                        assert_eq!(index + 1, calls.len(), "arguments of the last call");
+                        calls[index].1.push_str(&json);
+                    }
+                }
+            }
+            from = to;
+        }
+        assert_eq!(stream.calls(), calls.len());
+        calls
+    }
+
+    const ANSWERS: [&str; 4] = [
+        r#"{"tool_calls": [{"name": "get_weather", "parameters": {"city": "Oslo"}}]}"#,
+        "{ \"tool_calls\" : [ { \"name\" : \"a\\\"b\" , \"parameters\" : { \"s\": \"}],{\\\"\", \"n\": [1, {\"x\": null}] } } ,\n {\"name\":\"f\",\"parameters\":{}} ] }",
+        r#"{"tool_calls":[{"name":"é","parameters":{"q":"ünïcødé ✓"}},{"name":"g","parameters":{"k":true}}]}"#,
+        r#"{"tool_calls": [{"parameters": {"late": 1}, "name": "named_after"}]}"#,
+    ];
+
+    #[test]
+    fn each_call_streams_its_name_then_exactly_its_arguments_text() {
+        for answer in ANSWERS {
+            let calls = streamed(answer, &[]);
+            let whole: Value = serde_json::from_str(answer).unwrap();
+            let expected = whole["tool_calls"].as_array().unwrap();
+            assert_eq!(calls.len(), expected.len(), "{answer}");
+            for ((name, arguments), call) in calls.iter().zip(expected) {
+                assert_eq!(name, call["name"].as_str().unwrap(), "{answer}");
+                let parsed: Value = serde_json::from_str(arguments).unwrap();
+                assert_eq!(parsed, call["parameters"], "{answer}");
+                assert_eq!(
+                    arguments.trim(),
+                    arguments,
+                    "no whitespace around: {arguments:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_is_a_call_until_a_call_object_begins() {
+        let mut stream = CallStream::default();
+        assert!(stream.push(r#"{"tool_calls": ["#).is_empty());
+        assert_eq!(stream.calls(), 0);
+        assert!(stream.push("{").is_empty());
+        assert_eq!(stream.calls(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_an_answer_streams_the_same_calls(
+            which in 0..ANSWERS.len(),
+            cuts in proptest::collection::vec(0usize..200, 0..12),
+        ) {
+            let answer = ANSWERS[which];
+            prop_assert_eq!(streamed(answer, &cuts), streamed(answer, &[]));
+        }
     }
 }

@@ -620,7 +620,10 @@ async fn both_apis_hand_the_engine_one_checked_request_and_shape_its_answer() {
     assert_eq!(first.stop(), ["###"]);
     assert_eq!(first.sampling().temperature, 0.0);
     assert_eq!(first.sampling().seed, Some(3));
-    assert_eq!(first.cache_scope(), None, "seeded requests reuse no cache");
+    assert!(
+        first.cache_scope().is_some(),
+        "a seeded request keeps its scope: the engine decides what it may share"
+    );
     assert!(
         requests[1]
             .cache_scope()
@@ -847,14 +850,20 @@ async fn count_tokens_counts_the_conversation_with_the_engine_and_generates_noth
 #[tokio::test]
 async fn calls_come_back_in_each_apis_own_shape_whole_and_streamed_and_earlier_calls_reach_the_model()
  {
-    let call = r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]}"#;
+    let call = r#"{"tool_calls": [{"name": "get_weather", "parameters": {"city": "Oslo"}}, {"name": "get_weather", "parameters": {"city": "Rome"}}]}"#;
     // The same call, split as a model streams it.
     let pieces = [&call[..20], &call[20..]];
+    let small: Vec<&str> = (0..call.len())
+        .step_by(7)
+        .map(|i| &call[i..(i + 7).min(call.len())])
+        .collect();
     let h = Harness::new(ScriptedChat::new([
         Reply::text(pieces),
         Reply::text(pieces),
+        Reply::text(small.clone()),
         Reply::text(pieces),
         Reply::text(pieces),
+        Reply::text(small),
         Reply::text(["It is sunny."]),
     ]));
     let schema =
@@ -902,6 +911,44 @@ async fn calls_come_back_in_each_apis_own_shape_whole_and_streamed_and_earlier_c
         "tool_calls"
     );
 
+    // A required call streams as it is made: each call's name once whole, then its
+    // arguments' text piece by piece.
+    let streamed = h
+        .post(
+            "/v1/chat/completions",
+            &openai_chat(json!({"tools": openai_tools, "tool_choice": "required", "stream": true})),
+        )
+        .await;
+    let events = streamed.events();
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert!(deltas.len() > 4, "{}", streamed.text);
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    for delta in &deltas {
+        let index = delta["index"].as_u64().unwrap() as usize;
+        if let Some(name) = delta["function"]["name"].as_str() {
+            assert_eq!(index, calls.len(), "a call starts once, in order");
+            assert_eq!(delta["type"], "function");
+            calls.push((
+                delta["id"].as_str().unwrap().into(),
+                name.into(),
+                String::new(),
+            ));
+        }
+        calls[index].2 += delta["function"]["arguments"].as_str().unwrap();
+    }
+    assert_eq!(calls.len(), 2);
+    assert_ne!(calls[0].0, calls[1].0);
+    assert_eq!(calls[0].1, "get_weather");
+    assert_eq!(calls[0].2, r#"{"city": "Oslo"}"#);
+    assert_eq!(calls[1].2, r#"{"city": "Rome"}"#);
+    assert_eq!(
+        events.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+
     let whole = h
         .post(
             "/v1/messages",
@@ -937,6 +984,55 @@ async fn calls_come_back_in_each_apis_own_shape_whole_and_streamed_and_earlier_c
             .any(|e| e["delta"]["stop_reason"] == "tool_use")
     );
 
+    let streamed = h
+        .post(
+            "/v1/messages",
+            &anthropic(
+                json!({"tools": anthropic_tools, "tool_choice": {"type": "any"}, "stream": true}),
+            ),
+        )
+        .await;
+    let events = streamed.events();
+    let kinds: Vec<(&str, u64)> = events
+        .iter()
+        .filter(|e| e["type"].as_str().unwrap().starts_with("content_block"))
+        .map(|e| (e["type"].as_str().unwrap(), e["index"].as_u64().unwrap()))
+        .collect();
+    let starts = kinds.iter().filter(|k| k.0 == "content_block_start");
+    assert_eq!(starts.count(), 2, "{}", streamed.text);
+    // Each block opens, takes its deltas, and closes before the next opens.
+    let mut open = None;
+    let mut inputs = [String::new(), String::new()];
+    for e in events
+        .iter()
+        .filter(|e| e["type"].as_str().unwrap().starts_with("content_block"))
+    {
+        let index = e["index"].as_u64().unwrap();
+        match e["type"].as_str().unwrap() {
+            "content_block_start" => {
+                assert_eq!(open, None, "{}", streamed.text);
+                assert_eq!(e["content_block"]["name"], "get_weather");
+                open = Some(index);
+            }
+            "content_block_delta" => {
+                assert_eq!(open, Some(index));
+                inputs[index as usize] += e["delta"]["partial_json"].as_str().unwrap();
+            }
+            _ => {
+                assert_eq!(open, Some(index));
+                open = None;
+            }
+        }
+    }
+    assert_eq!(open, None);
+    assert!(kinds.len() > 6, "the input streams in pieces: {kinds:?}");
+    assert_eq!(inputs, [r#"{"city": "Oslo"}"#, r#"{"city": "Rome"}"#]);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["delta"]["stop_reason"] == "tool_use")
+    );
+
     // A conversation with a call and its result: both reach the model as text, after the
     // functions' prompt in the system message.
     h.post(
@@ -961,7 +1057,7 @@ async fn calls_come_back_in_each_apis_own_shape_whole_and_streamed_and_earlier_c
     assert!(conversation[0].content.contains("get_weather"));
     assert_eq!(
         conversation[2].content,
-        r#"{"tool_calls":[{"arguments":{"city":"Oslo"},"name":"get_weather"}]}"#
+        r#"{"tool_calls":[{"name":"get_weather","parameters":{"city":"Oslo"}}]}"#
     );
     assert_eq!(
         conversation[3].content,
@@ -972,4 +1068,5 @@ async fn calls_come_back_in_each_apis_own_shape_whole_and_streamed_and_earlier_c
         "required: calls constrained"
     );
     assert!(requests[1].constraint().is_none(), "auto: free");
+    assert!(requests[2].constraint().is_some());
 }
