@@ -168,5 +168,44 @@ for label, choice in [
               final.stop_reason in ("end_turn", "max_tokens") and final.content[0].type == "text" and final.content[0].text,
               final)
 
+# A function whose parameters are a pydantic model holding another, as agent frameworks write
+# them: the inner model is a "$defs" entry the parameters refer to. A named call must match.
+from pydantic import BaseModel, ValidationError  # noqa: E402
+
+
+class Address(BaseModel):
+    street: str
+    city: str
+
+
+class Shipment(BaseModel):
+    to: Address
+    parcels: int
+
+
+def validates(model, raw):
+    try:
+        model.model_validate_json(raw) if isinstance(raw, str) else model.model_validate(raw)
+        return True
+    except ValidationError:
+        return False
+
+
+SHIP_QUESTION = [{"role": "user", "content": "Ship two parcels to 5 Rue Cler in Paris."}]
+ship = openai.pydantic_function_tool(Shipment, name="ship", description="Ship parcels to an address")
+check("a pydantic function refers to its inner model", "$defs" in json.dumps(ship["function"]["parameters"]), ship)
+reply = oa.chat.completions.create(model=chat, messages=SHIP_QUESTION, tools=[ship], temperature=0,
+                                   tool_choice={"type": "function", "function": {"name": "ship"}},
+                                   max_tokens=CALL_TOKENS, extra_body=PENALTY)
+call = (reply.choices[0].message.tool_calls or [None])[0]
+check("openai pydantic function: the call validates", call is not None and validates(Shipment, call.function.arguments),
+      reply.choices[0].message)
+message = an.messages.create(model=chat, max_tokens=CALL_TOKENS, messages=SHIP_QUESTION, extra_body=GREEDY,
+                             tools=[{"name": "ship", "input_schema": Shipment.model_json_schema()}],
+                             tool_choice={"type": "tool", "name": "ship"})
+uses = [b for b in message.content if b.type == "tool_use"]
+check("anthropic pydantic tool: the call validates", len(uses) >= 1 and all(validates(Shipment, u.input) for u in uses),
+      message.content)
+
 print(json.dumps({"passed": len(checks), "openai": openai.__version__, "anthropic": anthropic.__version__,
                   "checks": checks}))

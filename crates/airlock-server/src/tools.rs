@@ -203,10 +203,14 @@ impl Tools {
             .tools
             .iter()
             .filter(|t| only.is_none_or(|name| name == t.name))
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
+                // The function's own references (`#/$defs/Address`, `#`) point into its
+                // parameters, which now sit inside the call list's schema.
+                let at = format!("#/properties/tool_calls/items/anyOf/{i}/properties/{ARGUMENTS}");
                 json!({
                     "type": "object",
-                    "properties": {"name": {"const": t.name}, ARGUMENTS: t.parameters},
+                    "properties": {"name": {"const": t.name}, ARGUMENTS: rebased(&t.parameters, &at)},
                     "required": ["name", ARGUMENTS],
                     "additionalProperties": false,
                 })
@@ -251,6 +255,32 @@ impl Tools {
             });
         }
         (!calls.is_empty()).then_some(calls)
+    }
+}
+
+/// `schema` with each local `$ref` (`#...`) made to point below `at`, where it is embedded.
+/// Values that are data rather than schemas (`const`, `enum`, `default`, `examples`) are left
+/// as they are.
+fn rebased(schema: &Value, at: &str) -> Value {
+    match schema {
+        Value::Object(object) => Value::Object(
+            object
+                .iter()
+                .map(|(key, value)| {
+                    let value = match (key.as_str(), value) {
+                        ("$ref", Value::String(reference)) => match reference.strip_prefix('#') {
+                            Some(pointer) => Value::String(format!("{at}{pointer}")),
+                            None => value.clone(),
+                        },
+                        ("const" | "enum" | "default" | "examples", _) => value.clone(),
+                        _ => rebased(value, at),
+                    };
+                    (key.clone(), value)
+                })
+                .collect(),
+        ),
+        Value::Array(list) => Value::Array(list.iter().map(|v| rebased(v, at)).collect()),
+        other => other.clone(),
     }
 }
 
@@ -581,6 +611,68 @@ mod tests {
                 .is_none()
         );
         assert!(tools.calls(r#"{"tool_calls": []}"#).is_none());
+    }
+
+    #[test]
+    fn functions_whose_parameters_use_references_are_compiled_with_them() {
+        // As pydantic writes a nested model, and a tree that refers to its own root.
+        let address = Tool {
+            name: "ship".into(),
+            description: None,
+            parameters: json!({
+                "$defs": {"Address": {"type": "object",
+                    "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+                    "required": ["street", "city"], "additionalProperties": false}},
+                "type": "object",
+                "properties": {"to": {"$ref": "#/$defs/Address"}, "note": {"const": {"$ref": "#/kept"}}},
+                "required": ["to"], "additionalProperties": false,
+            }),
+        };
+        let tree = Tool {
+            name: "plant".into(),
+            description: None,
+            parameters: json!({
+                "type": "object",
+                "properties": {"label": {"type": "string"},
+                    "children": {"type": "array", "items": {"$ref": "#"}, "maxItems": 3}},
+                "required": ["label"], "additionalProperties": false,
+            }),
+        };
+        for choice in [ToolChoice::Required, ToolChoice::Named("plant".into())] {
+            let tools = Tools::new(vec![address.clone(), tree.clone()], choice, true)
+                .unwrap()
+                .unwrap();
+            let format = tools.format();
+            Constraint::compile(&format, &SchemaLimits::default()).unwrap();
+            let OutputFormat::JsonSchema { schema, .. } = format else {
+                panic!("a schema");
+            };
+            let calls = &schema["properties"]["tool_calls"]["items"]["anyOf"];
+            let last = calls.as_array().unwrap().len() - 1;
+            let plant = &calls[last]["properties"]["parameters"];
+            assert_eq!(
+                plant["properties"]["children"]["items"]["$ref"],
+                format!("#/properties/tool_calls/items/anyOf/{last}/properties/parameters")
+            );
+            if last == 1 {
+                let ship = &calls[0]["properties"]["parameters"];
+                assert_eq!(
+                    ship["properties"]["to"]["$ref"],
+                    "#/properties/tool_calls/items/anyOf/0/properties/parameters/$defs/Address"
+                );
+                assert_eq!(
+                    ship["properties"]["note"]["const"]["$ref"], "#/kept",
+                    "data stays"
+                );
+            }
+        }
+        // A reference that points nowhere is still refused.
+        let dangling = Tool {
+            parameters: json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/Nope"}}}),
+            ..tree
+        };
+        let e = Tools::new(vec![dangling], ToolChoice::Auto, true).unwrap_err();
+        assert!(e.message().contains("does not point"), "{}", e.message());
     }
 
     #[test]
