@@ -417,6 +417,36 @@ fn collect_refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
     }
 }
 
+/// `schema` as it must read once embedded at the JSON pointer fragment `at` (`#/...`) of a
+/// larger schema: each local `$ref` (`#/$defs/A`, `#`) made to point below `at`. Only
+/// subschemas are walked, so a property or definition named like a keyword (`enum`,
+/// `default`) is still rebased, and values (`const`, `enum`) are left as they are.
+pub fn rebase_references(schema: &Value, at: &str) -> Value {
+    let Value::Object(object) = schema else {
+        return schema.clone();
+    };
+    let rebased = object.iter().map(|(key, value)| {
+        let value = match (key.as_str(), value) {
+            ("$ref", Value::String(reference)) => match reference.strip_prefix('#') {
+                Some(pointer) => Value::String(format!("{at}{pointer}")),
+                None => value.clone(),
+            },
+            (key, _) if SCHEMA_KEYWORDS.contains(&key) => rebase_references(value, at),
+            (key, Value::Array(list)) if SCHEMA_LIST_KEYWORDS.contains(&key) => {
+                Value::Array(list.iter().map(|s| rebase_references(s, at)).collect())
+            }
+            (key, Value::Object(map)) if SCHEMA_MAP_KEYWORDS.contains(&key) => Value::Object(
+                map.iter()
+                    .map(|(name, s)| (name.clone(), rebase_references(s, at)))
+                    .collect(),
+            ),
+            _ => value.clone(),
+        };
+        (key.clone(), value)
+    });
+    Value::Object(rebased.collect())
+}
+
 /// Follows a local JSON pointer reference (`#/$defs/A`).
 fn resolve<'a>(root: &'a Value, reference: &str) -> Option<&'a Value> {
     // The converter resolves pointers into the schema, not the bare root (`#`).

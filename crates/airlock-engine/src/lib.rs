@@ -27,7 +27,7 @@ pub use chat::{
     DecoderShape, Event, FinishReason, GenerateParams, Generation, LlamaCpp, Prompter,
     SamplingParams, Scorer, Usage,
 };
-pub use constraint::{Constraint, OutputFormat, SchemaError, SchemaLimits};
+pub use constraint::{Constraint, OutputFormat, SchemaError, SchemaLimits, rebase_references};
 pub use embed::{EmbeddingEngine, EmbeddingModel};
 pub use error::{Error, ErrorKind, Result};
 pub use files::ModelFiles;

@@ -983,6 +983,32 @@ fn seeded_requests_share_only_a_whole_prompt_and_each_answers_as_alone() {
 }
 
 #[test]
+fn a_seeded_request_never_shares_a_prompt_its_source_did_not_decode_whole() {
+    let (model, controls) = start(config(3), 512);
+    let prompt = long_prompt(&model);
+    // The first run leaves its cache kept; the next unseeded one reuses it, so its last
+    // prompt token is decoded alone, unlike a seeded request's.
+    side_by_side(&model, &prompt, in_scopes(&["alice"], 4));
+    let seeded = GenerateParams {
+        cache_scope: Some("alice".into()),
+        sampling: SamplingParams {
+            temperature: 0.8,
+            seed: Some(5),
+            ..SamplingParams::greedy()
+        },
+        ..greedy(4)
+    };
+    let mut params = in_scopes(&["alice"], 4);
+    params.push(seeded);
+    let answers = admitted_together(&model, &controls, &prompt, params);
+    assert_eq!(answers[0].usage.cached_tokens, prompt.len() - 1);
+    assert_eq!(
+        answers[1].usage.cached_tokens, 0,
+        "the seeded one decodes it itself"
+    );
+}
+
+#[test]
 fn a_prompt_is_shared_only_within_its_scope() {
     let (model, controls) = start(config(2), 512);
     controls.step_micros.store(2000, Ordering::Relaxed);

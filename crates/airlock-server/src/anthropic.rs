@@ -574,22 +574,23 @@ impl Shape for MessageEvents {
 
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
         let mut events = Vec::new();
-        let streamed_calls = self
+        let (streamed_calls, whole) = self
             .tools
             .as_ref()
-            .map_or(0, tools::Offered::streamed_calls);
+            .map_or((0, false), tools::Offered::streamed_calls);
         if streamed_calls > 0 {
-            // A forced call's answer streamed as it was made; one cut short stays
-            // "max_tokens".
-            let reason = match ending.reason {
-                FinishReason::Stop => "tool_use",
-                FinishReason::Length => stop_reason(ending),
+            // A forced call's answer streamed as it was made; one cut short by the length
+            // limit or a stop sequence says so.
+            let (reason, stop_sequence) = if whole {
+                ("tool_use", None)
+            } else {
+                (stop_reason(ending), ending.stop_sequence.as_deref())
             };
             events.push(block_stop(streamed_calls - 1));
             events.push(event(
                 "message_delta",
                 &json!({"type": "message_delta",
-                    "delta": {"stop_reason": reason, "stop_sequence": null},
+                    "delta": {"stop_reason": reason, "stop_sequence": stop_sequence},
                     "usage": usage(ending)}),
             ));
             events.push(event("message_stop", &json!({"type": "message_stop"})));

@@ -737,13 +737,14 @@ impl Shape for Chunks {
     fn done(&mut self, ending: &Ending) -> Vec<SseEvent> {
         let mut events = Vec::new();
         let mut finish = finish_reason(ending.reason);
-        let streamed_calls = self
+        let (streamed_calls, whole) = self
             .tools
             .as_ref()
-            .map_or(0, tools::Offered::streamed_calls);
+            .map_or((0, false), tools::Offered::streamed_calls);
         if streamed_calls > 0 {
-            // A forced call's answer streamed as it was made; one cut short stays "length".
-            if ending.reason == FinishReason::Stop {
+            // A forced call's answer streamed as it was made; one cut short by the length
+            // limit or a stop sequence keeps that finish reason.
+            if whole {
                 finish = "tool_calls";
             }
         } else if let Some(offered) = &mut self.tools {

@@ -9,7 +9,7 @@
 //! is compiled in key order: a forced call's name comes before its arguments, so both can be
 //! streamed as they are generated; see [`CallStream`]).
 
-use airlock_engine::{Constraint, Message, OutputFormat, Role, SchemaLimits};
+use airlock_engine::{Constraint, Message, OutputFormat, Role, SchemaLimits, rebase_references};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
@@ -210,7 +210,7 @@ impl Tools {
                 let at = format!("#/properties/tool_calls/items/anyOf/{i}/properties/{ARGUMENTS}");
                 json!({
                     "type": "object",
-                    "properties": {"name": {"const": t.name}, ARGUMENTS: rebased(&t.parameters, &at)},
+                    "properties": {"name": {"const": t.name}, ARGUMENTS: rebase_references(&t.parameters, &at)},
                     "required": ["name", ARGUMENTS],
                     "additionalProperties": false,
                 })
@@ -255,32 +255,6 @@ impl Tools {
             });
         }
         (!calls.is_empty()).then_some(calls)
-    }
-}
-
-/// `schema` with each local `$ref` (`#...`) made to point below `at`, where it is embedded.
-/// Values that are data rather than schemas (`const`, `enum`, `default`, `examples`) are left
-/// as they are.
-fn rebased(schema: &Value, at: &str) -> Value {
-    match schema {
-        Value::Object(object) => Value::Object(
-            object
-                .iter()
-                .map(|(key, value)| {
-                    let value = match (key.as_str(), value) {
-                        ("$ref", Value::String(reference)) => match reference.strip_prefix('#') {
-                            Some(pointer) => Value::String(format!("{at}{pointer}")),
-                            None => value.clone(),
-                        },
-                        ("const" | "enum" | "default" | "examples", _) => value.clone(),
-                        _ => rebased(value, at),
-                    };
-                    (key.clone(), value)
-                })
-                .collect(),
-        ),
-        Value::Array(list) => Value::Array(list.iter().map(|v| rebased(v, at)).collect()),
-        other => other.clone(),
     }
 }
 
@@ -367,9 +341,12 @@ impl Offered {
         }
     }
 
-    /// How many calls have been streamed.
-    pub(crate) fn streamed_calls(&self) -> usize {
-        self.stream.as_ref().map_or(0, CallStream::calls)
+    /// How many calls have been streamed (named), and whether the answer is whole: its
+    /// call list closed, not cut by a length limit or a stop sequence.
+    pub(crate) fn streamed_calls(&self) -> (usize, bool) {
+        self.stream
+            .as_ref()
+            .map_or((0, false), |s| (s.named_calls, s.complete()))
     }
 
     /// The answer so far, taken.
@@ -418,6 +395,8 @@ pub(crate) struct CallStream {
     escaped: bool,
     /// Calls begun.
     calls: usize,
+    /// Calls whose name has been given.
+    named_calls: usize,
     at: InCall,
     /// Whether the current call's name has been given.
     named: bool,
@@ -426,9 +405,9 @@ pub(crate) struct CallStream {
 }
 
 impl CallStream {
-    /// How many calls have begun.
-    pub(crate) fn calls(&self) -> usize {
-        self.calls
+    /// Whether a call list has been read to its end.
+    pub(crate) fn complete(&self) -> bool {
+        self.calls > 0 && self.depth == 0
     }
 
     /// Reads `text`, the answer's next piece; returns what it adds to the calls.
@@ -526,6 +505,7 @@ impl CallStream {
                     let name = serde_json::from_str::<String>(name).unwrap_or_default();
                     self.at = InCall::Between;
                     self.named = true;
+                    self.named_calls += 1;
                     pieces.push(CallPiece::Start { index, name });
                     if !self.early.is_empty() {
                         let json = std::mem::take(&mut self.early);
@@ -624,7 +604,8 @@ mod tests {
                     "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
                     "required": ["street", "city"], "additionalProperties": false}},
                 "type": "object",
-                "properties": {"to": {"$ref": "#/$defs/Address"}, "note": {"const": {"$ref": "#/kept"}}},
+                "properties": {"to": {"$ref": "#/$defs/Address"}, "note": {"const": {"$ref": "#/kept"}},
+                    "default": {"$ref": "#/$defs/Address"}},
                 "required": ["to"], "additionalProperties": false,
             }),
         };
@@ -663,6 +644,10 @@ mod tests {
                 assert_eq!(
                     ship["properties"]["note"]["const"]["$ref"], "#/kept",
                     "data stays"
+                );
+                assert_eq!(
+                    ship["properties"]["default"]["$ref"], ship["properties"]["to"]["$ref"],
+                    "a property named like a keyword is still a schema"
                 );
             }
         }
@@ -749,7 +734,7 @@ mod call_stream {
             }
             from = to;
         }
-        assert_eq!(stream.calls(), calls.len());
+        assert_eq!(stream.named_calls, calls.len());
         calls
     }
 
@@ -781,12 +766,17 @@ mod call_stream {
     }
 
     #[test]
-    fn nothing_is_a_call_until_a_call_object_begins() {
+    fn nothing_is_a_call_until_a_call_object_begins_and_the_answer_is_whole_once_it_closes() {
         let mut stream = CallStream::default();
         assert!(stream.push(r#"{"tool_calls": ["#).is_empty());
-        assert_eq!(stream.calls(), 0);
-        assert!(stream.push("{").is_empty());
-        assert_eq!(stream.calls(), 1);
+        assert_eq!(stream.calls, 0);
+        assert!(stream.push(r#"{"na"#).is_empty());
+        assert_eq!((stream.calls, stream.named_calls), (1, 0));
+        stream.push(r#"me": "f", "parameters": {"a": "}]}"}}"#);
+        assert_eq!(stream.named_calls, 1);
+        assert!(!stream.complete(), "the list is still open");
+        stream.push("]}");
+        assert!(stream.complete());
     }
 
     proptest! {

@@ -1070,3 +1070,101 @@ async fn calls_come_back_in_each_apis_own_shape_whole_and_streamed_and_earlier_c
     assert!(requests[1].constraint().is_none(), "auto: free");
     assert!(requests[2].constraint().is_some());
 }
+
+/// Every Messages content block that starts stops once, before the next starts.
+fn blocks_are_well_formed(events: &[Value]) -> bool {
+    let mut open: Option<&Value> = None;
+    for e in events {
+        match e["type"].as_str() {
+            Some("content_block_start") if open.is_none() => open = Some(&e["index"]),
+            Some("content_block_delta") if open == Some(&e["index"]) => {}
+            Some("content_block_stop") if open == Some(&e["index"]) => open = None,
+            Some("content_block_start" | "content_block_delta" | "content_block_stop") => {
+                return false;
+            }
+            _ => {}
+        }
+    }
+    open.is_none()
+}
+
+#[tokio::test]
+async fn a_required_call_cut_short_streams_well_formed_events_that_say_why() {
+    let cut = |pieces: &[&str], reason, stop: Option<&str>| {
+        let mut events: Vec<_> = pieces
+            .iter()
+            .map(|p| Ok(ChatEvent::Text((*p).to_owned())))
+            .collect();
+        events.push(Ok(ChatEvent::Done(Ending {
+            reason,
+            stop_sequence: stop.map(str::to_owned),
+            usage: Usage::default(),
+        })));
+        Reply::Events(events)
+    };
+    let before_a_name = [r#"{"tool_calls": [{"na"#];
+    let in_the_second_call = [
+        r#"{"tool_calls": [{"name": "get_weather", "parameters": {"city": "Oslo"}}, "#,
+        r#"{"name": "get_wea"#,
+    ];
+    let at_a_stop_sequence =
+        [r#"{"tool_calls": [{"name": "get_weather", "parameters": {"city": ""#];
+    let h = Harness::new(ScriptedChat::new([
+        cut(&before_a_name, FinishReason::Length, None),
+        cut(&in_the_second_call, FinishReason::Length, None),
+        cut(&at_a_stop_sequence, FinishReason::Stop, Some("Os")),
+        cut(&at_a_stop_sequence, FinishReason::Stop, Some("Os")),
+    ]));
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+    let tools = json!([{"name": "get_weather", "input_schema": schema}]);
+    let request = json!({"tools": tools, "tool_choice": {"type": "any"}, "stream": true});
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let streamed = h.post("/v1/messages", &anthropic(request.clone())).await;
+        let events = streamed.events();
+        assert!(blocks_are_well_formed(&events), "{}", streamed.text);
+        let types: Vec<String> = events
+            .iter()
+            .filter(|e| e["type"] == "content_block_start")
+            .map(|e| e["content_block"]["type"].as_str().unwrap().to_owned())
+            .collect();
+        let end = events
+            .iter()
+            .find(|e| e["type"] == "message_delta")
+            .unwrap();
+        outcomes.push((
+            types,
+            end["delta"]["stop_reason"].clone(),
+            end["delta"]["stop_sequence"].clone(),
+        ));
+    }
+    assert_eq!(
+        outcomes,
+        [
+            (vec!["text".to_owned()], json!("max_tokens"), Value::Null),
+            (
+                vec!["tool_use".to_owned()],
+                json!("max_tokens"),
+                Value::Null
+            ),
+            (
+                vec!["tool_use".to_owned()],
+                json!("stop_sequence"),
+                json!("Os")
+            ),
+        ]
+    );
+    let openai_tools =
+        json!([{"type": "function", "function": {"name": "get_weather", "parameters": schema}}]);
+    let streamed = h
+        .post(
+            "/v1/chat/completions",
+            &openai_chat(json!({"tools": openai_tools, "tool_choice": "required", "stream": true})),
+        )
+        .await;
+    let finish = streamed
+        .events()
+        .iter()
+        .find_map(|e| e["choices"][0]["finish_reason"].as_str().map(str::to_owned));
+    assert_eq!(finish.as_deref(), Some("stop"), "{}", streamed.text);
+}

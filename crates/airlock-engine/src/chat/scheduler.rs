@@ -173,7 +173,14 @@ impl<B: Backend> Slots<'_, B> {
             if slot.follows.is_some() || slot.job.params.cache_scope.as_ref() != Some(scope) {
                 continue;
             }
-            if len >= LEAST_SHARED && slot.job.prompt == job.prompt && slot.fed < len {
+            // A seeded request takes only logits its source computed from a prompt it decoded
+            // whole itself, as the seeded request would have.
+            let decodes_it_all = slot.reused == 0 || !seeded(job);
+            if len >= LEAST_SHARED
+                && slot.job.prompt == job.prompt
+                && slot.fed < len
+                && decodes_it_all
+            {
                 return Some(Follow {
                     source: slot.id,
                     len,
