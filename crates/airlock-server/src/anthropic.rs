@@ -174,16 +174,23 @@ fn offered_tools(
     tools: Option<Value>,
     choice: Option<Value>,
 ) -> Result<Option<tools::Tools>, ApiError> {
-    let invalid = |message: String| ApiError::invalid_param("tools", message);
-    let list = match tools {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(list)) => list,
-        Some(_) => return Err(invalid("tools must be a list".into())),
+    const FIELDS: tools::FunctionFields = tools::FunctionFields {
+        called: "tool",
+        known: &[
+            "name",
+            "description",
+            "input_schema",
+            "type",
+            "cache_control",
+        ],
+        schema: "input_schema",
+        default_schema: None,
     };
+    let list = tools::tool_list(tools)?;
     let mut offered = Vec::with_capacity(list.len());
     for tool in list {
         let Some(object) = tool.as_object() else {
-            return Err(invalid("a tool must be an object".into()));
+            return Err(ApiError::invalid_param("tools", "a tool must be an object"));
         };
         if object
             .get("type")
@@ -195,33 +202,7 @@ fn offered_tools(
                 "only custom tools (name, description, input_schema) are supported",
             ));
         }
-        if let Some(extra) = object.keys().find(|k| {
-            ![
-                "name",
-                "description",
-                "input_schema",
-                "type",
-                "cache_control",
-            ]
-            .contains(&k.as_str())
-        }) {
-            return Err(invalid(format!("a tool has an unknown field {extra:?}")));
-        }
-        offered.push(tools::Tool {
-            name: object
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("a tool needs a name".into()))?
-                .to_owned(),
-            description: object
-                .get("description")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            parameters: object
-                .get("input_schema")
-                .cloned()
-                .ok_or_else(|| invalid("a tool needs an input_schema".into()))?,
-        });
+        offered.push(tools::Tool::read(object, &FIELDS)?);
     }
     let (choice, parallel) = match choice {
         None | Some(Value::Null) => (tools::ToolChoice::Auto, true),

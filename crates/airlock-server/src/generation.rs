@@ -236,7 +236,8 @@ pub(crate) trait ManyChoices: Shape {
 pub(crate) const MAX_CHOICES: u32 = 8;
 
 /// `n` answers to one prompt, whole (streams carry one): each a generation of its own, all
-/// queued at once so the engine runs them side by side. A seeded request seeds answer `i`
+/// queued at once so the engine runs them side by side and, sharing one cache scope, decodes
+/// their prompt once. A seeded request seeds answer `i`
 /// with `seed + i`, so the set is reproducible and its answers differ. The audit entry counts
 /// the prompt once and the answers' tokens together, and hashes their texts in order.
 pub(crate) async fn answer_choices<S: ManyChoices>(

@@ -248,12 +248,13 @@ fn offered_tools(
     choice: Option<Value>,
     parallel: Option<bool>,
 ) -> Result<Option<tools::Tools>, ApiError> {
-    let invalid = |message: String| ApiError::invalid_param("tools", message);
-    let list = match tools {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(list)) => list,
-        Some(_) => return Err(invalid("tools must be a list".into())),
+    const FIELDS: tools::FunctionFields = tools::FunctionFields {
+        called: "function",
+        known: &["name", "description", "parameters", "strict"],
+        schema: "parameters",
+        default_schema: Some(|| json!({"type": "object", "properties": {}})),
     };
+    let list = tools::tool_list(tools)?;
     let mut offered = Vec::with_capacity(list.len());
     for tool in list {
         if tool.get("type").and_then(Value::as_str) != Some("function") {
@@ -265,30 +266,8 @@ fn offered_tools(
         let function = tool
             .get("function")
             .and_then(Value::as_object)
-            .ok_or_else(|| invalid("a tool needs a function object".into()))?;
-        if let Some(extra) = function
-            .keys()
-            .find(|k| !["name", "description", "parameters", "strict"].contains(&k.as_str()))
-        {
-            return Err(invalid(format!(
-                "a function has an unknown field {extra:?}"
-            )));
-        }
-        offered.push(tools::Tool {
-            name: function
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("a function needs a name".into()))?
-                .to_owned(),
-            description: function
-                .get("description")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            parameters: function
-                .get("parameters")
-                .cloned()
-                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-        });
+            .ok_or_else(|| ApiError::invalid_param("tools", "a tool needs a function object"))?;
+        offered.push(tools::Tool::read(function, &FIELDS)?);
     }
     let choice = match choice {
         None | Some(Value::Null) => tools::ToolChoice::Auto,

@@ -55,6 +55,61 @@ pub(crate) struct Tools {
     parallel: bool,
 }
 
+/// How an API describes one function: what it calls it (`function`, `tool`), the fields it
+/// may have, and where its parameters' schema is.
+pub(crate) struct FunctionFields {
+    pub(crate) called: &'static str,
+    pub(crate) known: &'static [&'static str],
+    pub(crate) schema: &'static str,
+    /// The schema when none is given (`None`: it is required).
+    pub(crate) default_schema: Option<fn() -> Value>,
+}
+
+/// A request's `tools` list; empty when there is none.
+pub(crate) fn tool_list(tools: Option<Value>) -> Result<Vec<Value>, ApiError> {
+    match tools {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(list)) => Ok(list),
+        Some(_) => Err(ApiError::invalid_param("tools", "tools must be a list")),
+    }
+}
+
+impl Tool {
+    /// The function `object` describes in an API's terms.
+    pub(crate) fn read(
+        object: &Map<String, Value>,
+        fields: &FunctionFields,
+    ) -> Result<Self, ApiError> {
+        let invalid = |message: String| ApiError::invalid_param("tools", message);
+        let called = fields.called;
+        if let Some(extra) = object.keys().find(|k| !fields.known.contains(&k.as_str())) {
+            return Err(invalid(format!(
+                "a {called} has an unknown field {extra:?}"
+            )));
+        }
+        let name = object
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(format!("a {called} needs a name")))?
+            .to_owned();
+        let parameters = match (object.get(fields.schema), fields.default_schema) {
+            (Some(schema), _) => schema.clone(),
+            (None, Some(default)) => default(),
+            (None, None) => {
+                return Err(invalid(format!("a {called} needs an {}", fields.schema)));
+            }
+        };
+        Ok(Self {
+            name,
+            description: object
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            parameters,
+        })
+    }
+}
+
 /// One call the model made.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ToolCall {
@@ -658,6 +713,59 @@ mod tests {
         };
         let e = Tools::new(vec![dangling], ToolChoice::Auto, true).unwrap_err();
         assert!(e.message().contains("does not point"), "{}", e.message());
+    }
+
+    #[test]
+    fn a_function_is_read_in_each_apis_terms_and_its_faults_named() {
+        const OPENAI: FunctionFields = FunctionFields {
+            called: "function",
+            known: &["name", "description", "parameters"],
+            schema: "parameters",
+            default_schema: Some(|| json!({"type": "object"})),
+        };
+        const ANTHROPIC: FunctionFields = FunctionFields {
+            called: "tool",
+            known: &["name", "input_schema"],
+            schema: "input_schema",
+            default_schema: None,
+        };
+        let read = |value: Value, fields| {
+            Tool::read(value.as_object().unwrap(), fields).map_err(|e| e.message().to_owned())
+        };
+        let tool = read(json!({"name": "f", "description": "d"}), &OPENAI).unwrap();
+        assert_eq!(
+            tool.parameters,
+            json!({"type": "object"}),
+            "the default schema"
+        );
+        assert_eq!(tool.description.as_deref(), Some("d"));
+        let tool = read(
+            json!({"name": "f", "input_schema": {"type": "object"}}),
+            &ANTHROPIC,
+        );
+        assert_eq!(tool.unwrap().name, "f");
+        for (value, fields, says) in [
+            (
+                json!({"name": "f", "strange": 1}),
+                &OPENAI,
+                "a function has an unknown field \"strange\"",
+            ),
+            (
+                json!({"parameters": {}}),
+                &OPENAI,
+                "a function needs a name",
+            ),
+            (
+                json!({"name": "f"}),
+                &ANTHROPIC,
+                "a tool needs an input_schema",
+            ),
+            (json!({}), &ANTHROPIC, "a tool needs a name"),
+        ] {
+            assert_eq!(read(value, fields).unwrap_err(), says);
+        }
+        assert!(tool_list(Some(json!({}))).is_err());
+        assert!(tool_list(Some(Value::Null)).unwrap().is_empty());
     }
 
     #[test]
