@@ -18,7 +18,9 @@
 //! ```
 //!
 //! The receiver accepts an announce only if its own hash matches, the geometry is within
-//! limits, and the digest is the SHA-256 of the payload inside the model.sig it carries.
+//! limits, the digest is the SHA-256 of the payload inside the model.sig it carries, and the
+//! size is the one that signed payload implies ([`crate::layout`]): nothing the receiver
+//! holds for a session is sized by an unsigned number.
 
 use sha2::{Digest as _, Sha256};
 
@@ -32,6 +34,91 @@ pub const MAX_ANNOUNCE_LEN: usize = 16 << 20;
 pub const MAX_SYMBOLS_PER_BLOCK: u64 = 56_403;
 /// Largest block size the receiver accepts (bounds its memory per block in flight).
 pub const MAX_BLOCK_SIZE: u32 = 16 << 20;
+/// Smallest block size the receiver accepts. Per-block state (a bit of the bitmap, in memory
+/// and on disk) is then at most 1/2^19 of the bundle, so a bundle within `--max-size` cannot
+/// be announced in so many tiny blocks that the bitmap alone is large. Larger than the largest
+/// symbol, so a block always holds at least one.
+pub const MIN_BLOCK_SIZE: u32 = 64 << 10;
+
+/// Which limit of [`Geometry::check`] an announced geometry breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GeometryError {
+    /// The symbol size is out of range or misaligned.
+    #[error(
+        "symbol size {symbol_size} is not a multiple of {SYMBOL_ALIGNMENT} in {MIN_SYMBOL_SIZE}..={MAX_SYMBOL_SIZE}"
+    )]
+    SymbolSize {
+        /// The announced symbol size.
+        symbol_size: u16,
+    },
+    /// The block size is out of range.
+    #[error("block size {block_size} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}")]
+    BlockSize {
+        /// The announced block size.
+        block_size: u32,
+    },
+    /// A block would need more source symbols than RFC 6330 allows.
+    #[error(
+        "block size {block_size} needs more than {MAX_SYMBOLS_PER_BLOCK} symbols of {symbol_size} bytes"
+    )]
+    TooManySymbols {
+        /// The announced block size.
+        block_size: u32,
+        /// The announced symbol size.
+        symbol_size: u16,
+    },
+    /// The bundle is empty.
+    #[error("bundle size is zero")]
+    ZeroSize,
+    /// Block ids are 32-bit.
+    #[error("bundle size {size} in blocks of {block_size} bytes needs more than 2^32 blocks")]
+    TooManyBlocks {
+        /// The announced bundle size.
+        size: u64,
+        /// The announced block size.
+        block_size: u32,
+    },
+}
+
+/// Why bytes are not an announce.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnnounceError {
+    /// Shorter than the fixed fields.
+    #[error("announce of {len} bytes is too short")]
+    TooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// Longer than [`MAX_ANNOUNCE_LEN`].
+    #[error("announce of {len} bytes is too long")]
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// The trailing SHA-256 does not match: damaged or forged.
+    #[error("announce hash does not match its contents")]
+    Seal,
+    /// Not an announce of this protocol version.
+    #[error("announce magic is wrong")]
+    Magic,
+    /// The reserved bytes are not zero.
+    #[error("announce reserved bytes are not zero")]
+    Reserved,
+    /// The fixed fields run past the end.
+    #[error("announce ends early")]
+    EndsEarly,
+    /// The model.sig length field disagrees with the bytes carried.
+    #[error("announce says model.sig has {declared} bytes but carries {carried}")]
+    SignatureLength {
+        /// The length field.
+        declared: usize,
+        /// The bytes actually carried.
+        carried: usize,
+    },
+    /// The geometry breaks a limit.
+    #[error(transparent)]
+    Geometry(#[from] GeometryError),
+}
 
 /// How a session cuts the bundle into blocks and symbols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,34 +132,36 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// Checks the limits every geometry must meet; the message names the broken one.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the limits every geometry must meet, whatever the bundle.
+    ///
+    /// Whether the size is the bundle's is for the receiver to check against the signed
+    /// manifest ([`crate::layout::bundle_size`]): this needs nothing but the numbers.
+    pub fn check(&self) -> Result<(), GeometryError> {
         let t = usize::from(self.symbol_size);
         if !(MIN_SYMBOL_SIZE..=MAX_SYMBOL_SIZE).contains(&t) || t % SYMBOL_ALIGNMENT != 0 {
-            return Err(format!(
-                "symbol size {t} is not a multiple of {SYMBOL_ALIGNMENT} in {MIN_SYMBOL_SIZE}..={MAX_SYMBOL_SIZE}"
-            ));
+            return Err(GeometryError::SymbolSize {
+                symbol_size: self.symbol_size,
+            });
         }
-        if self.block_size < u32::from(self.symbol_size) || self.block_size > MAX_BLOCK_SIZE {
-            return Err(format!(
-                "block size {} is outside {t}..={MAX_BLOCK_SIZE}",
-                self.block_size
-            ));
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&self.block_size) {
+            return Err(GeometryError::BlockSize {
+                block_size: self.block_size,
+            });
         }
         if u64::from(self.block_size).div_ceil(t as u64) > MAX_SYMBOLS_PER_BLOCK {
-            return Err(format!(
-                "block size {} needs more than {MAX_SYMBOLS_PER_BLOCK} symbols",
-                self.block_size
-            ));
+            return Err(GeometryError::TooManySymbols {
+                block_size: self.block_size,
+                symbol_size: self.symbol_size,
+            });
         }
         if self.size == 0 {
-            return Err("bundle size is zero".into());
+            return Err(GeometryError::ZeroSize);
         }
         if self.blocks() > u64::from(u32::MAX) {
-            return Err(format!(
-                "bundle size {} needs more than 2^32 blocks",
-                self.size
-            ));
+            return Err(GeometryError::TooManyBlocks {
+                size: self.size,
+                block_size: self.block_size,
+            });
         }
         Ok(())
     }
@@ -133,20 +222,20 @@ impl Announce {
 
     /// Parses and checks everything that does not need the signature's own format: the seal,
     /// the lengths, the geometry. The caller checks the digest against the signature.
-    pub fn decode(bytes: &[u8]) -> Result<Announce, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Announce, AnnounceError> {
         if bytes.len() < FIXED_LEN {
-            return Err(format!("announce of {} bytes is too short", bytes.len()));
+            return Err(AnnounceError::TooShort { len: bytes.len() });
         }
         if bytes.len() > MAX_ANNOUNCE_LEN {
-            return Err(format!("announce of {} bytes is too long", bytes.len()));
+            return Err(AnnounceError::TooLong { len: bytes.len() });
         }
         let (body, seal) = bytes.split_at(bytes.len() - 32);
         if Sha256::digest(body).as_slice() != seal {
-            return Err("announce hash does not match its contents".into());
+            return Err(AnnounceError::Seal);
         }
         let mut r = Reader(body);
         if r.take(8)? != MAGIC {
-            return Err("announce magic is wrong".into());
+            return Err(AnnounceError::Magic);
         }
         let session = u64::from_be_bytes(r.array()?);
         let geometry = Geometry {
@@ -155,15 +244,15 @@ impl Announce {
             symbol_size: u16::from_be_bytes(r.array()?),
         };
         if r.take(2)? != [0, 0] {
-            return Err("announce reserved bytes are not zero".into());
+            return Err(AnnounceError::Reserved);
         }
         let digest: [u8; 32] = r.array()?;
         let sig_len = u32::from_be_bytes(r.array()?) as usize;
         if sig_len != r.0.len() {
-            return Err(format!(
-                "announce says model.sig has {sig_len} bytes but carries {}",
-                r.0.len()
-            ));
+            return Err(AnnounceError::SignatureLength {
+                declared: sig_len,
+                carried: r.0.len(),
+            });
         }
         geometry.check()?;
         Ok(Announce {
@@ -178,16 +267,16 @@ impl Announce {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], AnnounceError> {
         if self.0.len() < n {
-            return Err("announce ends early".into());
+            return Err(AnnounceError::EndsEarly);
         }
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], AnnounceError> {
         let mut out = [0; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
@@ -231,28 +320,50 @@ mod tests {
         let a = sample();
         let mut bytes = a.encode();
         bytes[30] ^= 1;
-        assert!(Announce::decode(&bytes).unwrap_err().contains("hash"));
+        assert_eq!(Announce::decode(&bytes), Err(AnnounceError::Seal));
         let mut bad = a.clone();
         bad.geometry.symbol_size = 1441;
-        assert!(
-            Announce::decode(&bad.encode())
-                .unwrap_err()
-                .contains("symbol size")
+        assert_eq!(
+            Announce::decode(&bad.encode()),
+            Err(GeometryError::SymbolSize { symbol_size: 1441 }.into())
         );
         let mut bad = a.clone();
         bad.geometry.block_size = MAX_BLOCK_SIZE + 1;
-        assert!(
-            Announce::decode(&bad.encode())
-                .unwrap_err()
-                .contains("block size")
+        assert_eq!(
+            Announce::decode(&bad.encode()),
+            Err(GeometryError::BlockSize {
+                block_size: MAX_BLOCK_SIZE + 1
+            }
+            .into())
         );
         let mut bad = a;
         bad.geometry.size = 0;
-        assert!(
-            Announce::decode(&bad.encode())
-                .unwrap_err()
-                .contains("zero")
+        assert_eq!(
+            Announce::decode(&bad.encode()),
+            Err(GeometryError::ZeroSize.into())
         );
+    }
+
+    #[test]
+    fn tiny_blocks_are_refused_so_per_block_state_stays_a_small_fraction_of_the_bundle() {
+        // The finding: 2^32 - 1 blocks of 64 bytes, a 256 GiB bundle within --max-size.
+        let mut forged = sample();
+        forged.geometry.block_size = 64;
+        forged.geometry.symbol_size = 64;
+        forged.geometry.size = (u64::from(u32::MAX)) * 64;
+        let err = Announce::decode(&forged.encode()).unwrap_err();
+        assert_eq!(
+            err,
+            AnnounceError::Geometry(GeometryError::BlockSize { block_size: 64 })
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("block size 64 is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}")
+        );
+        forged.geometry.block_size = MIN_BLOCK_SIZE - 8;
+        assert!(Announce::decode(&forged.encode()).is_err());
+        forged.geometry.block_size = MIN_BLOCK_SIZE;
+        assert!(Announce::decode(&forged.encode()).is_ok());
     }
 
     proptest! {
@@ -270,7 +381,13 @@ mod tests {
             bytes[at..at + 4].copy_from_slice(&forged.to_be_bytes());
             let seal = Sha256::digest(&bytes);
             bytes.extend_from_slice(&seal);
-            prop_assert!(Announce::decode(&bytes).unwrap_err().contains("model.sig"));
+            prop_assert_eq!(
+                Announce::decode(&bytes),
+                Err(AnnounceError::SignatureLength {
+                    declared: forged as usize,
+                    carried: sample().signature.len(),
+                })
+            );
         }
     }
 }

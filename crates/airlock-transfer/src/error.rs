@@ -34,6 +34,31 @@ pub enum Error {
     /// next attempt.
     #[error("{0}")]
     Incomplete(String),
+    /// The block layout asked for breaks a limit every receiver enforces.
+    #[error("block layout: {0}")]
+    Geometry(#[from] crate::announce::GeometryError),
+    /// The signed manifest does not fix the bundle's size, so no receiver would accept it.
+    #[error("{path}: {source}")]
+    Layout {
+        /// The bundle.
+        path: PathBuf,
+        /// Why the size is not fixed.
+        #[source]
+        source: crate::layout::LayoutError,
+    },
+    /// The bundle file is not the size its signed manifest implies, so every receiver would
+    /// refuse its announce.
+    #[error(
+        "{path} has {actual} bytes but its signed manifest makes the bundle {signed} bytes: it was not written by airlock pack or sign, or was changed"
+    )]
+    BundleSizeMismatch {
+        /// The bundle.
+        path: PathBuf,
+        /// Its size on disk.
+        actual: u64,
+        /// The size the signed manifest implies.
+        signed: u64,
+    },
 }
 
 impl Error {
@@ -52,7 +77,7 @@ impl Error {
     pub fn is_transfer_failure(&self) -> bool {
         match self {
             Error::Bundle(e) => e.is_verification_failure(),
-            Error::Incomplete(_) => true,
+            Error::Incomplete(_) | Error::Layout { .. } | Error::BundleSizeMismatch { .. } => true,
             _ => false,
         }
     }

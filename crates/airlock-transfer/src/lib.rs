@@ -13,10 +13,13 @@
 pub mod announce;
 mod error;
 pub mod fec;
+pub mod layout;
 pub mod net;
 pub mod packet;
 pub mod receiver;
 pub mod relay;
 pub mod sender;
+#[cfg(test)]
+mod test_support;
 
 pub use error::{Error, Result};

@@ -15,17 +15,16 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use airlock_bundle::signature::SigstoreBundle;
-use airlock_bundle::{Bundle, Layout, Limits, Progress, Sha256Digest};
+use airlock_bundle::{Bundle, Layout, Limits, Manifest, Progress, Sha256Digest};
 use rand_core::{OsRng, RngCore as _};
 
 use crate::announce::{Announce, Geometry, MAX_ANNOUNCE_LEN};
-use crate::fec;
 use crate::net::Socket;
 use crate::packet::{
     BlockHash, HASH_ENTRY_LEN, HEADER_LEN, Header, Kind, MAX_SYMBOL_ID, MAX_SYMBOL_SIZE,
     MIN_SYMBOL_SIZE, SYMBOL_ALIGNMENT, block_hash, write_hash_table,
 };
-use crate::{Error, Result};
+use crate::{Error, Result, fec, layout};
 
 /// Bytes of IPv4 + UDP headers, counted in the link rate.
 const IPV4_UDP: usize = 28;
@@ -137,7 +136,8 @@ pub struct SendReport {
     pub seconds: f64,
 }
 
-/// Reads the bundle's identity: raw model.sig and the digest of its signed payload.
+/// Reads the bundle's identity: raw model.sig, the digest of its signed payload, and its size,
+/// which must be the size that payload implies (receivers refuse any other).
 pub fn bundle_identity(path: &Path, limits: &Limits) -> Result<(Vec<u8>, Sha256Digest, u64)> {
     let bundle = Bundle::open(path, limits)?;
     if bundle.layout() != Layout::Tar {
@@ -153,8 +153,21 @@ pub fn bundle_identity(path: &Path, limits: &Limits) -> Result<(Vec<u8>, Sha256D
         .read_small("model.sig", limit)?
         .ok_or(airlock_bundle::Error::Unsigned)?;
     let payload = SigstoreBundle::parse(&signature, limits)?.payload()?;
+    let manifest = Manifest::parse(payload, limits)?;
+    let signed =
+        layout::bundle_size(signature.len() as u64, &manifest).map_err(|source| Error::Layout {
+            path: path.to_owned(),
+            source,
+        })?;
     let size = std::fs::metadata(path).map_err(Error::io(path))?.len();
-    Ok((signature, Sha256Digest::of(&payload), size))
+    if size != signed {
+        return Err(Error::BundleSizeMismatch {
+            path: path.to_owned(),
+            actual: size,
+            signed,
+        });
+    }
+    Ok((signature, manifest.digest, size))
 }
 
 /// Sends the bundle at `path`, pass after pass, and returns when the last pass is out.
@@ -172,7 +185,7 @@ pub fn send(
         block_size: options.block_size,
         symbol_size: symbol_size as u16,
     };
-    geometry.check().map_err(Error::Usage)?;
+    geometry.check()?;
     let announce = Announce {
         session: OsRng.next_u64(),
         geometry,
