@@ -12,6 +12,11 @@
 #            request on kept-alive connections, 1,000 each; each server goes
 #            first in alternate rounds
 #
+#   engine   an engine process (a supervised llama-server on SmolLM2) in its box, beside one
+#            started by a server run with --dangerous-no-sandbox (no seal, no fence, no box):
+#            the engine's start time (launch to ready, from each start's audit entry) over
+#            fresh server starts, taking turns, and one-token chat latency through each
+#
 #   --check  a small run for the test suite (64 MiB, 3 rounds, 100 requests)
 #   AIRLOCK_BENCH_DIR  where the bundle goes (default: a new temporary directory)
 set -euo pipefail
@@ -127,4 +132,73 @@ for kind, (path, body) in bodies.items():
             times[name].append(once(name, path, body))
     on, off = statistics.median(times["confined"]), statistics.median(times["unconfined"])
     print(f"{kind:8} confined {on*1000:9.3f} ms   unconfined {off*1000:9.3f} ms   ratio {on/off:.3f}   (p50 of {n} requests each)")
+PY
+
+# An engine process in its box against one without (the server unconfined, so also without
+# the seal and fence, whose own cost is measured above).
+llama_server="${AIRLOCK_LLAMA_SERVER:-$(bash scripts/build-llama-cpp.sh)/build/bin/llama-server}"
+engine_config() { # ALIAS: a config serving ALIAS from SmolLM2 on a supervised llama-server
+  printf '[models.%s]\nref = "smollm2:prod"\nengine = "llama-server"\nbinary = "%s"\nslots = 1\ncontext = 1024\nthreads = 1\n' \
+    "$1" "$llama_server" > "$work/$1.toml"
+  echo "$work/$1.toml"
+}
+start_engine() { # NAME CONFIG FLAGS...: serve CONFIG; prints its address
+  local name="$1" config="$2"; shift 2
+  OMP_WAIT_POLICY=passive "$airlock" "$@" serve --listen 127.0.0.1:0 --config "$config" \
+    > "$work/$name.out" 2> "$work/$name.err" &
+  servers+=($!)
+  for _ in $(seq 600); do grep -q "serving on" "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
+  sed -n 's|.*serving on http://\([^/]*\)/v1|\1|p' "$work/$name.out"
+}
+boxed_config="$(engine_config boxed)"
+open_config="$(engine_config open)"
+engine_rounds=$((rounds < 5 ? rounds : 5))
+for i in $(seq "$engine_rounds"); do
+  order=(boxed open); [ $((i % 2)) -eq 0 ] && order=(open boxed)
+  for mode in "${order[@]}"; do
+    flag=(); [ "$mode" = open ] && flag=(--dangerous-no-sandbox)
+    config="$work/$mode.toml"
+    addr="$(start_engine "engine-$mode" "$config" "${flag[@]}")"
+    [ -n "$addr" ] || { cat "$work/engine-$mode.err" >&2; exit 1; }
+    kill "${servers[-1]}"; wait "${servers[-1]}" 2>/dev/null || true
+  done
+done
+"$airlock" audit tail -n 1000 --json | python3 -c '
+import json, statistics, sys
+starts = {"boxed": [], "open": []}
+for line in sys.stdin:
+    e = json.loads(line)
+    d = e.get("details", {})
+    if e.get("action") == "engine.start" and e.get("outcome") == "ok" and d.get("alias") in starts:
+        starts[d["alias"]].append(float(d["seconds"]))
+b, o = statistics.median(starts["boxed"]), statistics.median(starts["open"])
+print(f"engine start  boxed {b*1000:9.1f} ms   unboxed {o*1000:9.1f} ms   ratio {b/o:.3f}   (median of {len(starts[\"boxed\"])} starts each)")
+'
+boxed="$(start_engine engine-boxed "$boxed_config")"
+open="$(start_engine engine-open "$open_config" --dangerous-no-sandbox)"
+[ -n "$boxed" ] && [ -n "$open" ] || { cat "$work"/engine-*.err >&2; exit 1; }
+python3 - "$boxed" "$open" "$key" "$requests" <<'PY'
+import http.client, json, statistics, sys, time
+boxed, unboxed, key, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+conns = {"boxed": http.client.HTTPConnection(*boxed.rsplit(":", 1)),
+         "open": http.client.HTTPConnection(*unboxed.rsplit(":", 1))}
+def once(name):
+    body = json.dumps({"model": name, "max_tokens": 1, "temperature": 0,
+                       "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    c = conns[name]
+    t = time.perf_counter()
+    c.request("POST", "/v1/chat/completions", body, headers)
+    r = c.getresponse(); r.read()
+    if r.status != 200:
+        sys.exit(f"{name}: {r.status}")
+    return time.perf_counter() - t
+for name in conns:
+    for _ in range(5): once(name)
+times = {"boxed": [], "open": []}
+for i in range(n):
+    for name in (list(conns) if i % 2 == 0 else list(conns)[::-1]):
+        times[name].append(once(name))
+b, o = statistics.median(times["boxed"]), statistics.median(times["open"])
+print(f"engine chat   boxed {b*1000:9.3f} ms   unboxed {o*1000:9.3f} ms   ratio {b/o:.3f}   (p50 of {n} requests each)")
 PY

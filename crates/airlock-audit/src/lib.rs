@@ -30,11 +30,13 @@
 
 mod entry;
 mod error;
+mod follow;
 mod log;
 pub mod merkle;
 pub mod note;
 
 pub use entry::{Entry, MAX_ENTRY_BYTES, Outcome, Record};
 pub use error::{Error, Result};
+pub use follow::{Advance, Follower, Verified, verify_and_replay};
 pub use log::{AuditLog, LogView, RepairReport, for_each_record, tail};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};

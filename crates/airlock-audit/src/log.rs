@@ -29,8 +29,8 @@ use crate::merkle::{self, Frontier, Hash};
 use crate::note::{Checkpoint, MAX_NOTE_BYTES, NoteSigner, NoteVerifier};
 use crate::{Error, Result};
 
-const LOG_FILE: &str = "log";
-const HEAD_FILE: &str = "head";
+pub(crate) const LOG_FILE: &str = "log";
+pub(crate) const HEAD_FILE: &str = "head";
 /// Longest a leader waits for more appends to join its batch: about one sync on a fast disk.
 const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(200);
 /// How far ahead of the end disk blocks are reserved.
@@ -89,8 +89,8 @@ struct Writer {
 /// What `head` holds.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Head {
-    checkpoint: String,
+pub(crate) struct Head {
+    pub(crate) checkpoint: String,
     offset: u64,
     subtrees: Vec<String>,
 }
@@ -592,25 +592,25 @@ fn last_sealed_offset(file: &File, path: &Path) -> Result<u64> {
 }
 
 /// Reads complete lines from an offset, refusing over-long ones and noting a torn end.
-struct Scanner<'a> {
+pub(crate) struct Scanner<'a> {
     reader: BufReader<&'a File>,
     offset: u64,
     line_no: u64,
     buf: Vec<u8>,
     path: &'a Path,
     /// Offset of an incomplete final line, once seen.
-    torn: Option<u64>,
+    pub(crate) torn: Option<u64>,
 }
 
-struct Line<'b> {
-    start: u64,
-    end: u64,
-    number: u64,
-    bytes: &'b [u8],
+pub(crate) struct Line<'b> {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) number: u64,
+    pub(crate) bytes: &'b [u8],
 }
 
 impl<'a> Scanner<'a> {
-    fn new(file: &'a File, offset: u64, path: &'a Path) -> Result<Self> {
+    pub(crate) fn new(file: &'a File, offset: u64, path: &'a Path) -> Result<Self> {
         let mut f = file;
         f.seek(SeekFrom::Start(offset))
             .map_err(|e| Error::io(path, e))?;
@@ -624,7 +624,7 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    fn next_line(&mut self) -> Result<Option<Line<'_>>> {
+    pub(crate) fn next_line(&mut self) -> Result<Option<Line<'_>>> {
         self.buf.clear();
         let n = (&mut self.reader)
             .take(MAX_LINE as u64 + 1)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_audit::{Entry, Outcome};
-use airlock_confine::{Attempt, EgressLog, Network, Paths, Policy, Report, parent_of};
+use airlock_confine::{Attempt, EgressLog, Network, Paths, Policy, Report, Summary, parent_of};
 use airlock_server::config::{Config, EngineChoice};
 use airlock_upstream::ProcessKind;
 use anyhow::Context as _;
@@ -159,9 +159,9 @@ pub(crate) fn made(dir: &Path) -> PathBuf {
     dir.to_owned()
 }
 
-/// What `serve` and `config check` keep: the data directory, the configuration and the
-/// files it names (JWKS), the engine binaries' directories (their libraries lie beside
-/// them), and the temporary directory that holds the engines' runtime directories.
+/// What `serve` and `config check` keep: the data directory (the engines' runtime
+/// directories are made in its `run/`), the configuration and the files it names (JWKS), and
+/// the engine binaries' directories (their libraries lie beside them).
 pub(crate) fn server_policy(config: &Config, file: Option<&Path>) -> Policy {
     let mut paths = Paths {
         read: file.iter().map(|f| f.to_path_buf()).collect(),
@@ -184,7 +184,6 @@ pub(crate) fn server_policy(config: &Config, file: Option<&Path>) -> Policy {
                 }
                 paths.exec.push(dir);
             }
-            paths.write.push(std::env::temp_dir());
         }
     }
     Policy {
@@ -209,26 +208,60 @@ impl AuditedEgress {
     }
 }
 
-impl EgressLog for AuditedEgress {
-    fn record(&self, attempt: &Attempt) {
-        eprintln!("airlock: {attempt}");
+impl AuditedEgress {
+    /// Appends an `egress.refused` entry made by `entry` from the registry's actor.
+    fn append(&self, entry: impl FnOnce(&str) -> Entry) {
         let Some(data) = &self.data else {
             return;
         };
         let appended = crate::cmd::open_registry(data).and_then(|registry| {
-            let entry = Entry::new(registry.actor(), "egress.refused", Outcome::Refused)
-                .detail("command", self.command.clone())
+            registry
+                .audit_log()
+                .append(entry(registry.actor()).detail("command", self.command.clone()))?;
+            Ok(())
+        });
+        if let Err(error) = appended {
+            eprintln!("airlock: the refusal above is not in the audit log: {error:#}");
+        }
+    }
+}
+
+impl EgressLog for AuditedEgress {
+    fn record(&self, attempt: &Attempt) {
+        eprintln!("airlock: {attempt}");
+        self.append(|actor| {
+            Entry::new(actor, "egress.refused", Outcome::Refused)
                 .detail("pid", attempt.pid)
                 .detail("process", attempt.process.clone())
                 .detail("syscall", attempt.syscall)
                 .detail("destination", attempt.destination.to_string())
-                .detail("decision", attempt.decision());
-            registry.audit_log().append(entry)?;
-            Ok(())
+                .detail("decision", attempt.decision())
+                .detail("count", 1)
         });
-        if let Err(error) = appended {
-            eprintln!("airlock: the refused attempt above is not in the audit log: {error:#}");
-        }
+    }
+
+    fn summarise(&self, summary: &Summary) {
+        let at = |time: std::time::SystemTime| humantime::format_rfc3339_millis(time).to_string();
+        eprintln!(
+            "airlock: {} more {} to {} by {} refused between {} and {} (counted, not logged one by one)",
+            summary.count,
+            summary.syscall,
+            summary.destination,
+            summary.process,
+            at(summary.first),
+            at(summary.last)
+        );
+        self.append(|actor| {
+            Entry::new(actor, "egress.refused", Outcome::Refused)
+                .detail("process", summary.process.clone())
+                .detail("syscall", summary.syscall)
+                .detail("destination", summary.destination.clone())
+                .detail("decision", "refused")
+                .detail("count", summary.count)
+                .detail("summary", true)
+                .detail("first", at(summary.first))
+                .detail("last", at(summary.last))
+        });
     }
 }
 
@@ -242,8 +275,9 @@ pub(crate) fn apply(
 ) -> anyhow::Result<Option<Report>> {
     if no_sandbox {
         eprintln!(
-            "airlock: WARNING: --dangerous-no-sandbox: {command} runs without the kernel's network seal and file fence"
+            "airlock: WARNING: --dangerous-no-sandbox: {command} runs without the kernel's network seal and file fence, and its engine processes without their box"
         );
+        airlock_confine::engine_box::dangerous_no_engine_box();
         if let Some(data) = data.filter(|d| d.exists())
             && let Ok(registry) = crate::cmd::open_registry(data)
         {

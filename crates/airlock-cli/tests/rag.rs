@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::engine::pack_and_import;
 use crate::registry::Site;
 use crate::serve::{Server, create_key};
-use crate::support::{airlock, models_dir};
+use crate::support::{airlock, models_dir, sql, sql_column};
 
 const CLASSES: [&str; 4] = ["public", "internal", "confidential", "secret"];
 
@@ -457,4 +457,107 @@ fn an_ingest_killed_at_any_point_leaves_the_collection_answering_as_before_and_t
     assert_eq!(shown["pending_chunks"], 0, "nothing left half-done");
     assert_eq!(shown["documents"], 80);
     assert!(started.elapsed() < Duration::from_secs(120));
+}
+
+#[test]
+fn a_document_reclassified_in_its_collection_database_is_named_by_fsck_and_returned_to_no_one() {
+    let site = site_with_collection();
+    let docs = classified(&site);
+    // After import, approval, tags, a collection and an ingest: nothing to report.
+    site.assert_fsck_clean();
+    let canary = docs.canonicalize().unwrap().join("secret/canary.md");
+    let canary = canary.to_str().unwrap().to_owned();
+    let query = "access code for the secret vault canary-secret-7731";
+    let found = |clearance: &str| -> Vec<String> {
+        site.cmd(&[
+            "search",
+            "kb",
+            query,
+            "--clearance",
+            clearance,
+            "-k",
+            "10",
+            "--json",
+        ])
+        .ok()
+        .json()["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["document"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(found("secret").contains(&canary));
+    assert!(!found("public").contains(&canary));
+
+    // The secret canary's chunks made public in the collection's database alone.
+    let db = site.data.join("collections/kb/collection.db");
+    sql(
+        &db,
+        &format!("UPDATE chunks SET class_rank = 0 WHERE doc_id = '{canary}'"),
+    );
+    let live: u64 = sql_column(
+        &db,
+        &format!("SELECT COUNT(*) FROM chunks WHERE state = 2 AND doc_id = '{canary}'"),
+    )[0]
+    .parse()
+    .unwrap();
+    let chunks = if live == 1 {
+        "1 live chunk".to_owned()
+    } else {
+        format!("{live} live chunks")
+    };
+    let line = format!(
+        "collection kb chunks of {canary}: the database says {chunks} of class public; the log says class secret"
+    );
+    assert_eq!(site.fsck_problems(), std::slice::from_ref(&line));
+    // Returned to no one: not to a public search, and not at its real class either (its
+    // rows are not what the log says, so nothing about it is trusted).
+    assert!(!found("public").contains(&canary));
+    assert!(!found("secret").contains(&canary));
+    assert!(found("secret").len() == 10, "the rest is still found");
+
+    let server = Server::start_with(&site, &["--model", "embed=all-minilm-l6-v2:prod"]);
+    let (kiosk, _) = create_key(&site, &["--name", "kiosk", "--clearance", "public"]);
+    let reply = server.post(
+        "/v1/vector_stores/kb/search",
+        &kiosk,
+        &json!({"query": query, "max_num_results": 10}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let data = reply.json()["data"].as_array().unwrap().clone();
+    assert!(!data.is_empty());
+    for d in &data {
+        assert_eq!(d["attributes"]["class"], "public", "{d}");
+        assert!(
+            !d["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("canary-secret"),
+            "{d}"
+        );
+    }
+    let tail = site
+        .cmd(&["audit", "tail", "-n", "100", "--json"])
+        .ok()
+        .stdout;
+    let named = tail
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["action"] == "serve.unbacked")
+        .expect("the server names what it does not trust at start");
+    assert_eq!(named["details"]["rows"], json!([line]));
+
+    // The documents table changed too: named as well.
+    sql(
+        &db,
+        &format!("UPDATE documents SET class = 'public' WHERE id = '{canary}'"),
+    );
+    let problems = site.fsck_problems();
+    assert!(
+        problems.contains(&format!(
+            "collection kb documents {canary}: the database says class public; the log says class secret"
+        )),
+        "{problems:#?}"
+    );
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::support::{Run, Workspace, airlock, flip_byte, run, tar_offset};
+use crate::support::{Run, Workspace, airlock, flip_byte, run, sql, sql_column, tar_offset};
 
 /// A workspace with an initialised registry that trusts `publisher` to sign and
 /// `approver` to approve.
@@ -499,4 +499,272 @@ fn a_later_import_replaces_a_damaged_shared_blob_with_its_verified_copy() {
     site.import(&site.bundle("b", "1.1.0", "publisher", &[]))
         .ok();
     assert_eq!(site.cmd(&["fsck", "--json"]).ok().json()["clean"], true);
+}
+
+// The state bound to the audit log: every row that decides what may run or who may read is
+// replayed from the signed log by `fsck`, which names each row the database holds otherwise
+// (one line: table and row, what the database says, what the log says), and is refused by
+// the commands that would act on it.
+
+impl Site {
+    /// The registry database, for edits made behind airlock's back.
+    pub fn db(&self) -> PathBuf {
+        self.data.join("registry.db")
+    }
+
+    /// `fsck --json`, which must find problems (exit 1): its problem lines.
+    #[track_caller]
+    pub fn fsck_problems(&self) -> Vec<String> {
+        let run = self.cmd(&["fsck", "--json"]);
+        assert_eq!(run.code, 1, "fsck must fail\nstdout: {}", run.stdout);
+        let json = run.json();
+        assert_eq!(json["clean"], false);
+        json["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Asserts `fsck` is clean (exit 0), in JSON and in text.
+    #[track_caller]
+    pub fn assert_fsck_clean(&self) {
+        let json = self.cmd(&["fsck", "--json"]).ok().json();
+        assert_eq!(json["clean"], true, "{json}");
+        let text = self.cmd(&["fsck"]).ok().stdout;
+        assert!(text.starts_with("clean:"), "{text}");
+    }
+}
+
+/// `tiny:1.0.0` imported, approved and tagged `prod`; returns its digest (hex).
+fn approved_and_tagged(site: &Site) -> String {
+    let imported = site
+        .import(&site.bundle("a", "1.0.0", "publisher", &[]))
+        .ok()
+        .json();
+    site.approve("tiny:1.0.0", "approver").ok();
+    site.cmd(&["tag", "tiny:1.0.0", "prod"]).ok();
+    imported["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned()
+}
+
+#[test]
+fn a_registry_after_normal_operations_passes_fsck() {
+    let site = Site::new();
+    approved_and_tagged(&site);
+    site.import(&site.bundle("b", "1.1.0", "publisher", &[]))
+        .ok();
+    site.cmd(&["reject", "tiny:1.1.0", "--reason", "fails the eval"])
+        .ok();
+    site.import(&site.bundle("c", "1.2.0", "publisher", &[]))
+        .ok();
+    site.approve("tiny:1.2.0", "approver").ok();
+    site.cmd(&["tag", "tiny:1.2.0", "prod"]).ok();
+    site.cmd(&["tag", "tiny:1.0.0", "previous"]).ok();
+    site.cmd(&["untag", "tiny:previous"]).ok();
+    site.cmd(&["rm", "tiny:1.0.0"]).ok();
+    site.allow_downgrade("tiny:0.9.0", "approver").ok();
+    site.import(&site.bundle("d", "0.9.0", "publisher", &[]))
+        .ok();
+    site.cmd(&["keys", "create", "--name", "app", "--clearance", "internal"])
+        .ok();
+    site.cmd(&[
+        "keys",
+        "create",
+        "--name",
+        "ops",
+        "--role",
+        "admin",
+        "--expires",
+        "30d",
+    ])
+    .ok();
+    site.cmd(&["keys", "revoke", "ops"]).ok();
+    site.assert_fsck_clean();
+}
+
+#[test]
+fn fsck_names_an_api_key_raised_to_admin_and_secret_by_hand() {
+    let site = Site::new();
+    let created = site
+        .cmd(&[
+            "keys",
+            "create",
+            "--name",
+            "app",
+            "--clearance",
+            "internal",
+            "--json",
+        ])
+        .ok()
+        .json();
+    let id = created["info"]["id"].as_str().unwrap().to_owned();
+    site.assert_fsck_clean();
+    sql(
+        &site.db(),
+        &format!("UPDATE api_keys SET role = 'admin', clearance = 'secret' WHERE id = '{id}'"),
+    );
+    assert_eq!(
+        site.fsck_problems(),
+        [format!(
+            "api_keys {id} (app): the database says role admin, clearance secret; the log says role user, clearance internal"
+        )]
+    );
+    // The text output names it too, and exits 1.
+    let text = site.cmd(&["fsck"]);
+    assert_eq!(text.code, 1);
+    assert!(text.stdout.starts_with("PROBLEMS FOUND"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains(&format!(
+            "problem: api_keys {id} (app): the database says role admin"
+        )),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn fsck_names_an_expiry_removed_a_revocation_undone_and_a_key_inserted_by_hand() {
+    let site = Site::new();
+    let id = |json: Value| json["info"]["id"].as_str().unwrap().to_owned();
+    let temporary = id(site
+        .cmd(&[
+            "keys",
+            "create",
+            "--name",
+            "temp",
+            "--expires",
+            "1h",
+            "--json",
+        ])
+        .ok()
+        .json());
+    let revoked = id(site
+        .cmd(&["keys", "create", "--name", "gone", "--json"])
+        .ok()
+        .json());
+    site.cmd(&["keys", "revoke", "gone"]).ok();
+    let expires = sql_column(
+        &site.db(),
+        &format!("SELECT expires_at FROM api_keys WHERE id = '{temporary}'"),
+    )
+    .remove(0);
+    sql(
+        &site.db(),
+        &format!(
+            "UPDATE api_keys SET expires_at = NULL WHERE id = '{temporary}';
+             UPDATE api_keys SET revoked_at = NULL WHERE id = '{revoked}';
+             INSERT INTO api_keys (id, name, role, clearance, hash, created_at, created_by)
+                 VALUES ('00000000000000aa', 'forged', 'admin', 'secret', 'x', '2026-01-01T00:00:00Z', 'user:x');"
+        ),
+    );
+    let mut problems = site.fsck_problems();
+    problems.sort();
+    let mut expected = [
+        "api_keys 00000000000000aa (forged): the database says role admin, clearance secret, expires never, not revoked; the log has no record of it".to_owned(),
+        format!("api_keys {revoked} (gone): the database says not revoked; the log says revoked"),
+        format!("api_keys {temporary} (temp): the database says expires never; the log says expires {expires}"),
+    ];
+    expected.sort();
+    assert_eq!(problems, expected);
+}
+
+#[test]
+fn fsck_names_deleted_rollback_history_rows_and_the_rollback_floor_still_holds() {
+    let site = Site::new();
+    let digest = approved_and_tagged(&site);
+    site.cmd(&["untag", "tiny:prod"]).ok();
+    sql(&site.db(), "DELETE FROM history");
+    assert_eq!(
+        site.fsck_problems(),
+        [
+            format!(
+                "history tiny:1.0.0: the database has no such row; the log says imported as sha256:{digest}"
+            ),
+            "history tiny (rollback high-water mark): the database says none; the log says 1.0.0"
+                .to_owned(),
+        ]
+    );
+    // With the rows gone from the database, the log still holds the floor: 1.0.0 removed,
+    // 0.9.0 is refused as a rollback, and 1.0.0 never means other bytes.
+    site.cmd(&["rm", "tiny:1.0.0"]).ok();
+    let older = site.bundle("old", "0.9.0", "publisher", &[]);
+    let run = site.import(&older);
+    site.assert_refused(&run, "import", "rollback", &[]);
+    let other = site.bundle("other", "1.0.0", "publisher", &[]);
+    let run = site.import(&other);
+    site.assert_refused(&run, "import", "version_conflict", &[]);
+}
+
+#[test]
+fn fsck_names_a_version_approved_by_hand_and_nothing_uses_it() {
+    let site = Site::new();
+    let imported = site
+        .import(&site.bundle("a", "1.0.0", "publisher", &[]))
+        .ok()
+        .json();
+    let digest = imported["digest"].as_str().unwrap();
+    sql(&site.db(), "UPDATE versions SET state = 'approved'");
+    assert_eq!(
+        site.fsck_problems(),
+        ["versions tiny:1.0.0: the database says approved; the log says quarantined"]
+    );
+    // Not a note: an error, and every use of it is refused with the reason.
+    let before = site.ls();
+    let run = site.cmd(&["tag", "tiny:1.0.0", "prod"]);
+    site.assert_refused(&run, "tag", "not_in_log", &before);
+    assert!(
+        run.stderr
+            .contains("approved in the database, but the audit log says it is quarantined"),
+        "{}",
+        run.stderr
+    );
+    let out = site.ws.path("exported");
+    let run = site.cmd(&["export", "tiny:1.0.0", "-o", out.to_str().unwrap()]);
+    site.assert_refused(&run, "export", "not_in_log", &before);
+    assert!(!out.exists());
+    let run = site.cmd(&[
+        "export",
+        &format!("tiny@{digest}"),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    // Approved properly, it is usable and fsck is clean again... once the hand edit is undone.
+    sql(&site.db(), "UPDATE versions SET state = 'quarantined'");
+    site.approve("tiny:1.0.0", "approver").ok();
+    site.cmd(&["tag", "tiny:1.0.0", "prod"]).ok();
+    site.assert_fsck_clean();
+}
+
+#[test]
+fn fsck_names_a_tag_moved_by_hand_and_the_tag_is_not_followed() {
+    let site = Site::new();
+    approved_and_tagged(&site);
+    site.import(&site.bundle("b", "1.1.0", "publisher", &[]))
+        .ok();
+    site.approve("tiny:1.1.0", "approver").ok();
+    // prod moved to 1.1.0 in the database alone.
+    sql(
+        &site.db(),
+        "UPDATE tags SET version_id = (SELECT id FROM versions WHERE version = '1.1.0')",
+    );
+    assert_eq!(
+        site.fsck_problems(),
+        ["tags tiny:prod: the database says it points at 1.1.0; the log says it points at 1.0.0"]
+    );
+    let out = site.ws.path("exported");
+    let run = site.cmd(&["export", "tiny:prod", "-o", out.to_str().unwrap()]);
+    site.assert_refused(&run, "export", "not_in_log", &site.ls());
+    assert!(
+        run.stderr.contains(
+            "tag tiny:prod points at 1.1.0 in the database, but the audit log says it points at 1.0.0"
+        ),
+        "{}",
+        run.stderr
+    );
 }

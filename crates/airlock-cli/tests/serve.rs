@@ -79,15 +79,24 @@ impl Server {
     /// Serves what `args` configure, with `env` added to the server's environment.
     pub(crate) fn start_with_env(site: &Site, args: &[&str], env: &[(&str, &str)]) -> Self {
         let args = [&["serve", "--listen", "127.0.0.1:0"][..], args].concat();
-        let mut child = airlock()
+        let mut command = airlock();
+        command
             .arg("--data")
             .arg(&site.data)
             .args(&args)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn(command, |_| {})
+    }
+
+    /// Starts `command` (an `airlock serve`), tells `started` its process id at once, and
+    /// waits until it serves.
+    pub(crate) fn spawn(mut command: std::process::Command, started: impl FnOnce(u32)) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        started(child.id());
         let mut line = String::new();
         BufReader::new(child.stdout.as_mut().unwrap())
             .read_line(&mut line)
@@ -106,6 +115,15 @@ impl Server {
             child,
             addr: url.trim_end_matches("/v1").to_owned(),
         }
+    }
+
+    /// Stops the server as an operator would (SIGTERM) and waits for it to end.
+    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
     }
 
     /// The server's process id.
@@ -1295,5 +1313,126 @@ fn a_caller_asking_again_reuses_its_own_cached_prompt_and_never_another_callers(
             2 * (prompt_tokens - 1)
         )),
         "{metrics}"
+    );
+}
+
+#[test]
+fn a_key_raised_by_hand_gets_401_everywhere_and_the_server_names_it_at_start() {
+    let site = site_with_models();
+    let (raised, id) = create_key(&site, &["--name", "app", "--clearance", "internal"]);
+    let (honest, _) = create_key(&site, &["--name", "honest"]);
+    crate::support::sql(
+        &site.db(),
+        &format!("UPDATE api_keys SET role = 'admin', clearance = 'secret' WHERE id = '{id}'"),
+    );
+    let server = Server::start(&site, &[]);
+    for path in ["/v1/models", "/admin/status"] {
+        let reply = server.get(path, &raised);
+        assert_eq!(reply.status, 401, "{path}: {}", reply.body);
+    }
+    let embedded = server.post(
+        "/v1/embeddings",
+        &raised,
+        &json!({"model": "embed", "input": "hello"}),
+    );
+    assert_eq!(embedded.status, 401, "{}", embedded.body);
+    assert_eq!(server.get("/v1/models", &honest).status, 200);
+    // A key made while the server runs is honoured: the log is read on.
+    let (later, _) = create_key(&site, &["--name", "later"]);
+    assert_eq!(server.get("/v1/models", &later).status, 200);
+
+    let line = format!(
+        "api_keys {id} (app): the database says role admin, clearance secret; the log says role user, clearance internal"
+    );
+    let entries = audit_entries(&site, "100");
+    let named = entries
+        .iter()
+        .find(|e| e["action"] == "serve.unbacked")
+        .unwrap_or_else(|| panic!("no serve.unbacked entry: {entries:#?}"));
+    assert_eq!(named["outcome"], "refused");
+    assert_eq!(named["details"]["rows"], json!([line]));
+    // Each refusal is in the log with its reason.
+    assert!(
+        entries.iter().any(|e| e["action"] == "api.request"
+            && e["details"]["status"] == 401
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("not what the audit log recorded"))),
+        "{entries:#?}"
+    );
+}
+
+#[test]
+fn a_version_approved_by_hand_or_a_tag_moved_by_hand_is_not_served() {
+    let site = site_with_models();
+    let (admin, _) = create_key(&site, &["--name", "ops", "--role", "admin"]);
+    let server = Server::start(&site, &[]);
+    // 2.0.0 imported, quarantined; then approved and tagged prod in the database alone.
+    pack_and_import_version(
+        &site,
+        &models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "smollm2",
+        "2.0.0",
+        &[],
+    );
+    crate::support::sql(
+        &site.db(),
+        "UPDATE versions SET state = 'approved' WHERE name = 'smollm2' AND version = '2.0.0';
+         UPDATE tags SET version_id = (SELECT id FROM versions WHERE name = 'smollm2' AND version = '2.0.0')
+             WHERE name = 'smollm2' AND tag = 'prod';",
+    );
+    // On reload: refused, and the old set keeps serving.
+    let refused = server.post("/admin/reload", &admin, &json!({}));
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(
+        refused.body.contains(
+            "tag smollm2:prod points at 2.0.0 in the database, but the audit log says it points at 1.0.0"
+        ),
+        "{}",
+        refused.body
+    );
+    assert_eq!(server.model_status(&admin, "chat")["version"], "1.0.0");
+    drop(server);
+
+    // At start: neither the moved tag nor the version itself.
+    let serve = |model: &str| {
+        site.cmd(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            model,
+            "--model",
+            "embed=all-minilm-l6-v2:prod",
+        ])
+    };
+    let by_tag = serve("chat=smollm2:prod");
+    assert_ne!(by_tag.code, 0);
+    assert!(
+        by_tag
+            .stderr
+            .contains("the audit log says it points at 1.0.0"),
+        "{}",
+        by_tag.stderr
+    );
+    let by_version = serve("chat=smollm2:2.0.0");
+    assert_ne!(by_version.code, 0);
+    assert!(
+        by_version.stderr.contains(
+            "smollm2:2.0.0 is approved in the database, but the audit log says it is quarantined"
+        ),
+        "{}",
+        by_version.stderr
+    );
+    let problems = site.fsck_problems();
+    assert!(
+        problems.contains(
+            &"versions smollm2:2.0.0: the database says approved; the log says quarantined"
+                .to_owned()
+        ) && problems.contains(
+            &"tags smollm2:prod: the database says it points at 2.0.0; the log says it points at 1.0.0"
+                .to_owned()
+        ),
+        "{problems:#?}"
     );
 }

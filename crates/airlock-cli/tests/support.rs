@@ -351,3 +351,25 @@ pub fn assert_sha256sums_pass(dir: &Path) {
         dir.display()
     );
 }
+
+/// Runs `statements` on the SQLite database at `db` with Python's `sqlite3` module: the hand
+/// edit of someone who can write the data directory, made outside airlock.
+pub fn sql(db: &Path, statements: &str) {
+    let out = run(Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.executescript(sys.argv[2])\nc.commit()\nc.close()\n")
+        .arg(db)
+        .arg(statements));
+    assert_eq!(out.code, 0, "sql on {}: {}", db.display(), out.stderr);
+}
+
+/// The first column of every row `query` returns from the SQLite database at `db`, as text.
+pub fn sql_column(db: &Path, query: &str) -> Vec<String> {
+    let out = run(Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nfor row in c.execute(sys.argv[2]):\n    print(row[0])\n")
+        .arg(db)
+        .arg(query));
+    assert_eq!(out.code, 0, "sql on {}: {}", db.display(), out.stderr);
+    out.stdout.lines().map(str::to_owned).collect()
+}

@@ -12,6 +12,7 @@ mod support;
 
 mod answers;
 mod audit;
+mod contained;
 mod crash;
 mod diode;
 mod engine;

@@ -12,7 +12,7 @@ use landlock::{
 use crate::Error;
 
 /// The newest ABI whose rights are asked for; older kernels grant what they know.
-const ABI_WANTED: ABI = ABI::V6;
+pub(crate) const ABI_WANTED: ABI = ABI::V6;
 
 /// System files every command reads: the dynamic linker's cache and libraries (engine
 /// processes are started by `exec`), the time zone, CPU topology and cgroup limits (thread
@@ -25,6 +25,20 @@ const SYSTEM_READ: [&str; 10] = [
     "/etc/ld.so.cache",
     "/etc/localtime",
     "/proc/self",
+    "/sys/devices/system/cpu",
+    "/sys/fs/cgroup",
+    "/dev/urandom",
+];
+
+/// What an engine process reads of the system: [`SYSTEM_READ`] but its `/proc` entry (an
+/// engine's own would be another path, and it needs none).
+pub(crate) const SYSTEM_READ_FOR_ENGINES: [&str; 9] = [
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/bin",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
     "/sys/devices/system/cpu",
     "/sys/fs/cgroup",
     "/dev/urandom",

@@ -10,9 +10,19 @@
 //! - **no_new_privs**: nothing started afterwards gains privileges (set-uid binaries).
 //!
 //! The seal is required: a kernel that refuses it fails the command. The fence is best
-//! effort and [`Report`] says what the kernel enforced.
+//! effort and [`Report`] says what the kernel enforced. A confined process is also made
+//! non-dumpable: nothing it starts may ptrace it or read its memory.
+//!
+//! The engine processes a command starts are third-party code and get a box of their own
+//! ([`engine_box`]); what the seal lets through (a unix socket beneath the command's own
+//! directories) the seal's listener connects itself and hands in ([`seal`]), so what is
+//! checked is what is connected. Refusals are recorded with a bound on how many entries a
+//! flood makes ([`recorder`]).
 
+pub mod engine_box;
 mod fence;
+mod handover;
+pub mod recorder;
 mod seal;
 pub mod sockaddr;
 
@@ -20,7 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
+pub use engine_box::{BoxSpec, Contained, contain};
 pub use fence::{Fenced, Paths, parent_of};
+pub use seal::{EngineSockets, allow_engine_sockets};
 pub use sockaddr::Destination;
 
 /// Environment variable that makes a confined command stop itself (`SIGSTOP`) right after
@@ -117,11 +129,37 @@ impl std::fmt::Display for Attempt {
     }
 }
 
-/// Where refused attempts are recorded (the audit log, standard error). Called on the
-/// listener thread while the caller waits, so it must not make network calls itself.
+/// Refusals of one kind in one interval that were counted but not recorded one by one
+/// ([`recorder`]).
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The process name, as in [`Attempt::process`].
+    pub process: String,
+    /// The system call.
+    pub syscall: &'static str,
+    /// Where they were going.
+    pub destination: String,
+    /// How many.
+    pub count: u64,
+    /// The first one's time.
+    pub first: SystemTime,
+    /// The last one's time.
+    pub last: SystemTime,
+}
+
+/// Where refused attempts are recorded (the audit log, standard error). Called on a thread
+/// of its own while the caller waits (bounded), so it must not make network calls itself.
 pub trait EgressLog: Send + Sync {
     /// Records one attempt.
     fn record(&self, attempt: &Attempt);
+    /// Records refusals that were counted, not recorded one by one.
+    fn summarise(&self, summary: &Summary);
+}
+
+/// Writes the summaries of refusals counted so far (call before the process ends, so that
+/// the log's counts add up to [`blocked_total`]).
+pub fn flush_egress_log() {
+    seal::flush();
 }
 
 static BLOCKED: AtomicU64 = AtomicU64::new(0);
@@ -147,6 +185,13 @@ pub struct Report {
 /// that matter (the filter reaches every thread, but it is simpler to reason about one).
 pub fn confine(policy: &Policy, log: Arc<dyn EgressLog>) -> Result<Report, Error> {
     let fence = fence::restrict(&policy.paths)?;
+    // Nothing this process starts may ptrace it, read its memory or take its descriptors
+    // (the seal's notification descriptor among them) through the dumpable check.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| Error::Seccomp {
+            what: "making the process non-dumpable",
+            reason: e.to_string(),
+        })?;
     let seal = match policy.network {
         Network::Open => {
             no_new_privs()?;

@@ -20,12 +20,12 @@
 //! but what listens there reaches out); a bind or listen of a unix socket; a send that names
 //! no address. Everything else is refused.
 //!
-//! The window: a decision to continue is taken on memory that another thread of the same
-//! process could change before the kernel reads it (seccomp_unotify(2) warns of this). Here
-//! that means swapping a unix path for another path, or a descriptor for another, between the
-//! check and the call: it needs code execution in the process already, cannot reach an IP
-//! address through a unix socket, and a TCP connect still meets Landlock's TCP rules where
-//! the kernel has them (see `fence`).
+//! No window: a connect the listener allows is not continued but made by the listener itself
+//! and handed in ([`crate::handover`]), so another thread of the caller swapping the path or
+//! the descriptor after the check changes nothing. Processes the command started (engine
+//! processes) reach only the engine runtime directories' sockets ([`allow_engine_sockets`])
+//! and send nothing addressed. A call of another architecture (`int 0x80`, x32) is refused
+//! and recorded like any other.
 
 use std::io::IoSliceMut;
 use std::sync::Arc;
@@ -36,6 +36,7 @@ use libseccomp::{
     ScmpSyscall, notify_id_valid, scmp_cmp,
 };
 
+use crate::recorder::Recorder;
 use crate::sockaddr::{Destination, MAX_SOCKADDR};
 use crate::{Attempt, BLOCKED, EgressLog, Error, Network};
 
@@ -82,6 +83,12 @@ impl Call {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Continue,
+    /// Connect the caller's socket to the unix socket at this path, beneath `root`: the
+    /// listener makes the connection and hands it in.
+    Connect {
+        root: String,
+        rest: String,
+    },
     Refuse(Destination),
 }
 
@@ -104,27 +111,93 @@ const MAX_MMSG: u64 = 1024;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LocalSockets {
     roots: Vec<String>,
+    /// Whether a send may name a unix socket beneath a root (the command's own threads); a
+    /// process it started sends only on connected sockets.
+    addressed_sends: bool,
+}
+
+/// The engine runtime directories whose sockets may be reached, by every process of the
+/// command (engine processes included, which reach nothing else).
+static ENGINE_SOCKET_DIRS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// While held, unix sockets beneath one engine runtime directory may be connected to.
+#[derive(Debug)]
+pub struct EngineSockets {
+    dir: String,
+}
+
+/// Lets the command and the processes it started connect to unix sockets beneath `dir` (an
+/// engine's runtime directory) until the returned guard is dropped.
+pub fn allow_engine_sockets(dir: &std::path::Path) -> std::io::Result<EngineSockets> {
+    let dir = canonical_root(dir)?;
+    ENGINE_SOCKET_DIRS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(dir.clone());
+    Ok(EngineSockets { dir })
+}
+
+impl Drop for EngineSockets {
+    fn drop(&mut self) {
+        let mut dirs = ENGINE_SOCKET_DIRS
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = dirs.iter().position(|d| *d == self.dir) {
+            dirs.swap_remove(at);
+        }
+    }
+}
+
+fn canonical_root(dir: &std::path::Path) -> std::io::Result<String> {
+    let real = std::fs::canonicalize(dir)?;
+    Ok(real.to_string_lossy().trim_end_matches('/').to_owned())
 }
 
 impl LocalSockets {
     pub(crate) fn new(roots: &[std::path::PathBuf]) -> Self {
         let roots = roots
             .iter()
-            .filter_map(|r| std::fs::canonicalize(r).ok())
-            .map(|r| r.to_string_lossy().trim_end_matches('/').to_owned())
+            .filter_map(|r| canonical_root(r).ok())
             .collect();
-        Self { roots }
+        Self {
+            roots,
+            addressed_sends: true,
+        }
     }
 
-    /// Whether `path` names a socket beneath a root: absolute, no `..`, no abstract name
+    /// What a caller may reach: the command's own threads, its roots and the engines'
+    /// sockets; a process it started, the engines' sockets only, and no addressed sends.
+    fn for_caller(&self, own_thread: bool) -> Self {
+        let engines = ENGINE_SOCKET_DIRS
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut roots = if own_thread {
+            self.roots.clone()
+        } else {
+            Vec::new()
+        };
+        roots.extend(engines);
+        Self {
+            roots,
+            addressed_sends: own_thread && self.addressed_sends,
+        }
+    }
+
+    /// The root `path` lies beneath and the rest of it: absolute, no `..`, no abstract name
     /// (abstract sockets belong to whoever made them: a desktop bus, a resolver).
+    fn root_of(&self, path: &str) -> Option<(String, String)> {
+        if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return None;
+        }
+        self.roots.iter().find_map(|root| {
+            let rest = path.strip_prefix(root.as_str())?.strip_prefix('/')?;
+            (!rest.is_empty()).then(|| (root.clone(), rest.to_owned()))
+        })
+    }
+
     fn allows(&self, path: &str) -> bool {
-        path.starts_with('/')
-            && !path.split('/').any(|c| c == "..")
-            && self.roots.iter().any(|root| {
-                path.strip_prefix(root.as_str())
-                    .is_some_and(|rest| rest.starts_with('/'))
-            })
+        self.root_of(path).is_some()
     }
 }
 
@@ -149,7 +222,7 @@ pub(crate) fn decide(
     // A unix socket beneath the command's own directories; nothing else. (Unix sockets are
     // local, but what listens on them need not be: a resolver or a bus can reach out.)
     let reachable = |destination: &Destination| match destination {
-        Destination::Unix(path) => local.allows(path),
+        Destination::Unix(path) => local.addressed_sends && local.allows(path),
         _ => false,
     };
     let reachable_or_refused = |destination: Destination| {
@@ -179,7 +252,11 @@ pub(crate) fn decide(
             match destination {
                 // AF_UNSPEC dissolves an association: it goes nowhere.
                 Destination::Family(0) => Verdict::Continue,
-                other => reachable_or_refused(other),
+                Destination::Unix(path) => match local.root_of(&path) {
+                    Some((root, rest)) => Verdict::Connect { root, rest },
+                    None => Verdict::Refuse(Destination::Unix(path)),
+                },
+                other => Verdict::Refuse(other),
             }
         }
         // A unix socket's name is made under the fence's rules; anything else is refused.
@@ -248,9 +325,13 @@ pub(crate) fn install(
         }
     };
     let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).map_err(e("creating the filter"))?;
-    // Another architecture's system call numbers (int 0x80) would slip past the rules.
-    ctx.set_act_badarch(ScmpAction::KillProcess)
-        .map_err(e("refusing other architectures"))?;
+    // Another architecture's system call numbers (int 0x80, x32) would slip past the rules:
+    // every such call goes to the listener, which refuses and records it (a kernel that
+    // cannot notify them kills the process instead).
+    if ctx.set_act_badarch(ScmpAction::Notify).is_err() {
+        ctx.set_act_badarch(ScmpAction::KillProcess)
+            .map_err(e("refusing other architectures"))?;
+    }
     ctx.set_ctl_nnp(true).map_err(e("setting no_new_privs"))?;
     ctx.set_ctl_tsync(true)
         .map_err(e("synchronising threads"))?;
@@ -349,6 +430,16 @@ pub(crate) fn install(
     rule(Call::SendMsg, &[])?;
     rule(Call::SendMmsg, &[])?;
     rule(Call::IoUringSetup, &[])?;
+    // A filter of a later layer with a listener of its own would take precedence over this
+    // one's listener, and could answer "continue" to itself: no new listener, in any process.
+    let seccomp = ScmpSyscall::from_name("seccomp").map_err(e("naming a system call"))?;
+    let new_listener: u64 = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+    ctx.add_rule_conditional(
+        ScmpAction::Errno(libc::EPERM),
+        seccomp,
+        &[scmp_cmp!($arg1 & new_listener == new_listener)],
+    )
+    .map_err(e("adding a rule"))?;
     ctx.load().map_err(e("loading the filter"))?;
     let fd = ctx
         .get_notify_fd()
@@ -358,9 +449,11 @@ pub(crate) fn install(
     // descriptor open in libseccomp: keep the context for good too.
     std::mem::forget(ctx);
     let recorder = Recorder::start(log)?;
+    let _ = RECORDER.set(recorder.clone());
+    let connector = Connector::start(fd)?;
     std::thread::Builder::new()
         .name("airlock-seal".into())
-        .spawn(move || listen(fd, network, &local, &numbers, native, &recorder))
+        .spawn(move || listen(fd, network, &local, &numbers, native, &recorder, &connector))
         .map_err(|source| Error::Seccomp {
             what: "starting the listener",
             reason: source.to_string(),
@@ -368,41 +461,19 @@ pub(crate) fn install(
     Ok(())
 }
 
-/// Writes attempts on a thread of its own, so that a log that blocks (a lock the refused
-/// caller holds) cannot stall the listener, and with it every checked call, for good.
-struct Recorder {
-    queue: std::sync::mpsc::Sender<(Attempt, std::sync::mpsc::Sender<()>)>,
+/// Whether this process has loaded the seal (it sends calls of another architecture to its
+/// listener).
+pub(crate) fn installed() -> bool {
+    RECORDER.get().is_some()
 }
 
-/// How long the listener waits for an attempt to be on record before it answers anyway.
-const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The running seal's recorder, for [`flush`].
+static RECORDER: std::sync::OnceLock<Recorder> = std::sync::OnceLock::new();
 
-impl Recorder {
-    fn start(log: Arc<dyn EgressLog>) -> Result<Self, Error> {
-        let (queue, attempts) =
-            std::sync::mpsc::channel::<(Attempt, std::sync::mpsc::Sender<()>)>();
-        std::thread::Builder::new()
-            .name("airlock-egress-log".into())
-            .spawn(move || {
-                for (attempt, done) in attempts {
-                    log.record(&attempt);
-                    let _ = done.send(());
-                }
-            })
-            .map_err(|source| Error::Seccomp {
-                what: "starting the egress log",
-                reason: source.to_string(),
-            })?;
-        Ok(Self { queue })
-    }
-
-    /// Records `attempt`, waiting until it is on record (so that a command which gives up
-    /// and exits on the error cannot exit first), but no longer than [`RECORD_WAIT`].
-    fn record(&self, attempt: Attempt) {
-        let (done, recorded) = std::sync::mpsc::channel();
-        if self.queue.send((attempt, done)).is_ok() {
-            let _ = recorded.recv_timeout(RECORD_WAIT);
-        }
+/// Writes the summaries of refusals counted so far.
+pub(crate) fn flush() {
+    if let Some(recorder) = RECORDER.get() {
+        recorder.flush();
     }
 }
 
@@ -419,6 +490,7 @@ fn listen(
     numbers: &[(ScmpSyscall, Call)],
     native: ScmpArch,
     recorder: &Recorder,
+    connector: &Connector,
 ) {
     let mut failures = 0u32;
     loop {
@@ -442,33 +514,56 @@ fn listen(
             .iter()
             .find(|(number, _)| *number == request.data.syscall)
             .map(|(_, call)| *call);
-        let verdict = match call {
-            Some(call) if request.data.arch == native => decide(
-                network,
-                local,
-                call,
-                request.data.args,
-                &Caller(request.pid),
+        // The connector's own connect, to what the listener checked and it resolved: its
+        // arguments live on its stack, which nothing outside this process can touch.
+        if request.pid == connector.tid && call == Some(Call::Connect) {
+            let _ =
+                ScmpNotifResp::new_continue(request.id, ScmpNotifRespFlags::empty()).respond(fd);
+            continue;
+        }
+        let own_thread = Caller(request.pid).is_own_thread();
+        let (verdict, name) = match call {
+            Some(call) if request.data.arch == native => (
+                decide(
+                    network,
+                    &local.for_caller(own_thread),
+                    call,
+                    request.data.args,
+                    &Caller(request.pid),
+                ),
+                call.name(),
             ),
-            // Not one of ours, or another architecture: nothing to continue.
-            _ => Verdict::Refuse(Destination::Unreadable),
+            _ if request.data.arch != native => (
+                Verdict::Refuse(Destination::None),
+                "call of another architecture",
+            ),
+            // Not one of ours: nothing to continue.
+            _ => (Verdict::Refuse(Destination::Unreadable), "unknown"),
         };
         // What was read belongs to this request only if the caller still waits on it.
         if notify_id_valid(fd, request.id).is_err() {
             continue;
         }
+        let flags = ScmpNotifRespFlags::empty();
         let response = match verdict {
-            Verdict::Continue => {
-                ScmpNotifResp::new_continue(request.id, ScmpNotifRespFlags::empty())
+            Verdict::Continue => ScmpNotifResp::new_continue(request.id, flags),
+            Verdict::Connect { root, rest } => {
+                // The connector answers: its connect comes back to this thread for a verdict.
+                match connector.jobs.try_send(Job {
+                    id: request.id,
+                    pid: request.pid,
+                    slot: request.data.args[0],
+                    root,
+                    rest,
+                }) {
+                    Ok(()) => continue,
+                    Err(_) => ScmpNotifResp::new_error(request.id, -libc::EAGAIN, flags),
+                }
             }
             Verdict::Refuse(destination) => {
                 BLOCKED.fetch_add(1, Ordering::Relaxed);
-                recorder.record(Attempt::now(
-                    request.pid,
-                    call.map_or("unknown", Call::name),
-                    destination,
-                ));
-                ScmpNotifResp::new_error(request.id, -libc::EPERM, ScmpNotifRespFlags::empty())
+                recorder.record(Attempt::now(request.pid, name, destination));
+                ScmpNotifResp::new_error(request.id, -libc::EPERM, flags)
             }
         };
         // A caller killed meanwhile: nothing to answer.
@@ -476,8 +571,107 @@ fn listen(
     }
 }
 
+/// A connect the listener allowed, for the connector to make.
+struct Job {
+    id: u64,
+    pid: u32,
+    slot: u64,
+    root: String,
+    rest: String,
+}
+
+/// The thread that makes allowed connections and hands them in. Its own `connect` goes
+/// through the filter like every thread's, and the listener lets it continue by its thread
+/// id: the listener cannot connect itself, since nobody would be left to answer.
+struct Connector {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    tid: u32,
+}
+
+/// Connects waiting for the connector before further ones are refused with `EAGAIN`.
+const CONNECT_QUEUE: usize = 256;
+
+impl Connector {
+    fn start(notify: i32) -> Result<Self, Error> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(CONNECT_QUEUE);
+        let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
+        let failed = |source: std::io::Error| Error::Seccomp {
+            what: "starting the connector",
+            reason: source.to_string(),
+        };
+        std::thread::Builder::new()
+            .name("airlock-connect".into())
+            .spawn(move || {
+                let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
+                for job in queue {
+                    let flags = ScmpNotifRespFlags::empty();
+                    let response = match connect_for(
+                        notify, job.id, job.pid, job.slot, &job.root, &job.rest,
+                    ) {
+                        Ok(()) => ScmpNotifResp::new_val(job.id, 0, flags),
+                        Err(errno) => {
+                            ScmpNotifResp::new_error(job.id, -errno.raw_os_error(), flags)
+                        }
+                    };
+                    let _ = response.respond(notify);
+                }
+            })
+            .map_err(failed)?;
+        let tid = tid_rx
+            .recv()
+            .map_err(|e| failed(std::io::Error::other(e)))?;
+        Ok(Self {
+            jobs,
+            tid: u32::try_from(tid).unwrap_or(0),
+        })
+    }
+}
+
+/// Makes the connection an allowed connect asked for and puts it in the caller's place.
+fn connect_for(
+    notify: i32,
+    id: u64,
+    pid: u32,
+    slot: u64,
+    root: &str,
+    rest: &str,
+) -> Result<(), rustix::io::Errno> {
+    use crate::handover;
+    let target = handover::resolve_beneath(root, rest)?;
+    let theirs = Caller(pid).socket(slot).ok_or(rustix::io::Errno::BADF)?;
+    let ours = handover::connect_like(&theirs, &target)?;
+    handover::hand_in(notify, id, &ours, slot)
+}
+
 /// A task that made a notified call, by thread id.
 struct Caller(u32);
+
+impl Caller {
+    /// Whether the caller is a thread of this process (not one it started).
+    fn is_own_thread(&self) -> bool {
+        std::path::Path::new(&format!("/proc/self/task/{}", self.0)).exists()
+    }
+
+    /// A duplicate of the caller's descriptor `fd`.
+    fn socket(&self, fd: u64) -> Option<std::os::fd::OwnedFd> {
+        use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+        let pid = Pid::from_raw(i32::try_from(self.0).ok()?)?;
+        // The caller may be any thread: PIDFD_THREAD (O_EXCL, Linux 6.9) names a thread. An
+        // older kernel needs the process: this one's for its own threads, else the caller
+        // itself, which is right for a single-threaded child's main thread.
+        let pidfd = pidfd_open(pid, PidfdFlags::from_bits_retain(libc::O_EXCL as _))
+            .or_else(|_| {
+                let process = if self.is_own_thread() {
+                    rustix::process::getpid()
+                } else {
+                    pid
+                };
+                pidfd_open(process, PidfdFlags::empty())
+            })
+            .ok()?;
+        pidfd_getfd(&pidfd, i32::try_from(fd).ok()?, PidfdGetfdFlags::empty()).ok()
+    }
+}
 
 impl Task for Caller {
     fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
@@ -497,19 +691,7 @@ impl Task for Caller {
     }
 
     fn socket_family(&self, fd: u64) -> Option<u16> {
-        use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
-        let pid = Pid::from_raw(i32::try_from(self.0).ok()?)?;
-        // The caller may be any thread: PIDFD_THREAD (O_EXCL, Linux 6.9) names a thread. An
-        // older kernel needs the process: this one's for its own threads, else the caller
-        // itself, which is right for a single-threaded child's main thread.
-        let pidfd = pidfd_open(pid, PidfdFlags::from_bits_retain(libc::O_EXCL as _))
-            .or_else(|_| {
-                let own = std::path::Path::new(&format!("/proc/self/task/{}", self.0)).exists();
-                let process = if own { rustix::process::getpid() } else { pid };
-                pidfd_open(process, PidfdFlags::empty())
-            })
-            .ok()?;
-        let socket = pidfd_getfd(&pidfd, i32::try_from(fd).ok()?, PidfdGetfdFlags::empty()).ok()?;
+        let socket = self.socket(fd)?;
         let address = rustix::net::getsockname(&socket).ok()?;
         Some(address.address_family().as_raw())
     }
@@ -593,14 +775,20 @@ mod tests {
     }
 
     #[test]
-    fn unix_sockets_continue_only_beneath_the_commands_directories() {
+    fn unix_connects_beneath_the_commands_directories_are_made_by_the_listener() {
         let engine = caller(
             libc::AF_UNIX,
             &[(0x1000, unix("/tmp/airlock-engine-1/engine.sock"))],
         );
         assert_eq!(
             sealed(Call::Connect, [3, 0x1000, 35, 0, 0, 0], &engine),
-            Verdict::Continue
+            Verdict::Connect {
+                root: std::fs::canonicalize("/tmp")
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+                rest: "airlock-engine-1/engine.sock".into()
+            }
         );
         assert_eq!(
             sealed(Call::Bind, [3, 0x1000, 35, 0, 0, 0], &engine),
@@ -656,6 +844,49 @@ mod tests {
                 [3, 0x1000, 35, 0, 0, 0],
                 &engine
             ),
+            Verdict::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn a_started_process_reaches_only_engine_sockets_and_sends_nothing_addressed() {
+        let run = tempfile::tempdir().unwrap();
+        let engine_socket = run.path().join("engine.sock");
+        let text = engine_socket.to_str().unwrap();
+        let task = caller(
+            libc::AF_UNIX,
+            &[
+                (0x1000, unix(text)),
+                (0x2000, unix("/tmp/tmux-0/default")),
+                (0x3000, msghdr(0x1000, 3 + text.len() as u32)),
+            ],
+        );
+        let len = 3 + text.len() as u64;
+        let started = |local: &LocalSockets, call, args| {
+            decide(Network::Sealed, &local.for_caller(false), call, args, &task)
+        };
+        // Before the engine's directory is allowed, and after, only its sockets.
+        assert!(matches!(
+            started(&local(), Call::Connect, [3, 0x1000, len, 0, 0, 0]),
+            Verdict::Refuse(_)
+        ));
+        let guard = allow_engine_sockets(run.path()).unwrap();
+        assert!(matches!(
+            started(&local(), Call::Connect, [3, 0x1000, len, 0, 0, 0]),
+            Verdict::Connect { .. }
+        ));
+        // The command's own directories (here /tmp) are not the started process's.
+        assert!(matches!(
+            started(&local(), Call::Connect, [3, 0x2000, 22, 0, 0, 0]),
+            Verdict::Refuse(_)
+        ));
+        assert!(matches!(
+            started(&local(), Call::SendMsg, [3, 0x3000, 0, 0, 0, 0]),
+            Verdict::Refuse(_)
+        ));
+        drop(guard);
+        assert!(matches!(
+            started(&local(), Call::Connect, [3, 0x1000, len, 0, 0, 0]),
             Verdict::Refuse(_)
         ));
     }

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use airlock_confine::{Attempt, EgressLog, Fenced, Network, Paths, Policy, Probe, confine};
+use airlock_confine::{
+    Attempt, EgressLog, Fenced, Network, Paths, Policy, Probe, Summary, confine,
+};
 
 const SCENARIO: &str = "AIRLOCK_CONFINE_SCENARIO";
 
@@ -27,6 +29,13 @@ impl EgressLog for Recorded {
             .lock()
             .unwrap()
             .push(format!("{} {}", attempt.syscall, attempt.destination));
+    }
+
+    fn summarise(&self, summary: &Summary) {
+        self.0.lock().unwrap().push(format!(
+            "{} more {} {}",
+            summary.count, summary.syscall, summary.destination
+        ));
     }
 }
 
@@ -80,6 +89,14 @@ fn child() {
     // A unix socket outside what the command keeps (as a resolver's or a bus's would be).
     let outside = dir.join("elsewhere/outside.sock");
     let _outside_listener = UnixListener::bind(&outside).unwrap();
+    // For the race: a socket outside, named as long as one inside, and a UDP listener.
+    let race = (name == "race").then(|| {
+        std::fs::create_dir_all(dir.join("outward")).unwrap();
+        let outward = UnixListener::bind(dir.join("outward/s.sock")).unwrap();
+        let udp_listener = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp_sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        (outward, udp_listener, udp_sender)
+    });
     let report = confine(
         &Policy {
             network,
@@ -198,8 +215,127 @@ fn child() {
             say(format!("udp send {}", sent.is_err()));
             say(format!("logged {}", log.0.lock().unwrap().join(",")));
         }
+        "race" => {
+            let (outward, udp_listener, udp_sender) = race.unwrap();
+            let (reached_inside, reached_outside, datagrams) =
+                race_connects(&inside.join("s.sock"), &outward, &udp_listener, &udp_sender);
+            say(format!("inside {reached_inside}"));
+            say(format!("outside {reached_outside}"));
+            say(format!("datagrams {datagrams}"));
+        }
         other => panic!("no scenario {other}"),
     }
+}
+
+/// Tries this many connects while another thread swaps what they name.
+const RACE_TRIES: usize = 10_000;
+
+/// Connects `RACE_TRIES` times to `inside` (a socket beneath the command's directory)
+/// through one address buffer and one descriptor number, while another thread keeps
+/// swapping the buffer to `outward` (a unix socket outside) or to the UDP listener's address,
+/// and the descriptor to a UDP socket; after each connect, sends a byte on the descriptor.
+/// Returns how many connections each listener got and how many datagrams arrived.
+#[expect(
+    unsafe_code,
+    reason = "raw connect on a buffer another thread rewrites"
+)]
+fn race_connects(
+    inside: &Path,
+    outward: &UnixListener,
+    udp_listener: &std::net::UdpSocket,
+    udp_sender: &std::net::UdpSocket,
+) -> (usize, usize, usize) {
+    use std::os::fd::AsRawFd as _;
+    use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+    let sockaddr = |path: &Path| {
+        let mut bytes = vec![0u8; std::mem::size_of::<libc::sockaddr_un>()];
+        bytes[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+        let path = path.as_os_str().as_encoded_bytes();
+        bytes[2..2 + path.len()].copy_from_slice(path);
+        bytes
+    };
+    let good = sockaddr(inside);
+    let outward_address = outward.local_addr().unwrap();
+    let bad = sockaddr(outward_address.as_pathname().unwrap());
+    assert_eq!(good.len(), bad.len());
+    let mut inet = vec![0u8; good.len()];
+    let port = udp_listener.local_addr().unwrap().port();
+    inet[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    inet[2..4].copy_from_slice(&port.to_be_bytes());
+    inet[4..8].copy_from_slice(&[127, 0, 0, 1]);
+    let buffer: Arc<Vec<AtomicU8>> = Arc::new(good.iter().map(|b| AtomicU8::new(*b)).collect());
+    let write = |to: &[u8]| {
+        for (slot, byte) in buffer.iter().zip(to) {
+            slot.store(*byte, Ordering::Relaxed);
+        }
+    };
+    let listener = UnixListener::bind(inside).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    outward.set_nonblocking(true).unwrap();
+    udp_listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    // One descriptor number for every try; the swapper puts a UDP socket there.
+    let slot = rustix::io::dup(udp_sender).unwrap();
+    let slot_number = slot.as_raw_fd();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                if listener.accept().is_ok() {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        scope.spawn(|| {
+            let udp = udp_sender.as_raw_fd();
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                round += 1;
+                match round % 3 {
+                    0 => write(&bad),
+                    1 => write(&inet),
+                    _ => write(&good),
+                }
+                // SAFETY: dup2 onto a descriptor number this test owns.
+                unsafe { libc::dup2(udp, slot_number) };
+                std::hint::spin_loop();
+            }
+        });
+        for _ in 0..RACE_TRIES {
+            let fresh = rustix::net::socket(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::STREAM,
+                None,
+            )
+            .unwrap();
+            // SAFETY: plain system calls on descriptors and a buffer that live across them.
+            unsafe {
+                libc::dup2(fresh.as_raw_fd(), slot_number);
+                let connected = libc::connect(
+                    slot_number,
+                    buffer.as_ptr().cast::<libc::sockaddr>(),
+                    good.len() as libc::socklen_t,
+                );
+                if connected == 0 {
+                    libc::send(slot_number, b"x".as_ptr().cast(), 1, libc::MSG_DONTWAIT);
+                }
+            }
+            write(&good);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+    });
+    drop(slot);
+    let mut reached_outside = 0;
+    while outward.accept().is_ok() {
+        reached_outside += 1;
+    }
+    let mut datagrams = 0;
+    let mut byte = [0u8; 8];
+    while udp_listener.recv(&mut byte).is_ok() {
+        datagrams += 1;
+    }
+    (accepted.load(Ordering::Relaxed), reached_outside, datagrams)
 }
 
 #[test]
@@ -243,6 +379,21 @@ fn the_seal_refuses_every_way_out_and_logs_each_with_its_destination() {
     let logged = out.iter().filter(|l| l.starts_with("logged ")).count();
     assert!(logged >= 7, "{out:?}");
     assert!(has(&format!("blocked {logged}")), "{out:?}");
+}
+
+#[test]
+fn connects_swapped_under_the_seal_never_reach_what_it_did_not_check() {
+    let (dir, _, _) = layout();
+    let out = scenario("race", dir.path());
+    let value = |key: &str| {
+        out.iter()
+            .find_map(|l| l.strip_prefix(&format!("{key} "))?.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("{key} missing: {out:?}"))
+    };
+    // The swaps land: some tries reach the socket inside, and none anything else.
+    assert!(value("inside") > 0, "{out:?}");
+    assert_eq!(value("outside"), 0, "{out:?}");
+    assert_eq!(value("datagrams"), 0, "{out:?}");
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! Data classes, ordered from least to most sensitive, and what a caller may read.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -109,6 +111,57 @@ impl Clearance {
     /// Whether a chunk of `rank` and access `groups` (empty: open to every group) may be read.
     pub fn admits(&self, rank: u32, groups: &[String]) -> bool {
         rank <= self.rank && (groups.is_empty() || groups.iter().any(|g| self.groups.contains(g)))
+    }
+}
+
+/// What a record kept outside the collection (airlock's audit log) says its classes are and
+/// each document's class and groups. A collection given one ([`Collection::attest`]) lets a
+/// search see only the live chunks of documents it names, at that class and with those
+/// groups: a class lowered in the database alone hides the document instead of showing it,
+/// and a database whose classes differ from the record's shows nothing.
+///
+/// [`Collection::attest`]: crate::Collection::attest
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attested {
+    classes: Vec<String>,
+    /// Document id → its class rank among `classes` and its groups, sorted.
+    documents: HashMap<String, (u32, Vec<String>)>,
+}
+
+impl Attested {
+    /// The record: `classes`, least sensitive first, and each document's id, class and
+    /// groups. A document whose class is not one of `classes` is left out, so hidden.
+    pub fn new(
+        classes: Vec<String>,
+        documents: impl IntoIterator<Item = (String, String, Vec<String>)>,
+    ) -> Self {
+        let documents = documents
+            .into_iter()
+            .filter_map(|(id, class, mut groups)| {
+                let rank = classes.iter().position(|c| *c == class)? as u32;
+                groups.sort();
+                groups.dedup();
+                Some((id, (rank, groups)))
+            })
+            .collect();
+        Self { classes, documents }
+    }
+
+    /// The classes it records.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Whether a live chunk of `document` at class `rank` with `groups` is as recorded.
+    pub(crate) fn admits(&self, document: &str, rank: u32, groups: &[String]) -> bool {
+        self.documents.get(document).is_some_and(|(r, g)| {
+            *r == rank && {
+                let mut groups = groups.to_vec();
+                groups.sort();
+                groups.dedup();
+                groups == *g
+            }
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use airlock_engine::Embedder;
 use serde::Serialize;
 
 use crate::chunk::{Chunk, chunks};
-use crate::class::{Classes, Clearance, check_name};
+use crate::class::{Attested, Classes, Clearance, check_name};
 use crate::keyword::KeywordIndex;
 use crate::parse::worker::{Parser, Source};
 use crate::parse::{Format, ParseLimits, sha256_hex};
@@ -115,6 +115,22 @@ pub struct IngestReport {
     pub generation: u64,
     /// Seconds taken.
     pub seconds: f64,
+    /// Every document the run read, with the class and groups it decided (for unchanged
+    /// documents, the ones they keep): id, class, groups. Failed documents are not in it.
+    #[serde(skip)]
+    pub classes: Vec<(String, String, Vec<String>)>,
+}
+
+/// A collection's classes as its database holds them: what [`Collection::class_rows`]
+/// returns for checking against a record kept elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct ClassRows {
+    /// The collection's classes, least sensitive first.
+    pub classes: Vec<String>,
+    /// Each document's id, class and groups.
+    pub documents: Vec<(String, String, Vec<String>)>,
+    /// Live chunks counted by document, class rank and groups.
+    pub chunks: Vec<(String, u32, Vec<String>, u64)>,
 }
 
 impl IngestReport {
@@ -208,9 +224,10 @@ impl Serialize for ChunkRow {
     }
 }
 
-/// The live chunks of one published generation.
+/// The live chunks of one published generation (as attested, if it is).
 struct VisibleAt {
     generation: u64,
+    attested: Option<Arc<Attested>>,
     chunks: Arc<HashMap<u64, Visible>>,
 }
 
@@ -226,6 +243,7 @@ pub struct Collection {
     default_class: String,
     pin: EmbeddingPin,
     visible: Mutex<Option<VisibleAt>>,
+    attested: Option<Arc<Attested>>,
     _lock: Option<File>,
 }
 
@@ -376,6 +394,7 @@ impl Collection {
             default_class,
             pin,
             visible: Mutex::new(None),
+            attested: None,
             _lock: lock,
         })
     }
@@ -433,6 +452,27 @@ impl Collection {
     /// Its documents.
     pub fn documents(&self) -> Result<Vec<DocumentRow>> {
         self.store.documents()
+    }
+
+    /// Its classes, each document's class and groups, and the class and groups of its live
+    /// chunks, as the database holds them.
+    pub fn class_rows(&self) -> Result<ClassRows> {
+        Ok(ClassRows {
+            classes: self.classes.names().to_vec(),
+            documents: self
+                .store
+                .documents()?
+                .into_iter()
+                .map(|d| (d.id, d.class, d.groups))
+                .collect(),
+            chunks: self.store.live_classes()?,
+        })
+    }
+
+    /// From now on, searches see only what `attested` records (see [`Attested`]); `None`
+    /// goes back to the database alone.
+    pub fn attest(&mut self, attested: Option<Arc<Attested>>) {
+        self.attested = attested;
     }
 
     /// Sets how many candidates the vector search keeps (more: better recall, slower).
@@ -495,6 +535,8 @@ impl Collection {
         let mut seen: HashSet<String> = HashSet::new();
         let mut publish: Vec<(DocumentRow, u64)> = Vec::new();
         let mut reclassify: Vec<(String, Classification)> = Vec::new();
+        // Unchanged documents, with the class and groups they keep.
+        let mut kept: Vec<(String, String, Vec<String>)> = Vec::new();
         let mut pending: Vec<u64> = Vec::new();
         let mut to_embed: Vec<Cut> = Vec::new();
         let max_tokens = embedder.max_tokens();
@@ -532,6 +574,7 @@ impl Collection {
                     reclassify.push((file.id.clone(), class));
                 } else {
                     report.unchanged += 1;
+                    kept.push((file.id.clone(), class.class, class.groups));
                 }
                 continue;
             }
@@ -569,6 +612,7 @@ impl Collection {
                         reclassify.push((id, class));
                     } else {
                         report.unchanged += 1;
+                        kept.push((id, class.class, class.groups));
                     }
                     continue;
                 }
@@ -671,6 +715,16 @@ impl Collection {
         }
         report.generation = tx.commit()?;
         report.removed = removed;
+        report.classes = publish
+            .into_iter()
+            .map(|(row, _)| (row.id, row.class, row.groups))
+            .chain(
+                reclassify
+                    .into_iter()
+                    .map(|(id, class)| (id, class.class, class.groups)),
+            )
+            .chain(kept)
+            .collect();
         self.sweep()?;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
@@ -895,18 +949,31 @@ impl Collection {
         Ok(embedded_count)
     }
 
-    /// The live chunks a search may consider, for the published generation.
+    /// The live chunks a search may consider, for the published generation and, if the
+    /// collection is attested, as attested.
     fn visible(&self) -> Result<Arc<HashMap<u64, Visible>>> {
         let generation = self.store.generation()?;
         let mut cached = self.visible.lock().unwrap_or_else(PoisonError::into_inner);
+        let same_attestation = |at: &VisibleAt| match (&at.attested, &self.attested) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
         if let Some(at) = cached.as_ref()
             && at.generation == generation
+            && same_attestation(at)
         {
             return Ok(Arc::clone(&at.chunks));
         }
-        let chunks = Arc::new(self.store.visible()?);
+        let chunks = match &self.attested {
+            // Classes other than the recorded ones: no rank can be trusted.
+            Some(attested) if attested.classes() != self.classes.names() => HashMap::new(),
+            attested => self.store.visible(attested.as_deref())?,
+        };
+        let chunks = Arc::new(chunks);
         *cached = Some(VisibleAt {
             generation,
+            attested: self.attested.clone(),
             chunks: Arc::clone(&chunks),
         });
         Ok(chunks)

@@ -46,11 +46,11 @@ pub mod internal {
     pub use crate::vector::{DEFAULT_EXPANSION_SEARCH, VectorIndex, cosine};
 }
 
-pub use class::{Classes, Clearance};
+pub use class::{Attested, Classes, Clearance};
 pub use collection::block_on;
 pub use collection::{
-    Collection, CollectionInfo, EmbeddingPin, Hit, IngestOptions, IngestReport, Progress, Weights,
-    collections_dir,
+    ClassRows, Collection, CollectionInfo, EmbeddingPin, Hit, IngestOptions, IngestReport,
+    Progress, Weights, collections_dir,
 };
 pub use error::{Error, Result};
 pub use store::{ChunkRow, DocumentRow};

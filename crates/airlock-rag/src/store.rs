@@ -12,6 +12,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+/// A document's live chunks of one class rank and group set: (document id, class rank,
+/// groups, chunks).
+pub(crate) type LiveClass = (String, u32, Vec<String>, u64);
+
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 
 use crate::document::Location;
@@ -394,28 +398,56 @@ impl Store {
         Ok(())
     }
 
-    /// Every live chunk's id, class rank and groups.
-    pub(crate) fn visible(&self) -> Result<HashMap<u64, Visible>> {
+    /// Every live chunk's id, class rank and groups; with `attested`, only the chunks whose
+    /// document it names with that rank and those groups.
+    pub(crate) fn visible(
+        &self,
+        attested: Option<&crate::class::Attested>,
+    ) -> Result<HashMap<u64, Visible>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, class_rank, groups FROM chunks WHERE state = 2")?;
-        let map = stmt
+            .prepare("SELECT id, class_rank, groups, doc_id FROM chunks WHERE state = 2")?;
+        let mut map = HashMap::new();
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let groups: String = r.get(2)?;
+            let visible = Visible {
+                rank: r.get(1)?,
+                groups: if groups == "[]" {
+                    Vec::new()
+                } else {
+                    groups_of(&groups)
+                },
+            };
+            if let Some(attested) = attested {
+                let doc: String = r.get(3)?;
+                if !attested.admits(&doc, visible.rank, &visible.groups) {
+                    continue;
+                }
+            }
+            map.insert(r.get::<_, i64>(0)? as u64, visible);
+        }
+        Ok(map)
+    }
+
+    /// Live chunks counted by document, class rank and groups.
+    pub(crate) fn live_classes(&self) -> Result<Vec<LiveClass>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT doc_id, class_rank, groups, COUNT(*) FROM chunks WHERE state = 2
+             GROUP BY doc_id, class_rank, groups ORDER BY doc_id, class_rank",
+        )?;
+        let rows = stmt
             .query_map([], |r| {
                 let groups: String = r.get(2)?;
                 Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    Visible {
-                        rank: r.get(1)?,
-                        groups: if groups == "[]" {
-                            Vec::new()
-                        } else {
-                            groups_of(&groups)
-                        },
-                    },
+                    r.get(0)?,
+                    r.get(1)?,
+                    groups_of(&groups),
+                    r.get::<_, i64>(3)? as u64,
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        Ok(map)
+        Ok(rows)
     }
 
     /// Live or indexed chunk ids and vectors (for an exact search among a few, or a rebuild).

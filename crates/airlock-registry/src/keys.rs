@@ -8,14 +8,15 @@
 //! [`Registry`]: crate::Registry
 
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::replay::{self, Binding, Discrepancy};
 use crate::store::Layout;
 use crate::{Error, Result, db};
 
@@ -151,28 +152,70 @@ pub enum KeyRejection {
         /// Its id.
         id: String,
     },
+    /// The key's row is not what the audit log recorded (made by hand, or its role,
+    /// clearance, expiry or revocation changed since).
+    Unbacked {
+        /// Its id.
+        id: String,
+        /// The row and what the database and the log say.
+        reason: String,
+    },
 }
 
+fn not_a_data_dir(layout: &Layout) -> Result<()> {
+    if layout.db().is_file() {
+        return Ok(());
+    }
+    Err(Error::DataDir {
+        path: layout.root().to_owned(),
+        reason: "not an airlock data directory; create one with `airlock init`".into(),
+    })
+}
+
+/// How stale the log state may be before a lookup that agrees with it reads the log's end
+/// again (one that disagrees always does): a key revoked by another process, whose
+/// revocation someone then undoes in the database, is refused within this long.
+const LOG_FRESHNESS: Duration = Duration::from_secs(1);
+
 /// Read access to the key table for a long-running server. Every lookup reads the database,
-/// so a key revoked by another process stops working at its next request.
+/// so a key revoked by another process stops working at its next request, and checks the
+/// row against the audit log: a key whose row the log does not back is refused.
 #[derive(Debug)]
 pub struct KeyStore {
     conn: Mutex<Connection>,
+    binding: Arc<Binding>,
 }
 
 impl KeyStore {
-    /// Opens the key table of the data directory at `root`.
+    /// Opens the key table of the data directory at `root`, and replays its audit log.
     pub fn open(root: &Path) -> Result<Self> {
         let layout = Layout::new(root);
-        if !layout.db().is_file() {
-            return Err(Error::DataDir {
-                path: root.to_owned(),
-                reason: "not an airlock data directory; create one with `airlock init`".into(),
-            });
-        }
+        not_a_data_dir(&layout)?;
+        Self::with_binding(root, Arc::new(Binding::open(&layout)?))
+    }
+
+    /// Opens the key table of the data directory at `root`, checked against `binding`
+    /// (the log state of the same data directory, shared with its registry).
+    pub fn with_binding(root: &Path, binding: Arc<Binding>) -> Result<Self> {
+        let layout = Layout::new(root);
+        not_a_data_dir(&layout)?;
         Ok(Self {
             conn: Mutex::new(db::open(&layout.db())?),
+            binding,
         })
+    }
+
+    /// Every key row that disagrees with the audit log (keys that will be refused), and
+    /// every key the log made that the table lacks.
+    pub fn unbacked(&self) -> Result<Vec<Discrepancy>> {
+        let state = self.binding.state()?;
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let keys = conn
+            .prepare(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"))?
+            .query_map([], row_to_key)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        drop(conn);
+        Ok(replay::compare_keys(&state, &keys))
     }
 
     /// The key that `presented` is, if it is stored, unrevoked and unexpired.
@@ -192,13 +235,29 @@ impl KeyStore {
             .query_row(params![hash], row_to_key)
             .optional()?;
         drop(conn);
-        Ok(match found {
-            None => Err(KeyRejection::Unknown),
-            Some(key) if key.revoked_at.is_some() => Err(KeyRejection::Revoked { id: key.id }),
-            Some(key) if key.is_expired(SystemTime::now()) => {
-                Err(KeyRejection::Expired { id: key.id })
+        let key = match found {
+            None => return Ok(Err(KeyRejection::Unknown)),
+            Some(key) if key.revoked_at.is_some() => {
+                return Ok(Err(KeyRejection::Revoked { id: key.id }));
             }
-            Some(key) => Ok(key),
+            Some(key) => key,
+        };
+        // The row as the log made it, or why not: a key created since the state was read
+        // is found once the log's end is read again.
+        let mut state = self.binding.state_within(LOG_FRESHNESS)?;
+        if replay::key_backed(&state, &key).is_err() {
+            state = self.binding.state()?;
+        }
+        if let Err(why) = replay::key_backed(&state, &key) {
+            return Ok(Err(KeyRejection::Unbacked {
+                id: key.id,
+                reason: why.to_string(),
+            }));
+        }
+        Ok(if key.is_expired(SystemTime::now()) {
+            Err(KeyRejection::Expired { id: key.id })
+        } else {
+            Ok(key)
         })
     }
 }

@@ -8,7 +8,8 @@
 //! any point leaves the old state or the new. A second person [approves](Registry::approve)
 //! with a key that did not sign the bundle; only approved versions can be
 //! [tagged](Registry::tag) or [exported](Registry::export). Every action and every refusal
-//! is an entry in the audit log.
+//! is an entry in the audit log, and every row that decides what may run or who may read is
+//! checked against the log before it is acted on ([`replay`]).
 //!
 //! It opens no network connection and runs no model. See `docs/registry.md`.
 //!
@@ -33,6 +34,7 @@ pub mod policy;
 pub mod records;
 pub mod reference;
 mod registry;
+pub mod replay;
 pub mod store;
 
 pub use db::keep_temporary_files_in as keep_sqlite_temporary_files_in;
@@ -44,4 +46,5 @@ pub use registry::{
     ApprovalInfo, ApprovedModel, FileInfo, FsckReport, GcReport, ImportReport, InitReport,
     Registry, TrustInfo, VersionDetail, VersionSummary,
 };
+pub use replay::{Binding, Discrepancy, LogState};
 pub use store::{FAULT_KILL_AT_ENV, FAULT_TRACE_ENV, Layout, default_data_dir};

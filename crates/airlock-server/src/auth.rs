@@ -1,5 +1,10 @@
 //! Who is calling: API keys from the registry, or OIDC JWTs checked against a local JWKS.
 //!
+//! An API key counts only as the audit log made it: a key whose row in the database differs
+//! from what its `key.create` and `key.revoke` entries say (a role or clearance raised, an
+//! expiry removed, a revocation undone, a row inserted by hand) is refused with a 401, and
+//! the server names each such key at start and on reload.
+//!
 //! JWT rules, each a refusal (401) when broken:
 //! - only RS256, ES256 and EdDSA; `none`, HMAC and everything else are refused before any
 //!   key is touched, so an HMAC token "signed" with a public key never verifies;
@@ -51,12 +56,18 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// API keys from `keys`, and JWTs if `oidc` is configured.
+    /// API keys from `keys` (each checked against the audit log), and JWTs if `oidc` is
+    /// configured.
     pub fn new(keys: KeyStore, oidc: Option<&OidcConfig>) -> Result<Self> {
         Ok(Self {
             keys,
             oidc: oidc.map(Oidc::load).transpose()?,
         })
+    }
+
+    /// The API keys whose rows the audit log does not back: each is refused with a 401.
+    pub fn unbacked_keys(&self) -> airlock_registry::Result<Vec<airlock_registry::Discrepancy>> {
+        self.keys.unbacked()
     }
 
     /// Identifies the caller presenting `credential` (the bearer token or `x-api-key`).
@@ -91,6 +102,9 @@ impl Authenticator {
                 Err(KeyRejection::Expired { id }) => {
                     Err(unauthenticated(format!("API key {id} has expired")))
                 }
+                Err(KeyRejection::Unbacked { id, reason }) => Err(unauthenticated(format!(
+                    "API key {id} is not what the audit log recorded ({reason})"
+                ))),
             };
         }
         match &self.oidc {

@@ -1,5 +1,10 @@
 //! Knowledge collections the server searches: each opened read-only with the embedding model
 //! it is pinned to, loaded from the registry (approved, re-hashed) like a served model.
+//!
+//! A collection is served only if its classes are those the audit log recorded at its
+//! creation, and a search sees only the documents whose class and groups the log backs
+//! (`collection.classes` entries): a document reclassified in its database alone is not
+//! returned to anyone.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,8 +12,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use airlock_audit::{Entry, Outcome};
 use airlock_engine::embed::EmbeddingConfig;
 use airlock_engine::{Embedder, EmbeddingEngine, EmbeddingModel, ModelFiles};
-use airlock_rag::{Clearance, Collection, Hit, Weights};
-use airlock_registry::{Reference, Registry};
+use airlock_rag::{Attested, Clearance, Collection, Hit, Weights};
+use airlock_registry::replay::{self, ObservedChunks, ObservedCollection};
+use airlock_registry::{Binding, LogState, Reference, Registry};
 
 use crate::auth::Principal;
 use crate::config::Config;
@@ -24,6 +30,48 @@ pub struct ServedCollection {
     pub(crate) embedder: Arc<dyn Embedder>,
     /// The model's digest.
     pub digest: String,
+    /// The audit log's state: searches see only documents whose class and groups it backs.
+    /// `None` for collections served without admission.
+    binding: Option<Arc<Binding>>,
+    /// The attestation made from the last log state read, and that state.
+    attested: Mutex<Option<(Arc<LogState>, Arc<Attested>)>>,
+}
+
+/// How stale the log state a search applies may be: documents ingested since are found once
+/// it is read again.
+const LOG_FRESHNESS: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the audit log records of collection `name` (its classes, and each document's class
+/// and groups), for [`Collection::attest`]; `None` if it records no such collection.
+pub fn attestation(state: &LogState, name: &str) -> Option<Attested> {
+    let logged = state.collections.get(name)?;
+    Some(Attested::new(
+        logged.classes.clone(),
+        logged
+            .documents
+            .iter()
+            .map(|(id, d)| (id.clone(), d.class.clone(), d.groups.clone())),
+    ))
+}
+
+/// A collection's class rows, in the form [`replay::compare_collection`] checks.
+pub fn observe(collection: &Collection) -> airlock_rag::Result<ObservedCollection> {
+    let rows = collection.class_rows()?;
+    Ok(ObservedCollection {
+        name: collection.name().to_owned(),
+        classes: rows.classes,
+        documents: rows.documents,
+        chunks: rows
+            .chunks
+            .into_iter()
+            .map(|(document, rank, groups, count)| ObservedChunks {
+                document,
+                rank,
+                groups,
+                count,
+            })
+            .collect(),
+    })
 }
 
 impl std::fmt::Debug for ServedCollection {
@@ -44,7 +92,42 @@ impl ServedCollection {
             digest: collection.pin().digest.clone(),
             collection: Mutex::new(collection),
             embedder,
+            binding: None,
+            attested: Mutex::new(None),
         }
+    }
+
+    /// The attestation of the current log state, made anew only when the state changed.
+    fn attestation(&self) -> airlock_registry::Result<Option<Arc<Attested>>> {
+        let Some(binding) = &self.binding else {
+            return Ok(None);
+        };
+        let state = binding.state_within(LOG_FRESHNESS)?;
+        let mut cached = self.attested.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((read, attested)) = cached.as_ref()
+            && Arc::ptr_eq(read, &state)
+        {
+            return Ok(Some(Arc::clone(attested)));
+        }
+        // A collection the log does not know shows nothing.
+        let attested = Arc::new(attestation(&state, &self.name).unwrap_or_default());
+        *cached = Some((state, Arc::clone(&attested)));
+        Ok(Some(attested))
+    }
+
+    /// The rows of this collection that disagree with the audit log, if it is checked
+    /// against it.
+    pub fn unbacked(&self) -> Result<Vec<airlock_registry::Discrepancy>> {
+        let Some(binding) = &self.binding else {
+            return Ok(Vec::new());
+        };
+        let state = binding.state()?;
+        let collection = self
+            .collection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let observed = observe(&collection).map_err(|e| refused(&self.name, e.to_string()))?;
+        Ok(replay::compare_collection(&state, &observed))
     }
 
     /// The `k` best chunks for `query` that `principal` may read: its clearance and groups
@@ -86,6 +169,11 @@ impl ServedCollection {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             collection.refresh().map_err(Failure::Search)?;
+            // Only documents whose class and groups the audit log backs are searched.
+            if searching.binding.is_some() {
+                let attested = searching.attestation().map_err(Failure::Log)?;
+                collection.attest(attested);
+            }
             let clearance =
                 Clearance::new(collection.classes(), &principal.clearance, principal.groups)
                     .map_err(|_| Failure::Clearance)?;
@@ -104,6 +192,9 @@ impl ServedCollection {
             Failure::Search(e) => ApiError::Internal {
                 detail: format!("searching {name}: {e}"),
             },
+            Failure::Log(e) => ApiError::Internal {
+                detail: format!("reading the audit log for {name}: {e}"),
+            },
         })
     }
 }
@@ -114,6 +205,8 @@ enum Failure {
     Clearance,
     /// The collection failed.
     Search(airlock_rag::Error),
+    /// The audit log could not be read.
+    Log(airlock_registry::Error),
 }
 
 /// Name → collection.
@@ -180,6 +273,21 @@ fn open_one(
     name: &str,
 ) -> std::result::Result<ServedCollection, String> {
     let collection = Collection::open(&config.data_dir, name).map_err(|e| e.to_string())?;
+    // Its classes must be the ones the audit log recorded at its creation: a rank means
+    // nothing under another order.
+    let binding = registry.binding().map_err(|e| e.to_string())?;
+    let state = binding.state().map_err(|e| e.to_string())?;
+    match state.collections.get(name) {
+        None => return Err("the audit log records no creation of it".into()),
+        Some(logged) if logged.classes != collection.classes().names() => {
+            return Err(format!(
+                "its classes are {} in its database, but the audit log recorded {}",
+                collection.classes().names().join(" < "),
+                logged.classes.join(" < ")
+            ));
+        }
+        Some(_) => {}
+    }
     let pin = collection.pin().clone();
     let model_name = pin
         .reference
@@ -209,5 +317,7 @@ fn open_one(
         collection: Mutex::new(collection),
         embedder: Arc::new(engine),
         digest: approved.digest,
+        binding: Some(binding),
+        attested: Mutex::new(None),
     })
 }

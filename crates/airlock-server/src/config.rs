@@ -133,6 +133,14 @@ pub struct RawLimits {
     pub max_embedding_inputs: Option<usize>,
     /// Embedding requests that may wait for the model, per embedding model.
     pub embedding_queue: Option<usize>,
+    /// Seconds a connection may take to send a complete request header, counted from when
+    /// the server starts waiting for one (also how long a kept-alive connection may idle).
+    pub header_read_timeout_seconds: Option<u64>,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: Option<usize>,
+    /// Connections with no request in flight (new ones not yet through their first header,
+    /// kept-alive ones waiting for the next).
+    pub max_idle_connections: Option<usize>,
 }
 
 /// `[audit]`.
@@ -276,6 +284,24 @@ pub struct Limits {
     pub max_embedding_inputs: usize,
     /// Embedding requests waiting for the model before 429s (default 64).
     pub embedding_queue: usize,
+    /// How long a connection may take to send a complete request header (default 10 s),
+    /// counted from when the server starts waiting for it: when the connection is accepted,
+    /// and on a kept-alive connection when the previous response has been sent. A client
+    /// that sends its header slowly, or not at all, is disconnected when it passes; so is a
+    /// kept-alive connection that sends no new request for this long (the HTTP library,
+    /// hyper, runs one timer for both). A request whose header is complete is not timed by
+    /// it, however long its answer streams.
+    pub header_read_timeout: Duration,
+    /// Connections open at once (default 512, under the usual limit of 1024 open files).
+    /// At the cap the server stops accepting: new connections wait in the kernel's listen
+    /// backlog, unanswered, until an open one closes.
+    pub max_connections: usize,
+    /// Connections open with no request in flight (default 128; unset, never more than
+    /// `max_connections`): new ones that have not yet sent a complete request header, and
+    /// kept-alive ones waiting for their next. At the cap a new connection is not served,
+    /// and nothing more is accepted, until a place frees; a connection that finishes a
+    /// response then, or while a new one waits for a place, is closed instead of kept alive.
+    pub max_idle_connections: usize,
 }
 
 impl Default for Limits {
@@ -288,9 +314,15 @@ impl Default for Limits {
             queue: 64,
             max_embedding_inputs: 256,
             embedding_queue: 64,
+            header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT),
+            max_connections: 512,
+            max_idle_connections: 128,
         }
     }
 }
+
+/// Seconds a connection may take to send a complete request header, by default.
+const DEFAULT_HEADER_READ_TIMEOUT: u64 = 10;
 
 /// Default listen address: loopback only; serving other hosts is a deliberate choice.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -409,6 +441,17 @@ impl RawConfig {
                 .max_embedding_inputs
                 .unwrap_or(defaults.max_embedding_inputs),
             embedding_queue: l.embedding_queue.unwrap_or(defaults.embedding_queue),
+            header_read_timeout: Duration::from_secs(
+                l.header_read_timeout_seconds
+                    .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+            ),
+            max_connections: l.max_connections.unwrap_or(defaults.max_connections),
+            // Unset, it follows a lower max_connections down.
+            max_idle_connections: l.max_idle_connections.unwrap_or_else(|| {
+                defaults
+                    .max_idle_connections
+                    .min(l.max_connections.unwrap_or(defaults.max_connections))
+            }),
         };
         for (name, value) in [
             ("max_body_bytes", limits.max_body_bytes),
@@ -416,6 +459,8 @@ impl RawConfig {
             ("per_key_concurrency", limits.per_key_concurrency),
             ("per_key_per_minute", limits.per_key_per_minute as usize),
             ("max_embedding_inputs", limits.max_embedding_inputs),
+            ("max_connections", limits.max_connections),
+            ("max_idle_connections", limits.max_idle_connections),
         ] {
             if value == 0 {
                 return Err(bad(format!("limits.{name} must be at least 1")));
@@ -423,6 +468,20 @@ impl RawConfig {
         }
         if limits.max_body_bytes > 256 << 20 {
             return Err(bad("limits.max_body_bytes is over 256 MiB".into()));
+        }
+        if !(1..=3600).contains(&limits.header_read_timeout.as_secs()) {
+            return Err(bad(
+                "limits.header_read_timeout_seconds must be 1..=3600".into()
+            ));
+        }
+        if limits.max_connections > 1 << 20 {
+            return Err(bad("limits.max_connections is over 1048576".into()));
+        }
+        if limits.max_idle_connections > limits.max_connections {
+            return Err(bad(format!(
+                "limits.max_idle_connections ({}) is over limits.max_connections ({})",
+                limits.max_idle_connections, limits.max_connections
+            )));
         }
         Ok(Config {
             listen,
@@ -608,6 +667,18 @@ mod tests {
                 "audience",
             ),
             (
+                "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\n[limits]\nheader_read_timeout_seconds=0",
+                "header_read_timeout_seconds",
+            ),
+            (
+                "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\n[limits]\nmax_connections=0",
+                "max_connections",
+            ),
+            (
+                "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\n[limits]\nmax_connections=8\nmax_idle_connections=9",
+                "max_idle_connections (9) is over limits.max_connections (8)",
+            ),
+            (
                 "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\nrag={collections=[]}",
                 "names no collections",
             ),
@@ -635,6 +706,24 @@ mod tests {
                 other => panic!("{text:?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn connection_limits_come_from_the_limits_table_and_idle_follows_a_lower_cap() -> Result<()> {
+        let defaults = Limits::default();
+        assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.max_connections, 512);
+        assert_eq!(defaults.max_idle_connections, 128);
+        let config = validated(
+            "data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\n[limits]\nheader_read_timeout_seconds=3\nmax_connections=64\nmax_idle_connections=16",
+        )?;
+        assert_eq!(config.limits.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(config.limits.max_connections, 64);
+        assert_eq!(config.limits.max_idle_connections, 16);
+        let lowered =
+            validated("data_dir=\"/d\"\n[models.a]\nref=\"m:prod\"\n[limits]\nmax_connections=8")?;
+        assert_eq!(lowered.limits.max_idle_connections, 8);
+        Ok(())
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod error;
 pub mod gate;
 mod generation;
 pub mod limits;
+mod listener;
 pub mod metrics;
 pub mod models;
 mod openai;
@@ -39,14 +40,13 @@ mod tools;
 mod vector_stores;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
 use airlock_audit::{AuditLog, Entry, Outcome};
 use airlock_engine::RequestLimits;
-use airlock_registry::{KeyStore, Registry};
+use airlock_registry::Registry;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
@@ -160,6 +160,9 @@ impl App {
         // Durable before the swap: no request reaches a new version the log does not name.
         self.audit.append(entry)?;
         *self.models.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(admitted);
+        if let Err(e) = report_unbacked(&registry, &self.actor, &self.auth, &self.collections) {
+            tracing::error!("naming what the audit log does not back failed: {e}");
+        }
         Ok(changes)
     }
 
@@ -351,7 +354,9 @@ impl Server {
         models: ServedModels,
         collections: collections::ServedCollections,
     ) -> Result<Self> {
-        let auth = Authenticator::new(KeyStore::open(&config.data_dir)?, config.oidc.as_ref())?;
+        // Keys are checked against the audit log state the registry replayed for admission.
+        let auth = Authenticator::new(registry.key_store()?, config.oidc.as_ref())?;
+        report_unbacked(&registry, actor, &auth, &collections)?;
         let mut prefix = [0u8; 6];
         rand_prefix(&mut prefix);
         let app = App {
@@ -398,7 +403,10 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains requests in flight.
-    /// Start and stop are audit entries.
+    /// Start and stop are audit entries. Connections are HTTP/1.1 (kept alive), within the
+    /// connection limits of [`config::Limits`]: a header read timeout, a cap on open
+    /// connections and one on idle connections (see `header_read_timeout`,
+    /// `max_connections` and `max_idle_connections` there).
     pub async fn run(
         self,
         listener: tokio::net::TcpListener,
@@ -417,25 +425,62 @@ impl Server {
         }
         self.app.audit.append(start)?;
         let app = Arc::clone(&self.app);
-        let service =
-            router(Arc::clone(&self.app)).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, service)
-            .with_graceful_shutdown(async move {
+        listener::serve(
+            listener,
+            router(Arc::clone(&self.app)),
+            &self.app.config.limits,
+            async move {
                 shutdown.await;
                 app.ready.store(false, Ordering::Release);
-            })
-            .await;
+            },
+        )
+        .await;
         // Results of the last answers may still be on their way to the log.
         self.app.audit_backlog.drained().await;
         self.app.audit.append(
             Entry::new(&self.app.actor, "serve.stop", Outcome::Ok)
                 .detail("listen", local.to_string()),
         )?;
-        served.map_err(|source| Error::Io {
-            what: format!("serving on {local}"),
-            source,
-        })
+        Ok(())
     }
+}
+
+/// Most rows named in one `serve.unbacked` entry (all go to stderr).
+const MAX_UNBACKED_IN_ENTRY: usize = 64;
+
+/// Names every row the server will not trust because the audit log does not back it — API
+/// keys (refused with a 401) and documents of served collections (never returned) — on
+/// stderr and in one `serve.unbacked` audit entry.
+fn report_unbacked(
+    registry: &Registry,
+    actor: &str,
+    auth: &Authenticator,
+    collections: &collections::ServedCollections,
+) -> Result<()> {
+    let mut rows: Vec<String> = auth
+        .unbacked_keys()?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for collection in collections.values() {
+        rows.extend(collection.unbacked()?.iter().map(ToString::to_string));
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    for row in &rows {
+        tracing::warn!("not trusted, the audit log does not back it: {row}");
+    }
+    let named: Vec<String> = rows.iter().take(MAX_UNBACKED_IN_ENTRY).cloned().collect();
+    registry.audit_log().append(
+        Entry::new(actor, "serve.unbacked", Outcome::Refused)
+            .reason(format!(
+                "{} row(s) the audit log does not back are not trusted: API keys so named get 401, documents so named are not returned",
+                rows.len()
+            ))
+            .detail("rows", named),
+    )?;
+    Ok(())
 }
 
 fn rand_prefix(out: &mut [u8]) {

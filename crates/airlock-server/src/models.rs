@@ -270,6 +270,9 @@ fn start_process(
         threads: spec.threads,
         startup_timeout: process.startup_timeout,
         share_prompt_cache: process.share_prompt_cache,
+        // In the owner-only data directory: engine sockets nowhere near the system's
+        // temporary directory, which other programs' sockets share.
+        runtime_root: Some(config.data_dir.join("run")),
     };
     let hooks = Hooks {
         verify: Box::new(verify),

@@ -6,6 +6,11 @@
 //! and gets a fresh random secret at every start. Its environment is emptied and rebuilt with
 //! every offline switch set and no proxy, so nothing inherited from airlock's environment
 //! (`LLAMA_ARG_*`, `HF_ENDPOINT`, `HTTPS_PROXY`, ...) reaches it.
+//!
+//! It runs in a box of its own ([`airlock_confine::engine_box`]): namespaces whose every
+//! process dies with it, a Landlock domain that reads only the model files and writes only
+//! the runtime directory, and a seccomp layer that refuses what an escape needs. The only
+//! unix sockets it (or airlock) may connect to are those of engine runtime directories.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -28,10 +33,6 @@ pub const OFFLINE_ENVIRONMENT: [(&str, &str); 8] = [
     ("DO_NOT_TRACK", "1"),
     ("LANG", "C.UTF-8"),
 ];
-
-/// Where `setpriv` is: it starts the engine with a parent-death signal, so the process never
-/// outlives airlock (even one killed with SIGKILL).
-const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// Runtime directories are named `airlock-engine-PID-RANDOM`, PID being the airlock process
 /// that made them.
@@ -66,6 +67,10 @@ fn remove_orphaned_runtime_dirs(root: &Path) {
 /// A prepared start: the runtime directory (removed when this is dropped), the socket and
 /// the secret, and the command.
 pub(crate) struct Launch {
+    /// Lets the engine's socket be connected to while the start lasts.
+    _sockets: airlock_confine::EngineSockets,
+    /// Names the engine's own process id once it has started.
+    pub(crate) contained: airlock_confine::Contained,
     /// Holds the socket and the model links; removed on drop.
     _dir: tempfile::TempDir,
     pub(crate) socket: PathBuf,
@@ -75,25 +80,32 @@ pub(crate) struct Launch {
 
 /// Prepares a start of `spec` on `files`.
 pub(crate) fn prepare(spec: &ProcessSpec, files: &ModelFiles) -> Result<Launch, String> {
-    let runtime_root = std::env::temp_dir();
+    let runtime_root = spec.runtime_root.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&runtime_root)
+        .map_err(|e| format!("cannot create {}: {e}", runtime_root.display()))?;
     remove_orphaned_runtime_dirs(&runtime_root);
     let dir = tempfile::Builder::new()
         .prefix(&format!("{RUNTIME_PREFIX}{}-", std::process::id()))
         .tempdir_in(&runtime_root)
         .map_err(|e| format!("cannot create a runtime directory: {e}"))?;
     let socket = dir.path().join("engine.sock");
+    // sun_path holds 107 bytes and a NUL.
+    if socket.as_os_str().len() > 107 {
+        return Err(format!(
+            "the engine's socket path {} is longer than a unix socket's 107 bytes: use a data directory with a shorter path",
+            socket.display()
+        ));
+    }
     let model = link_files(spec.kind, files, &dir.path().join("model"))?;
     let mut secret = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut secret);
     let secret = hex::encode(secret);
     let args = arguments(spec, &model, &socket);
-    let mut command = if Path::new(SETPRIV).is_file() {
-        let mut c = Command::new(SETPRIV);
-        c.args(["--pdeathsig", "KILL", "--"]).arg(&spec.binary);
-        c
-    } else {
-        Command::new(&spec.binary)
-    };
+    let mut command = Command::new(&spec.binary);
+    let contained = airlock_confine::contain(&mut command, &box_spec(spec, files, dir.path()))
+        .map_err(|e| format!("cannot prepare the engine's box: {e}"))?;
+    let sockets = airlock_confine::allow_engine_sockets(dir.path())
+        .map_err(|e| format!("{}: {e}", dir.path().display()))?;
     command
         .args(args)
         .env_clear()
@@ -111,11 +123,36 @@ pub(crate) fn prepare(spec: &ProcessSpec, files: &ModelFiles) -> Result<Launch, 
             .env("VLLM_CACHE_ROOT", dir.path().join("vllm-cache"));
     }
     Ok(Launch {
+        _sockets: sockets,
+        contained,
         _dir: dir,
         socket,
         secret,
         command,
     })
+}
+
+/// What the engine may touch: the model files (the blobs its links point to), its program's
+/// directory (and for vLLM, the Python environment above it), its runtime directory.
+fn box_spec(spec: &ProcessSpec, files: &ModelFiles, runtime: &Path) -> airlock_confine::BoxSpec {
+    let real = std::fs::canonicalize(&spec.binary).unwrap_or_else(|_| spec.binary.clone());
+    let mut exec = Vec::new();
+    for binary in [&spec.binary, &real] {
+        if let Some(dir) = binary.parent() {
+            if spec.kind == ProcessKind::Vllm {
+                exec.extend(dir.parent().map(Path::to_owned));
+            }
+            exec.push(dir.to_owned());
+        }
+    }
+    airlock_confine::BoxSpec {
+        read: files
+            .iter()
+            .map(|(_, blob)| std::fs::canonicalize(blob).unwrap_or_else(|_| blob.to_owned()))
+            .collect(),
+        exec,
+        runtime: runtime.to_owned(),
+    }
 }
 
 /// The variable each kind reads its API key from (never the command line, which every user
@@ -259,6 +296,7 @@ mod tests {
             threads: Some(2),
             startup_timeout: Duration::from_secs(60),
             share_prompt_cache: false,
+            runtime_root: None,
         }
     }
 

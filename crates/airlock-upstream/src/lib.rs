@@ -25,6 +25,7 @@
 //!     threads: Some(8),
 //!     startup_timeout: Duration::from_secs(120),
 //!     share_prompt_cache: false,
+//!     runtime_root: Some("/var/lib/airlock/run".into()),
 //! };
 //! let verify_again = files.clone();
 //! let hooks = Hooks {
@@ -101,6 +102,10 @@ pub struct ProcessSpec {
     /// Let the process reuse prompt caches across callers (faster follow-up turns; a caller
     /// could then learn from response times whether others sent the same prompt prefix).
     pub share_prompt_cache: bool,
+    /// Where its runtime directories (socket, model links) are made: a directory only
+    /// airlock's user can enter, such as the data directory's `run/`. `None`: the system's
+    /// temporary directory.
+    pub runtime_root: Option<PathBuf>,
 }
 
 /// What the supervisor asks of its owner.

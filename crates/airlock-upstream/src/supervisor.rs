@@ -179,15 +179,19 @@ impl LogTail {
 
 /// A started process and what goes with it.
 struct Running {
+    /// What airlock started: the keeper of the engine's box.
     child: Child,
+    /// The engine itself (the child, where there is no box).
+    engine_pid: u32,
     log: LogTail,
     /// Holds the socket and the model links; removed when the process is gone.
     _launch: Launch,
 }
 
 impl Running {
+    /// The engine process's id, as reported and audited.
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.engine_pid
     }
 
     /// SIGTERM, then SIGKILL if it has not gone within the grace period.
@@ -224,8 +228,10 @@ fn start(spec: &ProcessSpec, files: &ModelFiles) -> Result<(Running, Endpoint), 
         socket: launch.socket.clone(),
         secret: launch.secret.clone(),
     };
+    let engine_pid = launch.contained.engine_pid(child.id());
     let mut running = Running {
         child,
+        engine_pid,
         log,
         _launch: launch,
     };
@@ -258,6 +264,9 @@ fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt as _;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) if signal == rustix::process::Signal::SYS.as_raw() => format!(
+            "killed by signal {signal} (SIGSYS: the seccomp filter ended it for a system call it may not make)"
+        ),
         (None, Some(signal)) => format!("killed by signal {signal}"),
         _ => status.to_string(),
     }

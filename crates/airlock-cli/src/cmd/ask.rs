@@ -81,7 +81,8 @@ pub(crate) fn ask(args: AskArgs, data: &Path) -> anyhow::Result<ExitCode> {
     let mut clearances = Vec::new();
     let mut vectors: Vec<(String, Vec<f32>)> = Vec::new();
     for name in &plan.collections {
-        let collection = Collection::open(data, name)?;
+        let mut collection = Collection::open(data, name)?;
+        super::rag::attest(&registry, &mut collection)?;
         let class = args
             .clearance
             .clone()

@@ -10,7 +10,7 @@ use airlock_engine::embed::EmbeddingConfig;
 use airlock_engine::{EmbeddingEngine, EmbeddingModel, ModelFiles};
 use airlock_rag::parse::worker::Parser;
 use airlock_rag::{Classes, Clearance, Collection, EmbeddingPin, IngestOptions, Progress, Weights};
-use airlock_registry::{Reference, Registry};
+use airlock_registry::{Reference, Registry, replay};
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -306,7 +306,30 @@ pub(crate) fn ingest(args: IngestArgs, data: &Path) -> anyhow::Result<ExitCode> 
         .detail("failed", report.failed.len())
         .detail("embedded_chunks", report.embedded_chunks)
         .detail("generation", report.generation);
-    registry.audit_log().append(entry)?;
+    // The class and groups of every document this run published or reclassified, and of
+    // every unchanged one whose class the log does not already state (an earlier run that
+    // died before its entries, or one from before classes were recorded), so that each
+    // document's class is derivable from the log.
+    let logged = registry.log_state()?;
+    let known = logged.collections.get(&args.name);
+    let set: Vec<(String, String, Vec<String>)> = report
+        .classes
+        .iter()
+        .filter(|(id, class, groups)| {
+            known
+                .and_then(|c| c.documents.get(id))
+                .is_none_or(|d| d.class != *class || d.groups != *groups)
+        })
+        .cloned()
+        .collect();
+    let mut entries = vec![entry];
+    entries.extend(replay::collection_classes_entries(
+        registry.actor(),
+        &args.name,
+        &set,
+        &report.removed,
+    ));
+    registry.audit_log().append_all(entries)?;
     if args.json {
         output::json(&serde_json::to_value(&report)?)?;
     } else {
@@ -364,9 +387,20 @@ fn files_bar() -> ProgressBar {
     bar
 }
 
+/// Makes `collection`'s searches see only the documents whose class and groups the audit
+/// log backs (as the server does).
+pub(super) fn attest(registry: &Registry, collection: &mut Collection) -> anyhow::Result<()> {
+    let state = registry.log_state()?;
+    let attested =
+        airlock_server::collections::attestation(&state, collection.name()).unwrap_or_default();
+    collection.attest(Some(std::sync::Arc::new(attested)));
+    Ok(())
+}
+
 pub(crate) fn search(args: SearchArgs, data: &Path) -> anyhow::Result<ExitCode> {
     let registry = open_registry(data)?;
-    let collection = Collection::open(data, &args.name)?;
+    let mut collection = Collection::open(data, &args.name)?;
+    attest(&registry, &mut collection)?;
     let class = args
         .clearance
         .clone()

@@ -221,7 +221,8 @@ pub(crate) fn run(command: Command, data: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Fsck(args) => {
-            let report = super::open_registry(data)?.fsck(args.quick, &Bars::new())?;
+            let mut report = super::open_registry(data)?.fsck(args.quick, &Bars::new())?;
+            check_collections(data, &mut report);
             let clean = report.problems.is_empty();
             if args.json {
                 let mut v = serde_json::to_value(&report)?;
@@ -283,4 +284,34 @@ fn parse_expiry(text: &str) -> anyhow::Result<SystemTime> {
         format!("--expires {text:?} is neither an RFC 3339 time nor a duration like 7days")
     })?;
     Ok(SystemTime::now() + d)
+}
+
+/// Checks every collection's classes, documents' classes and groups, and live chunks against
+/// the state fsck replayed from the audit log (when the log verified): each row that
+/// disagrees is a problem.
+fn check_collections(data: &Path, report: &mut airlock_registry::FsckReport) {
+    let Some(state) = report.log_state.clone() else {
+        return;
+    };
+    let names = match airlock_rag::Collection::names(data) {
+        Ok(names) => names,
+        Err(e) => {
+            report.problems.push(format!("collections: {e}"));
+            return;
+        }
+    };
+    for name in names {
+        let observed = airlock_rag::Collection::open(data, &name)
+            .and_then(|c| airlock_server::collections::observe(&c));
+        match observed {
+            Ok(observed) => report.problems.extend(
+                airlock_registry::replay::compare_collection(&state, &observed)
+                    .iter()
+                    .map(ToString::to_string),
+            ),
+            Err(e) => report
+                .problems
+                .push(format!("collection {name}: cannot be read: {e}")),
+        }
+    }
 }

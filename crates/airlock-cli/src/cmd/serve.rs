@@ -88,6 +88,8 @@ pub(crate) fn serve(
         server.run(listener, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
+    // Refusals counted in the last interval, on record before the process ends.
+    airlock_confine::flush_egress_log();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -183,6 +185,9 @@ pub(crate) fn config(
                 "queue": config.limits.queue,
                 "max_embedding_inputs": config.limits.max_embedding_inputs,
                 "embedding_queue": config.limits.embedding_queue,
+                "header_read_timeout_seconds": config.limits.header_read_timeout.as_secs(),
+                "max_connections": config.limits.max_connections,
+                "max_idle_connections": config.limits.max_idle_connections,
             },
         }))?;
     } else {

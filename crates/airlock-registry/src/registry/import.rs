@@ -11,6 +11,7 @@ use rusqlite::{OptionalExtension as _, params};
 use super::{ImportReport, Registry, VersionRow, highest_in, history_digest, now};
 use crate::records::{self, DowngradeException, EXCEPTION_TYPE};
 use crate::reference;
+use crate::replay::LogState;
 use airlock_bundle::manifest::SIGNATURE_FILE;
 
 use crate::store::{self, DirLock, Staging, fault_point};
@@ -52,9 +53,13 @@ impl Registry {
         let version = facts.version.to_string();
         let rollback_allowed = !self.policy.rollback_protection
             || self.valid_exception(&facts.name, &version)?.is_some();
+        // The history the audit log records counts as much as the database's: rows deleted
+        // by hand neither lower the rollback floor nor free a version number.
+        let logged = self.log_state()?;
         // Checked now to refuse before copying, and again under the write lock below.
         let seen = history_rule(
             &self.conn,
+            &logged,
             &facts.name,
             &facts.version,
             &manifest.digest,
@@ -125,6 +130,7 @@ impl Registry {
             // Re-checked under the write lock: another import may have committed meanwhile.
             if history_rule(
                 tx,
+                &logged,
                 &name,
                 &facts.version,
                 &manifest_digest,
@@ -180,6 +186,12 @@ impl Registry {
                 "INSERT OR IGNORE INTO history (name, version, digest) VALUES (?1, ?2, ?3)",
                 params![name, version, manifest_digest.to_hex()],
             )?;
+            // The rollback high-water mark after this import, so the log states it.
+            let highest = highest_in(tx, &name)?
+                .into_iter()
+                .chain(logged.highest(&name))
+                .max()
+                .map_or_else(|| version.clone(), |v| v.to_string());
             let entry = Entry::new(&actor, "import", Outcome::Ok)
                 .subject(format!("sha256:{manifest_digest}"))
                 .detail("name", name.clone())
@@ -187,6 +199,7 @@ impl Registry {
                 .detail("signers", signer_ids.clone())
                 .detail("bytes", facts.bytes)
                 .detail("state", "quarantined")
+                .detail("highest", highest)
                 .detail("policy_sha256", policy_digest.clone());
             Ok((None, entry))
         });
@@ -330,10 +343,22 @@ impl Registry {
             .query_map(params![name, version], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let now = SystemTime::now();
+        let logged = self.log_state()?;
         for (approver, record) in rows {
             let Some(key) = self.policy.approver(&approver) else {
                 continue;
             };
+            // Only an exception the audit log recorded being granted.
+            let record_sha256 = Sha256Digest::of(record.as_bytes()).to_hex();
+            let granted = logged.exceptions.iter().any(|e| {
+                e.name == name
+                    && e.version == version
+                    && e.approver == approver
+                    && e.record_sha256.as_ref().is_none_or(|s| *s == record_sha256)
+            });
+            if !granted {
+                continue;
+            }
             let Ok(ex) = records::open::<DowngradeException>(&record, EXCEPTION_TYPE, &key.key)
             else {
                 continue;
@@ -363,13 +388,21 @@ struct Facts {
 /// `rollback_allowed`.
 fn history_rule(
     conn: &rusqlite::Connection,
+    logged: &LogState,
     name: &str,
     version: &semver::Version,
     digest: &Sha256Digest,
     rollback_allowed: bool,
 ) -> Result<bool> {
     let text = version.to_string();
-    if let Some(existing) = history_digest(conn, name, &text)? {
+    let existing = match history_digest(conn, name, &text)? {
+        Some(existing) => Some(existing),
+        None => logged
+            .history
+            .get(&(name.to_owned(), text.clone()))
+            .cloned(),
+    };
+    if let Some(existing) = existing {
         if existing != digest.to_hex() {
             return Err(Error::refused(
                 "version_conflict",
@@ -382,6 +415,9 @@ fn history_rule(
     }
     if !rollback_allowed
         && let Some(highest) = highest_in(conn, name)?
+            .into_iter()
+            .chain(logged.highest(name))
+            .max()
         && *version < highest
     {
         return Err(Error::refused(

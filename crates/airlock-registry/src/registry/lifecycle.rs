@@ -9,6 +9,7 @@ use rusqlite::{OptionalExtension as _, params};
 use super::{ApprovalInfo, FileInfo, Registry, VersionDetail, VersionRow, VersionSummary, now};
 use crate::records::{self, APPROVAL_TYPE, Approval, DowngradeException, EXCEPTION_TYPE};
 use crate::reference::{self, Reference, Selector};
+use crate::replay::VersionState;
 use crate::{Error, Result};
 
 impl Registry {
@@ -114,8 +115,9 @@ impl Registry {
         })
     }
 
-    /// Checks a version's approval again: a stored, signed record by an approver the policy
-    /// still trusts, bound to this digest, by a key that did not sign the bundle.
+    /// Checks a version's approval again: approved in the audit log as in the database, and
+    /// a stored, signed record (the one the log recorded) by an approver the policy still
+    /// trusts, bound to this digest, by a key that did not sign the bundle.
     pub(super) fn check_approved(&self, row: &VersionRow) -> Result<String> {
         if row.state != "approved" {
             return Err(Error::refused(
@@ -126,6 +128,40 @@ impl Registry {
                 ),
             ));
         }
+        let logged = self.log_state()?;
+        let label = format!("{}:{}", row.name, row.version);
+        let approvals_logged = match logged
+            .versions
+            .get(&(row.name.clone(), row.version.clone()))
+        {
+            None => {
+                return Err(Error::refused(
+                    "not_in_log",
+                    format!(
+                        "{label} is approved in the database, but the audit log records no import of it; run `airlock fsck`"
+                    ),
+                ));
+            }
+            Some(v) if v.digest != row.digest => {
+                return Err(Error::refused(
+                    "not_in_log",
+                    format!(
+                        "{label} is sha256:{} in the database, but the audit log records sha256:{}; run `airlock fsck`",
+                        row.digest, v.digest
+                    ),
+                ));
+            }
+            Some(v) if v.state != VersionState::Approved => {
+                return Err(Error::refused(
+                    "not_in_log",
+                    format!(
+                        "{label} is approved in the database, but the audit log says it is {}; run `airlock fsck`",
+                        v.state.as_str()
+                    ),
+                ));
+            }
+            Some(v) => v.approvals.clone(),
+        };
         let mut stmt = self
             .conn
             .prepare("SELECT approver, record FROM approvals WHERE version_id = ?1")?;
@@ -137,6 +173,11 @@ impl Registry {
             let Some(key) = self.policy.approver(&approver) else {
                 continue;
             };
+            let logged_record = approvals_logged.get(&approver);
+            let envelope_sha256 = Sha256Digest::of(envelope.as_bytes()).to_hex();
+            if logged_record.is_none_or(|sha| sha.as_ref().is_some_and(|s| *s != envelope_sha256)) {
+                continue;
+            }
             let Ok(record) = records::open::<Approval>(&envelope, APPROVAL_TYPE, &key.key) else {
                 continue;
             };
@@ -155,6 +196,32 @@ impl Registry {
                 row.name, row.version
             ),
         ))
+    }
+
+    /// Refuses a reference by tag whose tag the audit log does not back: it must point where
+    /// the log last pointed it.
+    pub(super) fn check_tag_logged(&self, reference: &Reference, row: &VersionRow) -> Result<()> {
+        let Selector::Tag(tag) = &reference.selector else {
+            return Ok(());
+        };
+        let logged = self.log_state()?;
+        match logged.tags.get(&(row.name.clone(), tag.clone())) {
+            Some(version) if *version == row.version => Ok(()),
+            Some(version) => Err(Error::refused(
+                "not_in_log",
+                format!(
+                    "tag {}:{tag} points at {} in the database, but the audit log says it points at {version}; run `airlock fsck`",
+                    row.name, row.version
+                ),
+            )),
+            None => Err(Error::refused(
+                "not_in_log",
+                format!(
+                    "tag {}:{tag} points at {} in the database, but the audit log records no such tag; run `airlock fsck`",
+                    row.name, row.version
+                ),
+            )),
+        }
     }
 
     /// Points `tag` at an approved version (moving it if it exists).
@@ -285,7 +352,8 @@ impl Registry {
                 .subject(subject)
                 .reason(record.reason.clone())
                 .detail("expires", record.expires.clone())
-                .detail("user", actor);
+                .detail("user", actor)
+                .detail("record_sha256", Sha256Digest::of(envelope.as_bytes()).to_hex());
             Ok(((), entry))
         })?;
         Ok(out)

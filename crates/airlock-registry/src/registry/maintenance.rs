@@ -1,7 +1,8 @@
 //! Garbage collection, consistency checks and export.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use airlock_audit::{Entry, Outcome};
 use airlock_bundle::{Progress, Sha256Digest};
@@ -9,6 +10,7 @@ use rusqlite::params;
 
 use super::{ApprovedModel, FsckReport, GcReport, Registry, VersionRow, row_to_version};
 use crate::reference::Reference;
+use crate::replay::{self, Binding, LogState};
 use crate::store::{self, DirLock};
 use crate::{Error, Result};
 
@@ -142,8 +144,9 @@ impl Registry {
                 staging.iter().map(|s| s.1).sum::<u64>()
             ));
         }
-        self.fsck_versions(&mut report)?;
+        // The log first: its state then backs the approval checks of the versions.
         self.fsck_audit(&mut report)?;
+        self.fsck_versions(&mut report)?;
         Ok(report)
     }
 
@@ -191,7 +194,14 @@ impl Registry {
                     "{label}: file list differs from the signed manifest"
                 ));
             }
-            if row.state == "approved" && self.check_approved(&row).is_err() {
+            // An approval the log records whose approver the policy no longer trusts is
+            // a fact worth knowing; an approval the log does not record is a problem,
+            // reported with the other rows the log does not back.
+            if row.state == "approved"
+                && report.log_state.is_some()
+                && let Err(e) = self.check_approved(&row)
+                && e.kind() == "approval_invalid"
+            {
                 report.notes.push(format!(
                     "{label}: approved, but no approval verifies against the current approvers"
                 ));
@@ -210,38 +220,36 @@ impl Registry {
         Ok(())
     }
 
+    /// Verifies the audit log as `audit verify` does and, in the same pass, replays the
+    /// entries that carry state; then names every row of the database the log does not
+    /// back (see [`crate::replay`]). The replayed state is kept for what follows.
     fn fsck_audit(&self, report: &mut FsckReport) -> Result<()> {
         let verifier = Self::audit_verifier(self.layout.root())?;
-        let view = match airlock_audit::LogView::load(&self.layout.audit(), &verifier) {
+        let mut state = LogState::default();
+        let verified = airlock_audit::verify_and_replay(
+            &self.layout.audit(),
+            &verifier,
+            &replay::carries_state,
+            &mut |record| state.apply(&record),
+        );
+        let verified = match verified {
             Ok(v) => v,
             Err(e) => {
                 report.problems.push(format!("audit log: {e}"));
                 return Ok(());
             }
         };
-        report.audit_entries = view.size();
-        let mut imported = BTreeSet::new();
-        airlock_audit::for_each_record(&self.layout.audit(), |r| {
-            if r.action == "import"
-                && r.outcome == Outcome::Ok
-                && let Some(subject) = r.subject
-            {
-                imported.insert(subject);
-            }
-        })?;
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, version, digest FROM versions")?;
-        let rows: Vec<(String, String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        for (name, version, digest) in rows {
-            if !imported.contains(&format!("sha256:{digest}")) {
-                report.problems.push(format!(
-                    "{name}:{version} has no import entry in the audit log"
-                ));
-            }
+        report.audit_entries = verified.entries;
+        for discrepancy in self.discrepancies(&state)? {
+            report.problems.push(discrepancy.to_string());
         }
+        let state = Arc::new(state);
+        // Later checks in this process go on from here instead of reading the log again.
+        let _ = self.binding.set(Arc::new(Binding::from_replayed(
+            verified.follower,
+            Arc::clone(&state),
+        )));
+        report.log_state = Some(state);
         Ok(())
     }
 
@@ -250,7 +258,8 @@ impl Registry {
     pub fn export(&self, reference: &Reference, out: &Path) -> Result<usize> {
         let row = self.resolve(reference)?;
         let subject = format!("sha256:{}", row.digest);
-        self.check_approved(&row)
+        self.check_tag_logged(reference, &row)
+            .and_then(|()| self.check_approved(&row))
             .map_err(|e| self.refuse("export", Some(&subject), e))?;
         if out.exists() {
             return Err(Error::Usage(format!("{} already exists", out.display())));
@@ -292,7 +301,8 @@ impl Registry {
         let row = self.resolve(reference)?;
         let subject = format!("sha256:{}", row.digest);
         let opened = self
-            .check_approved(&row)
+            .check_tag_logged(reference, &row)
+            .and_then(|()| self.check_approved(&row))
             .and_then(|_| self.approved_files(&row))
             .map_err(|e| self.refuse("load", Some(&subject), e))?;
         self.audit.append(

@@ -12,7 +12,7 @@ mod trust;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use airlock_audit::{AuditLog, Entry, NoteSigner, NoteVerifier, Outcome};
@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::policy::{self, Policy};
 use crate::reference::{Reference, Selector};
+use crate::replay::{Binding, LogState};
 use crate::store::{self, Layout, fault_point};
 use crate::{Error, Result, db};
 
@@ -41,6 +42,8 @@ pub struct Registry {
     policy: Policy,
     limits: Limits,
     actor: String,
+    /// The audit log's state, replayed when first needed and kept up to date.
+    binding: OnceLock<Arc<Binding>>,
 }
 
 /// What `init` created.
@@ -193,6 +196,10 @@ pub struct FsckReport {
     pub problems: Vec<String>,
     /// Things worth knowing that are not damage (reclaimable space, interrupted imports).
     pub notes: Vec<String>,
+    /// The state replayed from the verified audit log (none if it failed verification), for
+    /// checking what lies outside the registry database (collections) against it.
+    #[serde(skip)]
+    pub log_state: Option<Arc<LogState>>,
 }
 
 /// A trusted key, as `trust ls` prints it.
@@ -356,6 +363,7 @@ impl Registry {
             policy,
             limits: Limits::default(),
             actor: actor.to_owned(),
+            binding: OnceLock::new(),
         };
         registry.flush_outbox()?;
         registry.note_policy_change()?;
@@ -412,6 +420,35 @@ impl Registry {
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The audit log's state, shared with whoever else reads it in this process (the
+    /// server's key store, its collections). Replayed from the log on first use.
+    pub fn binding(&self) -> Result<Arc<Binding>> {
+        if let Some(binding) = self.binding.get() {
+            return Ok(Arc::clone(binding));
+        }
+        let binding = Arc::new(Binding::open(&self.layout)?);
+        Ok(Arc::clone(self.binding.get_or_init(|| binding)))
+    }
+
+    /// The audit log's state with everything sealed until now.
+    pub fn log_state(&self) -> Result<Arc<LogState>> {
+        self.binding()?.state()
+    }
+
+    /// Every row of the registry database that disagrees with `state` (see
+    /// [`replay::compare`](crate::replay::compare)).
+    pub fn discrepancies(&self, state: &LogState) -> Result<Vec<crate::Discrepancy>> {
+        Ok(crate::replay::compare(
+            state,
+            &crate::replay::Observed::read(&self.conn)?,
+        ))
+    }
+
+    /// The API keys, checked against this registry's audit log state (shared).
+    pub fn key_store(&self) -> Result<crate::KeyStore> {
+        crate::KeyStore::with_binding(self.layout.root(), self.binding()?)
     }
 
     /// Appends a refusal to the audit log and returns the error to pass on. If the audit
