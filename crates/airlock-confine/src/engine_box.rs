@@ -36,14 +36,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use landlock::{
-    Access, AccessFs, AccessNet, Ruleset, RulesetAttr as _, RulesetCreatedAttr as _, Scope,
-    path_beneath_rules,
-};
+use landlock::{Access as _, AccessFs};
 use libseccomp::{ScmpAction, ScmpFilterContext, ScmpSyscall, scmp_cmp};
 
 use crate::Error;
-use crate::fence::{ABI_WANTED, SYSTEM_READ_FOR_ENGINES};
+use crate::fence::{ABI_WANTED, system_read_for_engines};
 
 /// What an engine process may touch.
 #[derive(Debug, Clone, Default)]
@@ -190,40 +187,17 @@ pub fn contain(command: &mut Command, spec: &BoxSpec) -> Result<Contained, Error
 /// runtime directory; no TCP; no signals or abstract sockets outside it. `None` on a kernel
 /// without Landlock (the namespaces and the seccomp layer still hold there).
 fn engine_ruleset(spec: &BoxSpec) -> Result<Option<OwnedFd>, Error> {
-    let e = |source: landlock::RulesetError| Error::Landlock(source.to_string());
-    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    let read = crate::fence::read_rights();
     let exec = read | AccessFs::Execute;
-    let all = AccessFs::from_all(ABI_WANTED);
-    let runtime = all & !AccessFs::Execute;
-    let existing = |list: &[PathBuf]| -> Vec<PathBuf> {
-        list.iter().filter(|p| p.exists()).cloned().collect()
-    };
-    let system: Vec<PathBuf> = SYSTEM_READ_FOR_ENGINES.iter().map(PathBuf::from).collect();
-    let created = Ruleset::default()
-        .handle_access(all)
-        .map_err(e)?
-        .handle_access(AccessNet::from_all(ABI_WANTED))
-        .map_err(e)?
-        .scope(Scope::from_all(ABI_WANTED))
-        .map_err(e)?
-        .create()
-        .map_err(e)?
-        .add_rules(path_beneath_rules(existing(&system), exec))
-        .map_err(e)?
-        .add_rules(path_beneath_rules(
-            existing(&[PathBuf::from("/dev/null")]),
-            read | AccessFs::WriteFile,
-        ))
-        .map_err(e)?
-        .add_rules(path_beneath_rules(existing(&spec.read), read))
-        .map_err(e)?
-        .add_rules(path_beneath_rules(existing(&spec.exec), exec))
-        .map_err(e)?
-        .add_rules(path_beneath_rules(
-            existing(std::slice::from_ref(&spec.runtime)),
-            runtime,
-        ))
-        .map_err(e)?;
+    let runtime = AccessFs::from_all(ABI_WANTED) & !AccessFs::Execute;
+    let system: Vec<PathBuf> = system_read_for_engines().map(PathBuf::from).collect();
+    let created = crate::fence::ruleset(&[
+        (&system, exec),
+        (&[PathBuf::from("/dev/null")], read | AccessFs::WriteFile),
+        (&spec.read, read),
+        (&spec.exec, exec),
+        (std::slice::from_ref(&spec.runtime), runtime),
+    ])?;
     Ok(Option::<OwnedFd>::from(created))
 }
 

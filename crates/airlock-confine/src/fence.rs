@@ -30,19 +30,11 @@ const SYSTEM_READ: [&str; 10] = [
     "/dev/urandom",
 ];
 
-/// What an engine process reads of the system: [`SYSTEM_READ`] but its `/proc` entry (an
-/// engine's own would be another path, and it needs none).
-pub(crate) const SYSTEM_READ_FOR_ENGINES: [&str; 9] = [
-    "/usr",
-    "/lib",
-    "/lib64",
-    "/bin",
-    "/etc/ld.so.cache",
-    "/etc/localtime",
-    "/sys/devices/system/cpu",
-    "/sys/fs/cgroup",
-    "/dev/urandom",
-];
+/// What an engine process reads of the system: [`SYSTEM_READ`] but this process's `/proc`
+/// entry (an engine's own would be another path, and it needs none).
+pub(crate) fn system_read_for_engines() -> impl Iterator<Item = &'static str> {
+    SYSTEM_READ.into_iter().filter(|p| *p != "/proc/self")
+}
 
 /// Devices opened for writing: the bit bucket, and the terminal a passphrase is asked on.
 const SYSTEM_WRITE: [&str; 2] = ["/dev/null", "/dev/tty"];
@@ -73,7 +65,7 @@ fn landlock_error(source: landlock::RulesetError) -> Error {
 }
 
 /// Reading never includes running: an input is data.
-fn read_rights() -> landlock::BitFlags<AccessFs> {
+pub(crate) fn read_rights() -> landlock::BitFlags<AccessFs> {
     AccessFs::ReadFile | AccessFs::ReadDir
 }
 
@@ -105,40 +97,47 @@ pub(crate) fn restrict(paths: &Paths) -> Result<Fenced, Error> {
         | AccessFs::RemoveFile
         | AccessFs::RemoveDir
         | AccessFs::Truncate;
-    let existing = |list: &[PathBuf]| -> Vec<PathBuf> {
-        list.iter().filter(|p| p.exists()).cloned().collect()
-    };
     let system_read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
     let system_write: Vec<PathBuf> = SYSTEM_WRITE.iter().map(PathBuf::from).collect();
-    let status = Ruleset::default()
-        .handle_access(all)
+    let status = ruleset(&[
+        (&system_read, exec),
+        (
+            &system_write,
+            read | AccessFs::WriteFile | AccessFs::IoctlDev,
+        ),
+        (&paths.read, read),
+        (&paths.exec, exec),
+        (&paths.write, write),
+        (&paths.create, create),
+    ])?
+    .restrict_self()
+    .map_err(e)?;
+    Ok(status.ruleset.into())
+}
+
+/// A ruleset that handles every file right, TCP (no rule for it: every connect and bind is
+/// refused) and every scope (abstract unix sockets and signals outside the domain), granting
+/// each set of rights beneath its paths (those that exist: Landlock keeps only what is there).
+pub(crate) fn ruleset(
+    grants: &[(&[PathBuf], landlock::BitFlags<AccessFs>)],
+) -> Result<landlock::RulesetCreated, Error> {
+    let e = landlock_error;
+    let mut created = Ruleset::default()
+        .handle_access(AccessFs::from_all(ABI_WANTED))
         .map_err(e)?
-        // No rules for TCP: every connect and bind is refused.
         .handle_access(AccessNet::from_all(ABI_WANTED))
         .map_err(e)?
-        // Abstract unix sockets and signals outside this process tree.
         .scope(Scope::from_all(ABI_WANTED))
         .map_err(e)?
         .create()
-        .map_err(e)?
-        .add_rules(path_beneath_rules(existing(&system_read), exec))
-        .map_err(e)?
-        .add_rules(path_beneath_rules(
-            existing(&system_write),
-            read | AccessFs::WriteFile | AccessFs::IoctlDev,
-        ))
-        .map_err(e)?
-        .add_rules(path_beneath_rules(existing(&paths.read), read))
-        .map_err(e)?
-        .add_rules(path_beneath_rules(existing(&paths.exec), exec))
-        .map_err(e)?
-        .add_rules(path_beneath_rules(existing(&paths.write), write))
-        .map_err(e)?
-        .add_rules(path_beneath_rules(existing(&paths.create), create))
-        .map_err(e)?
-        .restrict_self()
         .map_err(e)?;
-    Ok(status.ruleset.into())
+    for (paths, rights) in grants {
+        let existing = paths.iter().filter(|p| p.exists());
+        created = created
+            .add_rules(path_beneath_rules(existing, *rights))
+            .map_err(e)?;
+    }
+    Ok(created)
 }
 
 /// The directory a new output file lands in (it is written beside, then renamed).
