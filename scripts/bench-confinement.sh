@@ -17,7 +17,13 @@
 #            the engine's start time (launch to ready, from each start's audit entry) over
 #            fresh server starts, taking turns, and one-token chat latency through each
 #
-#   --check  a small run for the test suite (64 MiB, 3 rounds, 100 requests)
+#   egress   what one connection through the egress allow-list costs: TCP connects to a
+#            loopback listener from a process sealed with it as the one allowed destination
+#            (the seal's listener checks, records, connects and hands the socket in) beside
+#            the same process unconfined; 5,000 connects per run, runs taking turns, the
+#            median of their medians
+#
+#   --check  a small run for the test suite (64 MiB, 3 rounds, 100 requests, 500 connects)
 #   AIRLOCK_BENCH_DIR  where the bundle goes (default: a new temporary directory)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,6 +32,7 @@ if [ "${1:-}" = "--check" ]; then size=64M rounds=3 requests=100; fi
 bash scripts/fetch-models.sh >&2
 source scripts/lib/cargo-env.sh
 cargo build --release --locked --quiet -p airlock-cli
+cargo build --release --locked --quiet -p airlock-confine --example connect_bench
 airlock="$PWD/target/release/airlock"
 work="$(mktemp -d "${AIRLOCK_BENCH_DIR:-${TMPDIR:-/tmp}}/bench-confinement.XXXXXX")"
 servers=()
@@ -90,18 +97,20 @@ export AIRLOCK_DATA="$work/data"
 source scripts/lib/bench-registry.sh
 mkdir -p "$work/serving"
 key="$(bench_registry "$airlock" "$work/serving" smollm2 all-minilm-l6-v2)"
-start() { # NAME FLAGS...: serve on a free loopback port; prints its address
+# Not called in $(...): the server must be started by this shell, so that `servers` holds it
+# and the exit trap stops it.
+serve_in_background() { # NAME ARGS...: `airlock ARGS...`; sets `addr` to where it serves
   local name="$1"; shift
   # Idle OpenMP threads yield rather than spin, so that one server's pause does not slow the
   # other's turn.
-  OMP_WAIT_POLICY=passive "$airlock" "$@" serve --listen 127.0.0.1:0 --model chat=smollm2:prod --model embed=all-minilm-l6-v2:prod \
-    > "$work/$name.out" 2> "$work/$name.err" &
+  OMP_WAIT_POLICY=passive "$airlock" "$@" > "$work/$name.out" 2> "$work/$name.err" &
   servers+=($!)
-  for _ in $(seq 300); do grep -q "serving on" "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
-  sed -n 's|.*serving on http://\([^/]*\)/v1|\1|p' "$work/$name.out"
+  for _ in $(seq 600); do grep -q "serving on" "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
+  addr="$(sed -n 's|.*serving on http://\([^/]*\)/v1|\1|p' "$work/$name.out")"
 }
-confined="$(start confined)"
-unconfined="$(start unconfined --dangerous-no-sandbox)"
+models=(--listen 127.0.0.1:0 --model chat=smollm2:prod --model embed=all-minilm-l6-v2:prod)
+serve_in_background confined serve "${models[@]}"; confined="$addr"
+serve_in_background unconfined --dangerous-no-sandbox serve "${models[@]}"; unconfined="$addr"
 [ -n "$confined" ] && [ -n "$unconfined" ] || { cat "$work"/*.err >&2; exit 1; }
 python3 - "$confined" "$unconfined" "$key" "$requests" <<'PY'
 import http.client, json, statistics, sys, time
@@ -142,14 +151,6 @@ engine_config() { # ALIAS: a config serving ALIAS from SmolLM2 on a supervised l
     "$1" "$llama_server" > "$work/$1.toml"
   echo "$work/$1.toml"
 }
-start_engine() { # NAME CONFIG FLAGS...: serve CONFIG; prints its address
-  local name="$1" config="$2"; shift 2
-  OMP_WAIT_POLICY=passive "$airlock" "$@" serve --listen 127.0.0.1:0 --config "$config" \
-    > "$work/$name.out" 2> "$work/$name.err" &
-  servers+=($!)
-  for _ in $(seq 600); do grep -q "serving on" "$work/$name.out" 2>/dev/null && break; sleep 0.1; done
-  sed -n 's|.*serving on http://\([^/]*\)/v1|\1|p' "$work/$name.out"
-}
 boxed_config="$(engine_config boxed)"
 open_config="$(engine_config open)"
 engine_rounds=$((rounds < 5 ? rounds : 5))
@@ -158,24 +159,27 @@ for i in $(seq "$engine_rounds"); do
   for mode in "${order[@]}"; do
     flag=(); [ "$mode" = open ] && flag=(--dangerous-no-sandbox)
     config="$work/$mode.toml"
-    addr="$(start_engine "engine-$mode" "$config" "${flag[@]}")"
+    serve_in_background "engine-$mode" "${flag[@]}" serve --listen 127.0.0.1:0 --config "$config"
     [ -n "$addr" ] || { cat "$work/engine-$mode.err" >&2; exit 1; }
     kill "${servers[-1]}"; wait "${servers[-1]}" 2>/dev/null || true
   done
 done
-"$airlock" audit tail -n 1000 --json | python3 -c '
+"$airlock" audit tail -n 1000 --json > "$work/engine-audit.jsonl"
+python3 - "$work/engine-audit.jsonl" <<'PY'
 import json, statistics, sys
 starts = {"boxed": [], "open": []}
-for line in sys.stdin:
+for line in open(sys.argv[1]):
     e = json.loads(line)
     d = e.get("details", {})
     if e.get("action") == "engine.start" and e.get("outcome") == "ok" and d.get("alias") in starts:
         starts[d["alias"]].append(float(d["seconds"]))
 b, o = statistics.median(starts["boxed"]), statistics.median(starts["open"])
-print(f"engine start  boxed {b*1000:9.1f} ms   unboxed {o*1000:9.1f} ms   ratio {b/o:.3f}   (median of {len(starts[\"boxed\"])} starts each)")
-'
-boxed="$(start_engine engine-boxed "$boxed_config")"
-open="$(start_engine engine-open "$open_config" --dangerous-no-sandbox)"
+n = len(starts["boxed"])
+print(f"engine start  boxed {b*1000:9.1f} ms   unboxed {o*1000:9.1f} ms   ratio {b/o:.3f}   (median of {n} starts each)")
+PY
+serve_in_background engine-boxed serve --listen 127.0.0.1:0 --config "$boxed_config"; boxed="$addr"
+serve_in_background engine-open --dangerous-no-sandbox serve --listen 127.0.0.1:0 --config "$open_config"
+open="$addr"
 [ -n "$boxed" ] && [ -n "$open" ] || { cat "$work"/engine-*.err >&2; exit 1; }
 python3 - "$boxed" "$open" "$key" "$requests" <<'PY'
 import http.client, json, statistics, sys, time
@@ -201,4 +205,24 @@ for i in range(n):
         times[name].append(once(name))
 b, o = statistics.median(times["boxed"]), statistics.median(times["open"])
 print(f"engine chat   boxed {b*1000:9.3f} ms   unboxed {o*1000:9.3f} ms   ratio {b/o:.3f}   (p50 of {n} requests each)")
+PY
+
+# One allowed connection, sealed, against one unconfined.
+connects=$((requests * 5))
+for i in $(seq "$rounds"); do
+  order=(sealed open); [ $((i % 2)) -eq 0 ] && order=(open sealed)
+  for mode in "${order[@]}"; do
+    target/release/examples/connect_bench "$mode" "$connects" >> "$work/connects.jsonl"
+  done
+done
+python3 - "$work/connects.jsonl" <<'PY'
+import json, statistics, sys
+runs = [json.loads(line) for line in open(sys.argv[1])]
+p50 = {m: statistics.median(r["p50_us"] for r in runs if r["mode"] == m) for m in ("sealed", "open")}
+p99 = {m: statistics.median(r["p99_us"] for r in runs if r["mode"] == m) for m in ("sealed", "open")}
+recorded = min(r["recorded"] for r in runs if r["mode"] == "sealed")
+n = runs[0]["connects"]
+assert recorded >= n, f"only {recorded} of {n} allowed connections were recorded"
+print(f"egress   sealed {p50['sealed']:9.1f} us   unconfined {p50['open']:9.1f} us   ratio {p50['sealed']/p50['open']:.2f}   "
+      f"(p50 of {n} connects per run; p99 {p99['sealed']:.1f} / {p99['open']:.1f} us; every allowed connection recorded)")
 PY

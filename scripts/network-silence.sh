@@ -11,6 +11,13 @@
 # To show that the check can fail, it also traces `airlock --dangerous-no-sandbox doctor`,
 # whose probe connects out on purpose, and requires the checker to flag it.
 #
+# Then an egress allow-list: a second network namespace on a veth pair holds the enclave's
+# "directory" (10.77.0.2:8636, on the list) and a retired service (10.77.0.2:8637, on the list
+# with a lapsed entry). `airlock doctor`, traced, tries each; only the listed one is reached
+# (the listener counts its connections), every other attempt is refused by the kernel (EPERM
+# in the trace) and in the audit log, and the checker given the allow-list flags those
+# attempts and nothing else, and still flags the deliberate outbound call.
+#
 #   AIRLOCK_SILENCE_DIR  where traces go (default: a new temporary directory)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,8 +29,8 @@ source scripts/lib/cargo-env.sh
 cargo build --release --locked --quiet
 cargo build --release --locked --quiet -p airlock-testkit --bin trace-check
 dir="${AIRLOCK_SILENCE_DIR:-$(mktemp -d)}"
-rm -rf "$dir/traces" "$dir/control" "$dir/demo"
-mkdir -p "$dir/traces" "$dir/control" "$dir/demo"
+rm -rf "$dir/traces" "$dir/control" "$dir/demo" "$dir/egress-traces" "$dir/egress"
+mkdir -p "$dir/traces" "$dir/control" "$dir/demo" "$dir/egress-traces" "$dir/egress"
 
 # airlock under strace, with every proxy and hub variable pointing somewhere it must not go.
 traced() {
@@ -50,6 +57,7 @@ SH
 }
 traced "$dir/traces" "$dir/airlock"
 traced "$dir/control" "$dir/airlock-control"
+traced "$dir/egress-traces" "$dir/airlock-egress"
 
 export dir
 unshare -rn bash -euo pipefail -c '
@@ -72,6 +80,38 @@ unshare -rn bash -euo pipefail -c '
   kill "$server"; wait "$server" 2>/dev/null || true
   echo "== a deliberate outbound call, for the checker to catch"
   "$dir/airlock-control" --dangerous-no-sandbox doctor > /dev/null 2>&1 || true
+  echo "== an allow-list: the enclave'"'"'s directory in a second namespace, on a veth pair"
+  unshare -n sleep 600 &
+  peer=$!
+  for _ in $(seq 100); do
+    [ "$(readlink /proc/$peer/ns/net)" != "$(readlink /proc/self/ns/net)" ] && break; sleep 0.05
+  done
+  ip link add egress-a type veth peer name egress-b
+  ip link set egress-b netns "$peer"
+  ip addr add 10.77.0.1/24 dev egress-a
+  ip link set egress-a up
+  nsenter -t "$peer" -n sh -c "ip link set lo up && ip addr add 10.77.0.2/24 dev egress-b && ip link set egress-b up"
+  nsenter -t "$peer" -n python3 scripts/lib/count-connections.py 10.77.0.2 8636 8637 "$dir/egress/accepted" &
+  services=$!
+  for _ in $(seq 100); do [ -s "$dir/egress/accepted" ] && break; sleep 0.05; done
+  export AIRLOCK_DATA="$dir/egress/registry"
+  "$dir/airlock" init > /dev/null
+  python3 - "$AIRLOCK_DATA/policy.toml" <<PY
+import sys
+path = sys.argv[1]
+text = open(path).read()
+text += """
+[egress]
+allow = [
+  { to = "10.77.0.2:8636", purpose = "directory", owner = "it-ops", until = "2099-12-31" },
+  { to = "10.77.0.2:8637", purpose = "retired", owner = "it-ops", until = "2020-01-01" },
+]
+"""
+open(path, "w").write(text)
+PY
+  "$dir/airlock-egress" doctor --json > "$dir/egress/doctor.json" || true
+  "$dir/airlock" egress log --json > "$dir/egress/log.jsonl"
+  kill "$services" "$peer"; wait "$services" "$peer" 2>/dev/null || true
 '
 # strace writes until its last tracee is gone: wait for every one to finish.
 for _ in $(seq 100); do pgrep -f "strace -f -qq -e abbrev=none" >/dev/null || break; sleep 0.1; done
@@ -84,4 +124,31 @@ if "$checker" "$dir"/control/trace.[0-9]* 2> "$dir/control.txt"; then
   exit 1
 fi
 grep -m1 "192.0.2.1:443" "$dir/control.txt"
+echo "== the allow-list: only its destination reached, every other attempt refused and logged"
+python3 - "$dir/egress" <<'PY'
+import json, sys
+d = sys.argv[1]
+states = {e["to"]: e["state"] for e in json.load(open(f"{d}/doctor.json"))["egress"]}
+assert states == {"10.77.0.2:8636": "reached", "10.77.0.2:8637": "expired, refused"}, states
+accepted = dict(line.split() for line in open(f"{d}/accepted") if " " in line)
+assert accepted == {"8636": "1", "8637": "0"}, accepted
+log = [json.loads(line) for line in open(f"{d}/log.jsonl")]
+seen = {(e["decision"], e["destination"]) for e in log}
+for want in [("allowed", "10.77.0.2:8636"), ("refused", "10.77.0.2:8637"), ("refused", "192.0.2.1:443")]:
+    assert want in seen, (want, seen)
+print("doctor reached 10.77.0.2:8636 (1 connection accepted), 10.77.0.2:8637 and 192.0.2.1:443 refused and logged")
+PY
+# Given the allow-list, the checker flags the refused attempts (each EPERM) and nothing else.
+"$checker" --allow 10.77.0.2:8636 "$dir"/egress-traces/trace.[0-9]* 2> "$dir/egress.txt" && {
+  echo "the checker saw no attempt beyond the allow-list, though doctor made two" >&2; exit 1; }
+flagged="$(grep -c "^    " "$dir/egress.txt" || true)"
+refused="$(grep "^    " "$dir/egress.txt" | grep -c "EPERM" || true)"
+[ "$flagged" -ge 2 ] && [ "$flagged" = "$refused" ] || { cat "$dir/egress.txt" >&2; exit 1; }
+grep -q "10.77.0.2:8637" "$dir/egress.txt" && grep -q "192.0.2.1:443" "$dir/egress.txt" \
+  && ! grep -q "10.77.0.2:8636" "$dir/egress.txt" || { cat "$dir/egress.txt" >&2; exit 1; }
+echo "the checker with the allow-list: $flagged attempts beyond it, all refused (EPERM); none to 10.77.0.2:8636 flagged"
+if "$checker" --allow 10.77.0.2:8636 "$dir"/control/trace.[0-9]* 2> /dev/null; then
+  echo "the checker with an allow-list missed doctor's outbound probe" >&2
+  exit 1
+fi
 echo "network silence: $(ls "$dir"/traces/trace.[0-9]* | wc -l) airlock processes traced, none reached beyond loopback"

@@ -86,6 +86,13 @@ pub(crate) enum Command {
     /// Inspect and prove the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// What left the machine and what was refused, from the audit log.
+    ///
+    /// Every connection the egress allow-list (`[egress]` in policy.toml) let through is an
+    /// `egress.allowed` entry; every attempt the kernel refused, an `egress.refused` entry
+    /// (a flood is summarised with its count).
+    #[command(subcommand)]
+    Egress(EgressCommand),
     /// Ask an approved chat model (GGUF) and stream its answer to stdout.
     ///
     /// The version's files are re-hashed against the registry before loading; the prompt is
@@ -850,6 +857,24 @@ pub(crate) enum AuditCommand {
     Checkpoint,
     /// Set aside a torn or unsealed end left by a crash (recorded as an audit entry).
     Repair(JsonArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EgressCommand {
+    /// Each allowed connection and refused attempt, when, to where, by what, and why; then
+    /// each destination with its counts and when it was first and last seen.
+    Log(EgressLogArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EgressLogArgs {
+    /// Only entries from this time on: a time (2026-12-01T00:00:00Z) or how long ago (24h,
+    /// 7d).
+    #[arg(long, value_name = "WHEN")]
+    pub(crate) since: Option<String>,
+    /// One JSON object per entry, then none for the destinations.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

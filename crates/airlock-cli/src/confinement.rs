@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_audit::{Entry, Outcome};
-use airlock_confine::{Attempt, EgressLog, Network, Paths, Policy, Report, Summary, parent_of};
+use airlock_confine::{
+    AllowList, Attempt, Connection, EgressLog, Network, Paths, Policy, Report, Summary, parent_of,
+};
 use airlock_server::config::{Config, EngineChoice};
 use airlock_upstream::ProcessKind;
 use anyhow::Context as _;
@@ -27,6 +29,7 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
             write,
             ..Paths::default()
         },
+        egress: AllowList::default(),
     };
     // An output file is written beside itself and renamed: its directory gets plain file
     // creation, not every right beneath it.
@@ -40,6 +43,7 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
         // The parse worker is this binary, started again.
         read.extend(std::env::current_exe().ok());
         let mut policy = sealed(read, write);
+        policy.egress = data().map_or_else(AllowList::default, |d| registry_allow_list(&d));
         policy.paths.exec.extend(std::env::current_exe().ok());
         policy
     };
@@ -72,10 +76,12 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
                 read: vec![a.bundle.clone()],
                 ..Paths::default()
             },
+            egress: AllowList::default(),
         },
         Command::Diode(DiodeCommand::Relay(_)) => Policy {
             network: Network::Open,
             paths: Paths::default(),
+            egress: AllowList::default(),
         },
         Command::Diode(DiodeCommand::Receive(_))
         | Command::Serve(_)
@@ -144,6 +150,7 @@ pub(crate) fn policy_for(command: &Command, data: &Option<PathBuf>) -> Option<Po
         | Command::Fsck(_)
         | Command::Trust(_)
         | Command::Audit(_)
+        | Command::Egress(_)
         | Command::Run(_)
         | Command::Embed(_)
         | Command::Keys(_)
@@ -159,10 +166,47 @@ pub(crate) fn made(dir: &Path) -> PathBuf {
     dir.to_owned()
 }
 
+/// The egress allow-list of the registry policy in `data`; empty where there is none or it
+/// does not parse (the command then fails on it, naming the problem, when it opens the
+/// registry).
+fn registry_allow_list(data: &Path) -> AllowList {
+    airlock_registry::Policy::load(&airlock_registry::Layout::new(data).policy())
+        .map(|p| p.allow_list())
+        .unwrap_or_default()
+}
+
+/// The allow-list a server keeps: the registry policy's, narrowed by its configuration's
+/// `[egress]`. A policy that does not parse, or a configuration that would widen the list,
+/// is an error.
+pub(crate) fn server_allow_list(config: &Config) -> anyhow::Result<AllowList> {
+    let path = airlock_registry::Layout::new(&config.data_dir).policy();
+    let policy = if path.exists() {
+        Some(airlock_registry::Policy::load(&path)?)
+    } else {
+        None
+    };
+    match (&config.egress, policy) {
+        (None, None) => Ok(AllowList::default()),
+        (None, Some(policy)) => Ok(policy.allow_list()),
+        (Some(wanted), policy) => {
+            let policy = policy.with_context(|| {
+                format!(
+                    "the configuration's [egress] needs the registry's policy, and {} does not exist",
+                    path.display()
+                )
+            })?;
+            policy
+                .allow_list_narrowed(wanted)
+                .map_err(anyhow::Error::msg)
+        }
+    }
+}
+
 /// What `serve` and `config check` keep: the data directory (the engines' runtime
-/// directories are made in its `run/`), the configuration and the files it names (JWKS), and
-/// the engine binaries' directories (their libraries lie beside them).
-pub(crate) fn server_policy(config: &Config, file: Option<&Path>) -> Policy {
+/// directories are made in its `run/`), the configuration and the files it names (JWKS), the
+/// engine binaries' directories (their libraries lie beside them), and the egress
+/// allow-list ([`server_allow_list`]).
+pub(crate) fn server_policy(config: &Config, file: Option<&Path>) -> anyhow::Result<Policy> {
     let mut paths = Paths {
         read: file.iter().map(|f| f.to_path_buf()).collect(),
         write: vec![config.data_dir.clone()],
@@ -186,10 +230,11 @@ pub(crate) fn server_policy(config: &Config, file: Option<&Path>) -> Policy {
             }
         }
     }
-    Policy {
+    Ok(Policy {
         network: Network::Sealed,
         paths,
-    }
+        egress: server_allow_list(config)?,
+    })
 }
 
 /// Records refused attempts on standard error and, where the command has a registry, in its
@@ -236,6 +281,20 @@ impl EgressLog for AuditedEgress {
                 .detail("syscall", attempt.syscall)
                 .detail("destination", attempt.destination.to_string())
                 .detail("decision", attempt.decision())
+                .detail("count", 1)
+        });
+    }
+
+    fn allowed(&self, connection: &Connection) {
+        self.append(|actor| {
+            Entry::new(actor, "egress.allowed", Outcome::Ok)
+                .detail("pid", connection.pid)
+                .detail("process", connection.process.clone())
+                .detail("syscall", "connect")
+                .detail("transport", connection.transport.name())
+                .detail("destination", connection.destination.to_string())
+                .detail("purpose", connection.purpose.clone())
+                .detail("decision", "allowed")
                 .detail("count", 1)
         });
     }

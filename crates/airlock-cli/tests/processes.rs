@@ -430,14 +430,14 @@ fn an_engine_process_gets_no_setting_that_could_reach_the_network() {
 }
 
 /// A stand-in for an engine binary: a shell script.
-fn script(site: &Site, name: &str, body: &str) -> PathBuf {
+pub(crate) fn script(site: &Site, name: &str, body: &str) -> PathBuf {
     let path = site.ws.path(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     path
 }
 
-fn serve_with_binary(site: &Site, binary: &Path, extra: &str) -> crate::support::Run {
+pub(crate) fn serve_with_binary(site: &Site, binary: &Path, extra: &str) -> crate::support::Run {
     let config = site.ws.path("broken.toml");
     std::fs::write(
         &config,

@@ -15,6 +15,7 @@ mod audit;
 mod contained;
 mod crash;
 mod diode;
+mod egress;
 mod engine;
 mod evals;
 mod hostile;

@@ -1,11 +1,12 @@
-//! Landlock: what the process may open, and no TCP connect or bind at all. Applied best
+//! Landlock: what the process may open, and no TCP bind, nor connect but to the egress
+//! allow-list's ports. Applied best
 //! effort: a kernel without Landlock, or with an older ABI, is reported, not fatal (the seal,
 //! not the fence, is what keeps the network shut).
 
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, Ruleset, RulesetAttr as _, RulesetCreatedAttr as _,
+    ABI, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr as _, RulesetCreatedAttr as _,
     RulesetStatus, Scope, path_beneath_rules,
 };
 
@@ -83,8 +84,9 @@ pub struct Paths {
     pub exec: Vec<PathBuf>,
 }
 
-/// Restricts this process (and what it starts) to `paths`, with TCP closed.
-pub(crate) fn restrict(paths: &Paths) -> Result<Fenced, Error> {
+/// Restricts this process (and what it starts) to `paths`, with TCP closed but connects to
+/// `tcp_ports`.
+pub(crate) fn restrict(paths: &Paths, tcp_ports: &[u16]) -> Result<Fenced, Error> {
     let e = landlock_error;
     let read = read_rights();
     let exec = read | AccessFs::Execute;
@@ -99,24 +101,29 @@ pub(crate) fn restrict(paths: &Paths) -> Result<Fenced, Error> {
         | AccessFs::Truncate;
     let system_read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
     let system_write: Vec<PathBuf> = SYSTEM_WRITE.iter().map(PathBuf::from).collect();
-    let status = ruleset(&[
-        (&system_read, exec),
-        (
-            &system_write,
-            read | AccessFs::WriteFile | AccessFs::IoctlDev,
-        ),
-        (&paths.read, read),
-        (&paths.exec, exec),
-        (&paths.write, write),
-        (&paths.create, create),
-    ])?
-    .restrict_self()
-    .map_err(e)?;
+    let status =
+        ruleset(&[
+            (&system_read, exec),
+            (
+                &system_write,
+                read | AccessFs::WriteFile | AccessFs::IoctlDev,
+            ),
+            (&paths.read, read),
+            (&paths.exec, exec),
+            (&paths.write, write),
+            (&paths.create, create),
+        ])?
+        .add_rules(tcp_ports.iter().map(|port| {
+            Ok::<_, landlock::RulesetError>(NetPort::new(*port, AccessNet::ConnectTcp))
+        }))
+        .map_err(e)?
+        .restrict_self()
+        .map_err(e)?;
     Ok(status.ruleset.into())
 }
 
 /// A ruleset that handles every file right, TCP (no rule for it: every connect and bind is
-/// refused) and every scope (abstract unix sockets and signals outside the domain), granting
+/// refused unless a rule is added) and every scope (abstract unix sockets and signals outside the domain), granting
 /// each set of rights beneath its paths (those that exist: Landlock keeps only what is there).
 pub(crate) fn ruleset(
     grants: &[(&[PathBuf], landlock::BitFlags<AccessFs>)],

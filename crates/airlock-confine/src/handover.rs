@@ -21,6 +21,9 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags};
 
 /// How long a connect to a full backlog may wait before the caller is told `EAGAIN`.
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// How long a connect to an allow-list destination may take before the caller is told
+/// `ETIMEDOUT` (the kernel's own default is minutes).
+pub(crate) const IP_CONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// Opens the unix socket `rest` beneath `root`, resolved without links, `..` or mount
 /// crossings; it must be a socket.
@@ -67,6 +70,63 @@ pub(crate) fn connect_like(theirs: &OwnedFd, target: &OwnedFd) -> Result<OwnedFd
         rustix::fs::fcntl_setfl(&ours, OFlags::NONBLOCK)?;
     }
     Ok(ours)
+}
+
+/// A socket of `theirs`'s family (a duplicate of the caller's), of `transport`'s type and
+/// plain protocol whatever the caller asked for, connecting to `to`. A caller whose socket is
+/// non-blocking gets it as its own connect would leave it: possibly still connecting
+/// (`InProgress`, to be answered `EINPROGRESS`); a blocking caller, connected, after at
+/// most [`IP_CONNECT_WAIT`].
+pub(crate) fn connect_ip(
+    theirs: &OwnedFd,
+    to: std::net::SocketAddr,
+    transport: crate::egress::Transport,
+) -> Result<(OwnedFd, Progress), Errno> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use rustix::net::SocketType;
+    let family = rustix::net::getsockname(theirs)?.address_family();
+    if family != AddressFamily::INET && family != AddressFamily::INET6 {
+        return Err(Errno::AFNOSUPPORT);
+    }
+    let kind = match transport {
+        crate::egress::Transport::Tcp => SocketType::STREAM,
+        crate::egress::Transport::Udp => SocketType::DGRAM,
+    };
+    let nonblocking = rustix::fs::fcntl_getfl(theirs)?.contains(OFlags::NONBLOCK);
+    let ours = rustix::net::socket_with(
+        family,
+        kind,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    match rustix::net::connect(&ours, &to) {
+        Ok(()) => {}
+        Err(Errno::INPROGRESS) if nonblocking => return Ok((ours, Progress::InProgress)),
+        Err(Errno::INPROGRESS) => {
+            let wait = Timespec {
+                tv_sec: IP_CONNECT_WAIT.as_secs().try_into().unwrap_or(10),
+                tv_nsec: 0,
+            };
+            let mut ready = [PollFd::new(&ours, PollFlags::OUT)];
+            if poll(&mut ready, Some(&wait))? == 0 {
+                return Err(Errno::TIMEDOUT);
+            }
+            rustix::net::sockopt::socket_error(&ours)??;
+        }
+        Err(other) => return Err(other),
+    }
+    if !nonblocking {
+        rustix::fs::fcntl_setfl(&ours, OFlags::empty())?;
+    }
+    Ok((ours, Progress::Connected))
+}
+
+/// How far a connection handed in has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    Connected,
+    /// Still connecting (a non-blocking caller's): its connect is answered `EINPROGRESS`.
+    InProgress,
 }
 
 /// Puts `socket` in the caller's descriptor slot `slot` (replacing what is there) while the

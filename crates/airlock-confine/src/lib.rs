@@ -19,6 +19,7 @@
 //! checked is what is connected. Refusals are recorded with a bound on how many entries a
 //! flood makes ([`recorder`]).
 
+pub mod egress;
 pub mod engine_box;
 mod fence;
 mod handover;
@@ -26,10 +27,12 @@ pub mod recorder;
 mod seal;
 pub mod sockaddr;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
+pub use egress::{AllowList, Allowed, Destinations, Transport};
 pub use engine_box::{BoxSpec, Contained, contain};
 pub use fence::{Fenced, Paths, parent_of};
 pub use seal::{EngineSockets, allow_engine_sockets};
@@ -76,6 +79,8 @@ pub struct Policy {
     pub network: Network,
     /// Its files.
     pub paths: Paths,
+    /// The destinations beyond its unix sockets it may connect to (sealed networks only).
+    pub egress: AllowList,
 }
 
 /// One refused attempt.
@@ -95,18 +100,10 @@ pub struct Attempt {
 
 impl Attempt {
     pub(crate) fn now(pid: u32, syscall: &'static str, destination: Destination) -> Self {
-        // A thread of this process has its entry under /proc/self/task; the fence keeps other
-        // processes' /proc entries (and so their names) out of reach.
-        let process = if std::path::Path::new(&format!("/proc/self/task/{pid}")).exists() {
-            std::fs::read_to_string(format!("/proc/self/task/{pid}/comm"))
-                .map_or_else(|_| "airlock".to_owned(), |c| c.trim_end().to_owned())
-        } else {
-            "started by airlock".to_owned()
-        };
         Self {
             time: SystemTime::now(),
             pid,
-            process,
+            process: process_name(pid),
             syscall,
             destination,
         }
@@ -129,6 +126,68 @@ impl std::fmt::Display for Attempt {
     }
 }
 
+/// One connection the egress allow-list let through, made by the seal's listener and
+/// handed in.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// When it was let through.
+    pub time: SystemTime,
+    /// The thread that asked for it, as in [`Attempt::pid`].
+    pub pid: u32,
+    /// As in [`Attempt::process`].
+    pub process: String,
+    /// Where it goes.
+    pub destination: std::net::SocketAddr,
+    /// Over what.
+    pub transport: Transport,
+    /// The allow-list entry's purpose.
+    pub purpose: String,
+}
+
+impl Connection {
+    pub(crate) fn now(
+        pid: u32,
+        destination: std::net::SocketAddr,
+        transport: Transport,
+        purpose: &str,
+    ) -> Self {
+        Self {
+            time: SystemTime::now(),
+            pid,
+            process: process_name(pid),
+            destination,
+            transport,
+            purpose: purpose.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} connect to {} by pid {} ({}) allowed by the egress allow-list ({})",
+            self.transport.name(),
+            self.destination,
+            self.pid,
+            self.process,
+            self.purpose
+        )
+    }
+}
+
+/// The name of thread `pid` when it is one of this process's, else `started by airlock`.
+fn process_name(pid: u32) -> String {
+    // A thread of this process has its entry under /proc/self/task; the fence keeps other
+    // processes' /proc entries (and so their names) out of reach.
+    if std::path::Path::new(&format!("/proc/self/task/{pid}")).exists() {
+        std::fs::read_to_string(format!("/proc/self/task/{pid}/comm"))
+            .map_or_else(|_| "airlock".to_owned(), |c| c.trim_end().to_owned())
+    } else {
+        "started by airlock".to_owned()
+    }
+}
+
 /// Refusals of one kind in one interval that were counted but not recorded one by one
 /// ([`recorder`]).
 #[derive(Debug, Clone)]
@@ -147,11 +206,14 @@ pub struct Summary {
     pub last: SystemTime,
 }
 
-/// Where refused attempts are recorded (the audit log, standard error). Called on a thread
-/// of its own while the caller waits (bounded), so it must not make network calls itself.
+/// Where refused attempts and allowed connections are recorded (the audit log, standard
+/// error). Called on a thread of its own while the caller waits (bounded), so it must not
+/// make network calls itself.
 pub trait EgressLog: Send + Sync {
-    /// Records one attempt.
+    /// Records one refused attempt.
     fn record(&self, attempt: &Attempt);
+    /// Records one connection the allow-list let through, before it is made.
+    fn allowed(&self, connection: &Connection);
     /// Records refusals that were counted, not recorded one by one.
     fn summarise(&self, summary: &Summary);
 }
@@ -163,6 +225,39 @@ pub fn flush_egress_log() {
 }
 
 static BLOCKED: AtomicU64 = AtomicU64::new(0);
+
+/// Destinations told apart in [`egress_by_destination`]; the rest are counted as `other`.
+const MOST_COUNTED_DESTINATIONS: usize = 256;
+
+/// Decisions by destination and decision (`allowed`, `refused`).
+static BY_DESTINATION: std::sync::Mutex<BTreeMap<(String, &'static str), u64>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+pub(crate) fn count_egress(destination: String, decision: &'static str) {
+    let mut counts = BY_DESTINATION
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let key = (destination, decision);
+    let key = if counts.contains_key(&key) || counts.len() < MOST_COUNTED_DESTINATIONS {
+        key
+    } else {
+        ("other".to_owned(), decision)
+    };
+    *counts.entry(key).or_default() += 1;
+}
+
+/// Connections allowed and attempts refused since the process confined itself, by
+/// destination and decision (`allowed`, `refused`), for metrics. At most 256 destinations
+/// are told apart; the rest are counted under `other`.
+#[must_use]
+pub fn egress_by_destination() -> Vec<(String, &'static str, u64)> {
+    BY_DESTINATION
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|((destination, decision), count)| (destination.clone(), *decision, *count))
+        .collect()
+}
 
 /// Attempts refused in this process (and the processes it started) since it confined itself.
 #[must_use]
@@ -184,7 +279,13 @@ pub struct Report {
 /// Confines this process and everything it starts, for good. Call it before starting threads
 /// that matter (the filter reaches every thread, but it is simpler to reason about one).
 pub fn confine(policy: &Policy, log: Arc<dyn EgressLog>) -> Result<Report, Error> {
-    let fence = fence::restrict(&policy.paths)?;
+    // TCP connects reach the allow-list's ports (the seal checks the addresses) where the
+    // network is sealed; an open network is not filtered at all.
+    let tcp_ports = match policy.network {
+        Network::Sealed => policy.egress.tcp_ports(),
+        Network::ReceiveOnly | Network::Open => Vec::new(),
+    };
+    let fence = fence::restrict(&policy.paths, &tcp_ports)?;
     // Nothing this process starts may ptrace it, read its memory or take its descriptors
     // (the seal's notification descriptor among them) through the dumpable check.
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
@@ -199,8 +300,12 @@ pub fn confine(policy: &Policy, log: Arc<dyn EgressLog>) -> Result<Report, Error
         }
         network => {
             // Unix sockets it may reach: beneath the directories it may write.
-            let local = seal::LocalSockets::new(&policy.paths.write);
-            seal::install(network, local, log)?;
+            let egress = match network {
+                Network::Sealed => policy.egress.clone(),
+                Network::ReceiveOnly | Network::Open => AllowList::default(),
+            };
+            let reach = seal::Reach::new(&policy.paths.write, egress);
+            seal::install(network, reach, log)?;
             Some(network)
         }
     };

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::{Attempt, EgressLog, Error, Summary};
+use crate::{Attempt, Connection, EgressLog, Error, Summary};
 
 /// How long one interval lasts.
 pub const INTERVAL: Duration = Duration::from_secs(60);
@@ -131,6 +131,8 @@ impl Interval {
 
 enum Message {
     Attempt(Attempt, SyncSender<()>),
+    /// An allowed connection: every one is recorded, none only counted.
+    Allowed(Connection, SyncSender<()>),
     /// Write the summaries now (the process is about to end).
     Flush(SyncSender<()>),
 }
@@ -168,6 +170,15 @@ impl Recorder {
         }
     }
 
+    /// Records `connection`, waiting as [`Recorder::record`] does. Each one is recorded,
+    /// none only counted: a full queue makes the connection wait for room.
+    pub(crate) fn allowed(&self, connection: Connection) {
+        let (done, recorded) = std::sync::mpsc::sync_channel(1);
+        if self.queue.send(Message::Allowed(connection, done)).is_ok() {
+            let _ = recorded.recv_timeout(RECORD_WAIT);
+        }
+    }
+
     /// Writes the current interval's summaries now and waits for them (bounded).
     pub(crate) fn flush(&self) {
         let (done, flushed) = std::sync::mpsc::sync_channel(1);
@@ -191,6 +202,10 @@ fn record_until_closed(messages: &Receiver<Message>, log: &dyn EgressLog) {
                 if interval.admit(&attempt) {
                     log.record(&attempt);
                 }
+                let _ = done.try_send(());
+            }
+            Some(Message::Allowed(connection, done)) => {
+                log.allowed(&connection);
                 let _ = done.try_send(());
             }
             Some(Message::Flush(done)) => {

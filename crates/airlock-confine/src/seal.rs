@@ -36,9 +36,12 @@ use libseccomp::{
     ScmpSyscall, notify_id_valid, scmp_cmp,
 };
 
+use std::time::SystemTime;
+
+use crate::egress::{AllowList, Transport};
 use crate::recorder::Recorder;
 use crate::sockaddr::{Destination, MAX_SOCKADDR};
-use crate::{Attempt, BLOCKED, EgressLog, Error, Network};
+use crate::{Attempt, BLOCKED, Connection, EgressLog, Error, Network};
 
 /// The calls the listener sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +92,13 @@ pub(crate) enum Verdict {
         root: String,
         rest: String,
     },
+    /// Connect the caller's socket to this destination of the egress allow-list: the
+    /// listener makes the connection and hands it in.
+    ConnectIp {
+        to: std::net::SocketAddr,
+        transport: Transport,
+        purpose: String,
+    },
     Refuse(Destination),
 }
 
@@ -98,6 +108,8 @@ pub(crate) trait Task {
     fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>>;
     /// The address family of the caller's descriptor `fd`.
     fn socket_family(&self, fd: u64) -> Option<u16>;
+    /// The type (`SOCK_STREAM`, `SOCK_DGRAM`, ...) of the caller's socket `fd`.
+    fn socket_type(&self, fd: u64) -> Option<i32>;
 }
 
 /// `struct msghdr` on 64-bit Linux: `msg_name` then `msg_namelen` lead.
@@ -107,13 +119,16 @@ const MMSGHDR_SIZE: usize = 64;
 /// The kernel's own cap on `sendmmsg`'s vector (`UIO_MAXIOV`).
 const MAX_MMSG: u64 = 1024;
 
-/// Where unix sockets may be reached: beneath these directories, by absolute path.
+/// What a caller may reach: unix sockets beneath these directories, by absolute path, and
+/// the egress allow-list's destinations.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct LocalSockets {
+pub(crate) struct Reach {
     roots: Vec<String>,
     /// Whether a send may name a unix socket beneath a root (the command's own threads); a
     /// process it started sends only on connected sockets.
     addressed_sends: bool,
+    /// The same for every caller: what an engine process reaches is what the command may.
+    egress: Arc<AllowList>,
 }
 
 /// The engine runtime directories whose sockets may be reached, by every process of the
@@ -153,8 +168,8 @@ fn canonical_root(dir: &std::path::Path) -> std::io::Result<String> {
     Ok(real.to_string_lossy().trim_end_matches('/').to_owned())
 }
 
-impl LocalSockets {
-    pub(crate) fn new(roots: &[std::path::PathBuf]) -> Self {
+impl Reach {
+    pub(crate) fn new(roots: &[std::path::PathBuf], egress: AllowList) -> Self {
         let roots = roots
             .iter()
             .filter_map(|r| canonical_root(r).ok())
@@ -162,6 +177,7 @@ impl LocalSockets {
         Self {
             roots,
             addressed_sends: true,
+            egress: Arc::new(egress),
         }
     }
 
@@ -181,6 +197,7 @@ impl LocalSockets {
         Self {
             roots,
             addressed_sends: own_thread && self.addressed_sends,
+            egress: self.egress.clone(),
         }
     }
 
@@ -207,7 +224,7 @@ const MSG_FASTOPEN: u64 = 0x2000_0000;
 /// The decision on one notified call (`args` as the kernel gave them).
 pub(crate) fn decide(
     network: Network,
-    local: &LocalSockets,
+    local: &Reach,
     call: Call,
     args: [u64; 6],
     task: &dyn Task,
@@ -244,10 +261,30 @@ pub(crate) fn decide(
         Call::IoUringSetup => Verdict::Refuse(Destination::None),
         Call::Connect => {
             let destination = address(args[1], args[2]);
-            // The socket itself must be a unix socket too: an IP socket given a unix address
-            // that another thread then rewrites would otherwise connect out.
-            if network == Network::ReceiveOnly || !unix_socket(args[0]) {
+            if network == Network::ReceiveOnly {
                 return Verdict::Refuse(destination);
+            }
+            // An IP socket reaches the allow-list's destinations and nothing else; it is
+            // never given a unix address (another thread could rewrite it after the check).
+            if !unix_socket(args[0]) {
+                let transport = match task.socket_type(args[0]) {
+                    Some(libc::SOCK_STREAM) => Transport::Tcp,
+                    Some(libc::SOCK_DGRAM) => Transport::Udp,
+                    _ => return Verdict::Refuse(destination),
+                };
+                return match destination {
+                    Destination::Ip(to) => {
+                        match local.egress.permits(to, transport, SystemTime::now()) {
+                            Some(allowed) => Verdict::ConnectIp {
+                                to,
+                                transport,
+                                purpose: allowed.purpose.clone(),
+                            },
+                            None => Verdict::Refuse(destination),
+                        }
+                    }
+                    other => Verdict::Refuse(other),
+                };
             }
             match destination {
                 // AF_UNSPEC dissolves an association: it goes nowhere.
@@ -315,7 +352,7 @@ pub(crate) fn decide(
 /// Builds and loads the filter for every thread of the process, then starts the listener.
 pub(crate) fn install(
     network: Network,
-    local: LocalSockets,
+    local: Reach,
     log: Arc<dyn EgressLog>,
 ) -> Result<(), Error> {
     let e = |what: &'static str| {
@@ -373,9 +410,38 @@ pub(crate) fn install(
         rule(Call::Socket, &[scmp_cmp!($arg0 == family)])?;
     }
     rule(Call::Socket, &[scmp_cmp!($arg0 > inet6)])?;
+    // UDP only where an allow-list entry says so, and then only plain UDP (not ICMP "ping"
+    // sockets or UDP-Lite), which reaches nothing until a connect the listener makes.
+    let udp_allowed = local.egress.any_udp();
+    let dgram = libc::SOCK_DGRAM as u64;
     for family in [inet, inet6] {
+        if udp_allowed {
+            let udp = libc::IPPROTO_UDP as u64;
+            for protocol in 1..udp {
+                rule(
+                    Call::Socket,
+                    &[
+                        scmp_cmp!($arg0 == family),
+                        scmp_cmp!($arg1 & 0xf == dgram),
+                        scmp_cmp!($arg2 == protocol),
+                    ],
+                )?;
+            }
+            rule(
+                Call::Socket,
+                &[
+                    scmp_cmp!($arg0 == family),
+                    scmp_cmp!($arg1 & 0xf == dgram),
+                    scmp_cmp!($arg2 > udp),
+                ],
+            )?;
+        } else {
+            rule(
+                Call::Socket,
+                &[scmp_cmp!($arg0 == family), scmp_cmp!($arg1 & 0xf == dgram)],
+            )?;
+        }
         for kind in [
-            libc::SOCK_DGRAM,
             libc::SOCK_RAW,
             libc::SOCK_RDM,
             libc::SOCK_SEQPACKET,
@@ -450,7 +516,7 @@ pub(crate) fn install(
     std::mem::forget(ctx);
     let recorder = Recorder::start(log)?;
     let _ = RECORDER.set(recorder.clone());
-    let connector = Connector::start(fd)?;
+    let connector = Connector::start(fd, &recorder)?;
     std::thread::Builder::new()
         .name("airlock-seal".into())
         .spawn(move || listen(fd, network, &local, &numbers, native, &recorder, &connector))
@@ -486,7 +552,7 @@ const MAX_RECEIVE_FAILURES: u32 = 1000;
 fn listen(
     fd: i32,
     network: Network,
-    local: &LocalSockets,
+    local: &Reach,
     numbers: &[(ScmpSyscall, Call)],
     native: ScmpArch,
     recorder: &Recorder,
@@ -514,9 +580,9 @@ fn listen(
             .iter()
             .find(|(number, _)| *number == request.data.syscall)
             .map(|(_, call)| *call);
-        // The connector's own connect, to what the listener checked and it resolved: its
+        // A connector's own connect, to what the listener checked and it resolved: its
         // arguments live on its stack, which nothing outside this process can touch.
-        if request.pid == connector.tid && call == Some(Call::Connect) {
+        if connector.tids.contains(&request.pid) && call == Some(Call::Connect) {
             let _ =
                 ScmpNotifResp::new_continue(request.id, ScmpNotifRespFlags::empty()).respond(fd);
             continue;
@@ -547,21 +613,42 @@ fn listen(
         let flags = ScmpNotifRespFlags::empty();
         let response = match verdict {
             Verdict::Continue => ScmpNotifResp::new_continue(request.id, flags),
+            // A connector answers: its connect comes back to this thread for a verdict.
             Verdict::Connect { root, rest } => {
-                // The connector answers: its connect comes back to this thread for a verdict.
-                match connector.jobs.try_send(Job {
+                let job = Job {
                     id: request.id,
                     pid: request.pid,
                     slot: request.data.args[0],
-                    root,
-                    rest,
-                }) {
+                    target: Target::Unix { root, rest },
+                };
+                match connector.unix.try_send(job) {
+                    Ok(()) => continue,
+                    Err(_) => ScmpNotifResp::new_error(request.id, -libc::EAGAIN, flags),
+                }
+            }
+            Verdict::ConnectIp {
+                to,
+                transport,
+                purpose,
+            } => {
+                let job = Job {
+                    id: request.id,
+                    pid: request.pid,
+                    slot: request.data.args[0],
+                    target: Target::Ip {
+                        to,
+                        transport,
+                        purpose,
+                    },
+                };
+                match connector.ip.try_send(job) {
                     Ok(()) => continue,
                     Err(_) => ScmpNotifResp::new_error(request.id, -libc::EAGAIN, flags),
                 }
             }
             Verdict::Refuse(destination) => {
                 BLOCKED.fetch_add(1, Ordering::Relaxed);
+                crate::count_egress(destination.to_string(), "refused");
                 recorder.record(Attempt::now(request.pid, name, destination));
                 ScmpNotifResp::new_error(request.id, -libc::EPERM, flags)
             }
@@ -571,76 +658,132 @@ fn listen(
     }
 }
 
-/// A connect the listener allowed, for the connector to make.
+/// A connect the listener allowed, for a connector to make.
 struct Job {
     id: u64,
     pid: u32,
     slot: u64,
-    root: String,
-    rest: String,
+    target: Target,
 }
 
-/// The thread that makes allowed connections and hands them in. Its own `connect` goes
-/// through the filter like every thread's, and the listener lets it continue by its thread
-/// id: the listener cannot connect itself, since nobody would be left to answer.
+enum Target {
+    /// The unix socket at `rest` beneath `root`.
+    Unix { root: String, rest: String },
+    /// A destination of the egress allow-list, granted for `purpose`.
+    Ip {
+        to: std::net::SocketAddr,
+        transport: Transport,
+        purpose: String,
+    },
+}
+
+/// The threads that make allowed connections and hand them in. Their own `connect`s go
+/// through the filter like every thread's, and the listener lets them continue by thread
+/// id: the listener cannot connect itself, since nobody would be left to answer. Unix
+/// connects are local and quick, one thread makes them all; a connect to another machine may
+/// wait up to [`handover::IP_CONNECT_WAIT`], so several threads make those, and one slow
+/// destination cannot hold up the engines' sockets.
+///
+/// [`handover::IP_CONNECT_WAIT`]: crate::handover::IP_CONNECT_WAIT
 struct Connector {
-    jobs: std::sync::mpsc::SyncSender<Job>,
-    tid: u32,
+    unix: std::sync::mpsc::SyncSender<Job>,
+    ip: std::sync::mpsc::SyncSender<Job>,
+    tids: Vec<u32>,
 }
 
-/// Connects waiting for the connector before further ones are refused with `EAGAIN`.
+/// Connects waiting for a connector before further ones are refused with `EAGAIN`.
 const CONNECT_QUEUE: usize = 256;
+/// Threads making connections to the allow-list's destinations.
+const IP_CONNECTORS: usize = 4;
 
 impl Connector {
-    fn start(notify: i32) -> Result<Self, Error> {
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(CONNECT_QUEUE);
-        let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
+    fn start(notify: i32, recorder: &Recorder) -> Result<Self, Error> {
+        let (unix, unix_queue) = std::sync::mpsc::sync_channel::<Job>(CONNECT_QUEUE);
+        let (ip, ip_queue) = std::sync::mpsc::sync_channel::<Job>(CONNECT_QUEUE);
+        let unix_queue = Arc::new(std::sync::Mutex::new(unix_queue));
+        let ip_queue = Arc::new(std::sync::Mutex::new(ip_queue));
+        let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(IP_CONNECTORS + 1);
         let failed = |source: std::io::Error| Error::Seccomp {
             what: "starting the connector",
             reason: source.to_string(),
         };
-        std::thread::Builder::new()
-            .name("airlock-connect".into())
-            .spawn(move || {
-                let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
-                for job in queue {
-                    let flags = ScmpNotifRespFlags::empty();
-                    let response = match connect_for(
-                        notify, job.id, job.pid, job.slot, &job.root, &job.rest,
-                    ) {
-                        Ok(()) => ScmpNotifResp::new_val(job.id, 0, flags),
-                        Err(errno) => {
-                            ScmpNotifResp::new_error(job.id, -errno.raw_os_error(), flags)
+        let queues =
+            std::iter::once(unix_queue).chain(std::iter::repeat_n(ip_queue, IP_CONNECTORS));
+        for queue in queues {
+            let tid_tx = tid_tx.clone();
+            let recorder = recorder.clone();
+            std::thread::Builder::new()
+                .name("airlock-connect".into())
+                .spawn(move || {
+                    let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
+                    drop(tid_tx);
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(jobs) => jobs.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        if let Err(errno) = connect_for(notify, &job, &recorder) {
+                            let flags = ScmpNotifRespFlags::empty();
+                            let _ = ScmpNotifResp::new_error(job.id, -errno.raw_os_error(), flags)
+                                .respond(notify);
                         }
-                    };
-                    let _ = response.respond(notify);
-                }
+                    }
+                })
+                .map_err(failed)?;
+        }
+        let tids = (0..=IP_CONNECTORS)
+            .map(|_| {
+                tid_rx
+                    .recv()
+                    .ok()
+                    .and_then(|tid| u32::try_from(tid).ok())
+                    .ok_or_else(|| failed(std::io::Error::other("a connector did not start")))
             })
-            .map_err(failed)?;
-        let tid = tid_rx
-            .recv()
-            .map_err(|e| failed(std::io::Error::other(e)))?;
-        Ok(Self {
-            jobs,
-            tid: u32::try_from(tid).unwrap_or(0),
-        })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { unix, ip, tids })
     }
 }
 
-/// Makes the connection an allowed connect asked for and puts it in the caller's place.
-fn connect_for(
-    notify: i32,
-    id: u64,
-    pid: u32,
-    slot: u64,
-    root: &str,
-    rest: &str,
-) -> Result<(), rustix::io::Errno> {
-    use crate::handover;
-    let target = handover::resolve_beneath(root, rest)?;
-    let theirs = Caller(pid).socket(slot).ok_or(rustix::io::Errno::BADF)?;
-    let ours = handover::connect_like(&theirs, &target)?;
-    handover::hand_in(notify, id, &ours, slot)
+/// Makes the connection an allowed connect asked for, puts it in the caller's place and
+/// answers the caller's connect. A connection to the allow-list is on record before it is
+/// made.
+fn connect_for(notify: i32, job: &Job, recorder: &Recorder) -> Result<(), rustix::io::Errno> {
+    use crate::handover::{self, Progress};
+    let theirs = Caller(job.pid)
+        .socket(job.slot)
+        .ok_or(rustix::io::Errno::BADF)?;
+    let (ours, progress) = match &job.target {
+        Target::Unix { root, rest } => {
+            let target = handover::resolve_beneath(root, rest)?;
+            (
+                handover::connect_like(&theirs, &target)?,
+                Progress::Connected,
+            )
+        }
+        Target::Ip {
+            to,
+            transport,
+            purpose,
+        } => {
+            // The caller may have gone meanwhile: then nothing is connected or recorded.
+            if notify_id_valid(notify, job.id).is_err() {
+                return Err(rustix::io::Errno::INTR);
+            }
+            crate::count_egress(to.to_string(), "allowed");
+            recorder.allowed(Connection::now(job.pid, *to, *transport, purpose));
+            handover::connect_ip(&theirs, *to, *transport)?
+        }
+    };
+    handover::hand_in(notify, job.id, &ours, job.slot)?;
+    let flags = ScmpNotifRespFlags::empty();
+    let response = match progress {
+        Progress::Connected => ScmpNotifResp::new_val(job.id, 0, flags),
+        Progress::InProgress => ScmpNotifResp::new_error(job.id, -libc::EINPROGRESS, flags),
+    };
+    // A caller killed meanwhile: nothing to answer.
+    let _ = response.respond(notify);
+    Ok(())
 }
 
 /// A task that made a notified call, by thread id.
@@ -695,12 +838,19 @@ impl Task for Caller {
         let address = rustix::net::getsockname(&socket).ok()?;
         Some(address.address_family().as_raw())
     }
+
+    fn socket_type(&self, fd: u64) -> Option<i32> {
+        let socket = self.socket(fd)?;
+        let kind = rustix::net::sockopt::socket_type(&socket).ok()?;
+        i32::try_from(kind.as_raw()).ok()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::egress::Allowed;
     use std::collections::HashMap;
 
     /// A caller whose memory is a map of address to bytes.
@@ -708,6 +858,8 @@ mod tests {
     struct Scripted {
         memory: HashMap<u64, Vec<u8>>,
         families: HashMap<u64, u16>,
+        /// Socket types; a socket not named here is a stream.
+        types: HashMap<u64, i32>,
     }
 
     impl Task for Scripted {
@@ -717,6 +869,11 @@ mod tests {
         }
         fn socket_family(&self, fd: u64) -> Option<u16> {
             self.families.get(&fd).copied()
+        }
+        fn socket_type(&self, fd: u64) -> Option<i32> {
+            self.families
+                .contains_key(&fd)
+                .then(|| self.types.get(&fd).copied().unwrap_or(libc::SOCK_STREAM))
         }
     }
 
@@ -743,8 +900,8 @@ mod tests {
     }
 
     /// Unix sockets may be reached beneath /tmp only.
-    fn local() -> LocalSockets {
-        LocalSockets::new(&[std::path::PathBuf::from("/tmp")])
+    fn local() -> Reach {
+        Reach::new(&[std::path::PathBuf::from("/tmp")], AllowList::default())
     }
 
     fn sealed(call: Call, args: [u64; 6], task: &Scripted) -> Verdict {
@@ -756,7 +913,102 @@ mod tests {
         Scripted {
             memory: at.iter().cloned().collect(),
             families: HashMap::from([(3, family as u16)]),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_allow_list_lets_its_destinations_through_to_the_listener_and_nothing_else() {
+        let mut resolver = Allowed::new("10.0.0.53:53".parse().unwrap(), "resolver");
+        resolver.udp = true;
+        let mut lapsed = Allowed::new("10.0.0.9:443".parse().unwrap(), "lapsed");
+        lapsed.until = Some(SystemTime::now() - std::time::Duration::from_secs(1));
+        let reach = Reach::new(
+            &[std::path::PathBuf::from("/tmp")],
+            AllowList::new(vec![
+                Allowed::new("10.0.0.5:636".parse().unwrap(), "directory"),
+                resolver,
+                lapsed,
+            ])
+            .unwrap(),
+        );
+        let connect = |to: Vec<u8>, kind: i32, reach: &Reach, network| {
+            let mut task = caller(libc::AF_INET, &[(0x1000, to)]);
+            task.types.insert(3, kind);
+            decide(
+                network,
+                reach,
+                Call::Connect,
+                [3, 0x1000, 16, 0, 0, 0],
+                &task,
+            )
+        };
+        let sealed = Network::Sealed;
+        assert_eq!(
+            connect(inet([10, 0, 0, 5], 636), libc::SOCK_STREAM, &reach, sealed),
+            Verdict::ConnectIp {
+                to: "10.0.0.5:636".parse().unwrap(),
+                transport: Transport::Tcp,
+                purpose: "directory".into()
+            }
+        );
+        for (to, kind) in [
+            (inet([10, 0, 0, 6], 636), libc::SOCK_STREAM), // another address, same port
+            (inet([10, 0, 0, 5], 389), libc::SOCK_STREAM), // same address, another port
+            (inet([10, 0, 0, 5], 636), libc::SOCK_DGRAM),  // UDP where the entry says TCP
+            (inet([10, 0, 0, 5], 636), libc::SOCK_RAW),    // neither
+            (inet([10, 0, 0, 9], 443), libc::SOCK_STREAM), // lapsed
+        ] {
+            assert!(
+                matches!(
+                    connect(to.clone(), kind, &reach, sealed),
+                    Verdict::Refuse(_)
+                ),
+                "{:?} {kind}",
+                Destination::parse(&to)
+            );
+        }
+        assert!(matches!(
+            connect(inet([10, 0, 0, 53], 53), libc::SOCK_DGRAM, &reach, sealed),
+            Verdict::ConnectIp {
+                transport: Transport::Udp,
+                ..
+            }
+        ));
+        // A receive-only command sends nothing, whatever the list says; a process the command
+        // started is held to the same list.
+        assert!(matches!(
+            connect(
+                inet([10, 0, 0, 5], 636),
+                libc::SOCK_STREAM,
+                &reach,
+                Network::ReceiveOnly
+            ),
+            Verdict::Refuse(_)
+        ));
+        assert!(matches!(
+            connect(
+                inet([10, 0, 0, 5], 636),
+                libc::SOCK_STREAM,
+                &reach.for_caller(false),
+                sealed
+            ),
+            Verdict::ConnectIp { .. }
+        ));
+        // An allowed destination named in an addressed send is still refused: only a connect,
+        // made by the listener, reaches it.
+        let mut task = caller(libc::AF_INET, &[(0x1000, inet([10, 0, 0, 53], 53))]);
+        task.types.insert(3, libc::SOCK_DGRAM);
+        assert!(matches!(
+            decide(
+                sealed,
+                &reach,
+                Call::SendTo,
+                [3, 0, 0, 0, 0x1000, 16],
+                &task
+            ),
+            Verdict::Refuse(_)
+        ));
     }
 
     #[test]
@@ -862,7 +1114,7 @@ mod tests {
             ],
         );
         let len = 3 + text.len() as u64;
-        let started = |local: &LocalSockets, call, args| {
+        let started = |local: &Reach, call, args| {
             decide(Network::Sealed, &local.for_caller(false), call, args, &task)
         };
         // Before the engine's directory is allowed, and after, only its sockets.

@@ -15,7 +15,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use airlock_confine::{
-    Attempt, EgressLog, Fenced, Network, Paths, Policy, Probe, Summary, confine,
+    AllowList, Allowed, Attempt, Connection, EgressLog, Fenced, Network, Paths, Policy, Probe,
+    Summary, confine,
 };
 
 const SCENARIO: &str = "AIRLOCK_CONFINE_SCENARIO";
@@ -29,6 +30,15 @@ impl EgressLog for Recorded {
             .lock()
             .unwrap()
             .push(format!("{} {}", attempt.syscall, attempt.destination));
+    }
+
+    fn allowed(&self, connection: &Connection) {
+        self.0.lock().unwrap().push(format!(
+            "allowed {} {} {}",
+            connection.transport.name(),
+            connection.destination,
+            connection.purpose
+        ));
     }
 
     fn summarise(&self, summary: &Summary) {
@@ -97,6 +107,12 @@ fn child() {
         let udp_sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         (outward, udp_listener, udp_sender)
     });
+    // For the allow-list: listeners made before confinement, as the enclave's services.
+    let services = (name == "egress").then(Services::new);
+    let egress = services
+        .as_ref()
+        .map(Services::allow_list)
+        .unwrap_or_default();
     let report = confine(
         &Policy {
             network,
@@ -104,6 +120,7 @@ fn child() {
                 write: vec![inside.clone()],
                 ..Paths::default()
             },
+            egress,
         },
         log.clone(),
     )
@@ -223,7 +240,118 @@ fn child() {
             say(format!("outside {reached_outside}"));
             say(format!("datagrams {datagrams}"));
         }
+        "egress" => services.unwrap().try_each(&say, &log),
         other => panic!("no scenario {other}"),
+    }
+}
+
+/// The enclave's services, on loopback: a TCP service on the list, one whose entry has lapsed,
+/// and a UDP one on the list.
+struct Services {
+    allowed: std::net::TcpListener,
+    lapsed: std::net::TcpListener,
+    datagrams: std::net::UdpSocket,
+}
+
+impl Services {
+    fn new() -> Self {
+        Self {
+            allowed: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            lapsed: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            datagrams: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    fn allow_list(&self) -> AllowList {
+        let entry = |address: std::net::SocketAddr, purpose: &str| {
+            Allowed::new(address.to_string().parse().unwrap(), purpose)
+        };
+        let mut lapsed = entry(self.lapsed.local_addr().unwrap(), "lapsed");
+        lapsed.until = Some(std::time::SystemTime::now());
+        let mut datagrams = entry(self.datagrams.local_addr().unwrap(), "datagrams");
+        datagrams.udp = true;
+        AllowList::new(vec![
+            entry(self.allowed.local_addr().unwrap(), "directory"),
+            lapsed,
+            datagrams,
+        ])
+        .unwrap()
+    }
+
+    fn try_each(self, say: &dyn Fn(String), log: &Recorded) {
+        use std::net::{SocketAddr, TcpStream};
+        let allowed = self.allowed.local_addr().unwrap();
+        let port = allowed.port();
+        let refused = |to: SocketAddr| {
+            matches!(
+                TcpStream::connect(to),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied
+            )
+        };
+        // Reached, and the connection carries bytes both ways.
+        let mut client = TcpStream::connect(allowed).unwrap();
+        let (mut served, _) = self.allowed.accept().unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        served.read_exact(&mut buf).unwrap();
+        served.write_all(b"pong").unwrap();
+        client.read_exact(&mut buf).unwrap();
+        say(format!("tcp reached {}", &buf == b"pong"));
+        // A non-blocking connect (std's connect_timeout) is made the same way.
+        let timed = TcpStream::connect_timeout(&allowed, std::time::Duration::from_secs(5));
+        say(format!("non-blocking reached {}", timed.is_ok()));
+        say(format!(
+            "other address refused {}",
+            refused(SocketAddr::from(([127, 0, 0, 2], port)))
+        ));
+        say(format!(
+            "other port refused {}",
+            refused(SocketAddr::from((
+                [127, 0, 0, 1],
+                port.wrapping_add(1).max(1)
+            )))
+        ));
+        say(format!(
+            "lapsed refused {}",
+            refused(self.lapsed.local_addr().unwrap())
+        ));
+        // UDP: only through a connect, which the listener makes.
+        let udp = self.datagrams.local_addr().unwrap();
+        let socket = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::DGRAM,
+            None,
+        )
+        .unwrap();
+        rustix::net::connect(&socket, &udp).unwrap();
+        rustix::net::send(&socket, b"datagram", rustix::net::SendFlags::empty()).unwrap();
+        let mut datagram = [0u8; 16];
+        let (n, _) = self.datagrams.recv_from(&mut datagram).unwrap();
+        say(format!("udp reached {}", &datagram[..n] == b"datagram"));
+        say(format!(
+            "udp sendto refused {}",
+            rustix::net::sendto(&socket, b"x", rustix::net::SendFlags::empty(), &udp).is_err()
+        ));
+        // A process this one started is held to the same list.
+        let bash = |to: SocketAddr| {
+            Command::new("/bin/bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/{}/{}", to.ip(), to.port())])
+                .status()
+                .unwrap()
+                .success()
+        };
+        say(format!("child reached {}", bash(allowed)));
+        let _ = self.allowed.accept().unwrap();
+        say(format!(
+            "child refused {}",
+            !bash(SocketAddr::from(([127, 0, 0, 2], port)))
+        ));
+        for line in log.0.lock().unwrap().iter() {
+            say(format!("logged {line}"));
+        }
+        for (destination, decision, count) in airlock_confine::egress_by_destination() {
+            say(format!("counted {decision} {destination} {count}"));
+        }
     }
 }
 
@@ -379,6 +507,44 @@ fn the_seal_refuses_every_way_out_and_logs_each_with_its_destination() {
     let logged = out.iter().filter(|l| l.starts_with("logged ")).count();
     assert!(logged >= 7, "{out:?}");
     assert!(has(&format!("blocked {logged}")), "{out:?}");
+}
+
+#[test]
+fn the_allow_list_reaches_its_destinations_and_refuses_every_other_with_the_reason_on_record() {
+    let (dir, _, _) = layout();
+    let out = scenario("egress", dir.path());
+    let has = |line: &str| out.iter().any(|l| l == line);
+    for reached in ["tcp", "non-blocking", "udp", "child"] {
+        assert!(
+            has(&format!("{reached} reached true")),
+            "{reached}: {out:?}"
+        );
+    }
+    for refused in [
+        "other address",
+        "other port",
+        "lapsed",
+        "udp sendto",
+        "child",
+    ] {
+        assert!(
+            has(&format!("{refused} refused true")),
+            "{refused}: {out:?}"
+        );
+    }
+    let logged = |prefix: &str| out.iter().filter(|l| l.starts_with(prefix)).count();
+    // Every allowed connection is on record with its purpose: the client's two, the child's.
+    assert_eq!(logged("logged allowed tcp 127.0.0.1:"), 3, "{out:?}");
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("logged allowed tcp") && l.ends_with(" directory")),
+        "{out:?}"
+    );
+    assert_eq!(logged("logged allowed udp 127.0.0.1:"), 1, "{out:?}");
+    assert!(logged("logged connect 127.0.0.2:") >= 2, "{out:?}");
+    assert!(logged("logged sendto 127.0.0.1:") >= 1, "{out:?}");
+    assert!(logged("counted allowed 127.0.0.1:") >= 2, "{out:?}");
+    assert!(logged("counted refused 127.0.0.2:") >= 1, "{out:?}");
 }
 
 #[test]

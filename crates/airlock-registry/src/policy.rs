@@ -52,6 +52,16 @@ protect = true
 # [evals.regression]
 # max_regressed_items = 0  # against the version tagged now, item by item
 
+# Controlled exits (docs/egress.md): the enclave's own services airlock may connect to, for
+# every command that uses this data directory. Everything else stays refused by the kernel.
+# An IP address or CIDR range and a port (no host names: airlock resolves none), why, who
+# answers for it, and until when; `udp = true` lets connected UDP through as well. Each
+# allowed connection and each refusal is in the audit log (`airlock egress log`).
+# [egress]
+# allow = [
+#   { to = "10.0.0.5:636", purpose = "directory", owner = "it-ops", until = "2027-06-30" },
+# ]
+
 # Trusted keys. Manage them with `airlock trust add --publisher|--approver KEY.pub` and
 # `airlock trust rm KEYID`; each entry's id must be the SHA-256 of its PEM.
 "#;
@@ -91,6 +101,27 @@ struct RawPolicy {
     approver: Vec<RawKey>,
     #[serde(default)]
     evals: Option<airlock_eval::Requirements>,
+    #[serde(default)]
+    egress: RawEgress,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEgress {
+    #[serde(default)]
+    allow: Vec<RawAllow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    to: String,
+    purpose: String,
+    owner: String,
+    /// A date (`2027-06-30`, through that day, UTC) or an RFC 3339 time; quoted or not.
+    until: Option<toml::Value>,
+    #[serde(default)]
+    udp: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +191,8 @@ pub struct Policy {
     pub rollback_protection: bool,
     /// What eval records approve and tag require (`[evals]`).
     pub evals: airlock_eval::Requirements,
+    /// The destinations beyond the machine airlock may connect to (`[egress]`).
+    pub egress: Vec<EgressGrant>,
     /// SHA-256 of the file's bytes, recorded in audit entries.
     pub digest: Sha256Digest,
 }
@@ -233,6 +266,22 @@ impl Policy {
                 )));
             }
         }
+        let egress = raw
+            .egress
+            .allow
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                EgressGrant::parse(raw).map_err(|e| invalid(format!("egress.allow[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if egress.len() > airlock_confine::egress::MAX_ENTRIES {
+            return Err(invalid(format!(
+                "egress.allow has {} entries; at most {} are kept",
+                egress.len(),
+                airlock_confine::egress::MAX_ENTRIES
+            )));
+        }
         Ok(Self {
             threshold: raw.signatures.threshold,
             publishers,
@@ -252,6 +301,7 @@ impl Policy {
                 .collect(),
             rollback_protection: raw.rollback.protect,
             evals: raw.evals.unwrap_or_default(),
+            egress,
             digest: Sha256Digest::of(bytes),
         })
     }
@@ -276,10 +326,102 @@ impl Policy {
         self.approvers.iter().find(|k| k.key.id().to_hex() == id)
     }
 
+    /// The egress allow-list, as the seal takes it (lapsed entries included: the seal
+    /// refuses them at the time of each connect).
+    pub fn allow_list(&self) -> airlock_confine::AllowList {
+        airlock_confine::AllowList::new(self.egress.iter().map(|g| g.allowed.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The allow-list narrowed to `wanted` (a server's own `[egress]`), each destination
+    /// keeping the purpose and expiry of the entry it lies within. A destination within no
+    /// entry is refused: a server may narrow the list, never widen it.
+    pub fn allow_list_narrowed(
+        &self,
+        wanted: &[airlock_confine::Destinations],
+    ) -> std::result::Result<airlock_confine::AllowList, String> {
+        let narrowed = wanted
+            .iter()
+            .map(|to| {
+                let grant = self
+                    .egress
+                    .iter()
+                    .find(|g| g.allowed.to.covers(to))
+                    .ok_or_else(|| {
+                        format!(
+                            "egress.allow {to} lies within no entry of policy.toml's [egress]: a server's configuration may narrow the list, never widen it"
+                        )
+                    })?;
+                Ok(airlock_confine::Allowed {
+                    to: *to,
+                    ..grant.allowed.clone()
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        airlock_confine::AllowList::new(narrowed).map_err(|e| e.to_string())
+    }
+
     /// Whether `license` (an SPDX id or `None`) is allowed.
     pub fn license_allowed(&self, license: Option<&str>) -> bool {
         let id = license.unwrap_or("NOASSERTION").to_ascii_lowercase();
         self.allowed_licenses.contains(&id)
+    }
+}
+
+/// One `[egress]` entry: an exception to the seal, who answers for it and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressGrant {
+    /// What the seal lets through.
+    pub allowed: airlock_confine::Allowed,
+    /// Who answers for it.
+    pub owner: String,
+    /// `until` as written, for reports.
+    pub until_text: Option<String>,
+}
+
+/// The longest purpose or owner accepted.
+const MAX_EGRESS_TEXT: usize = 200;
+
+impl EgressGrant {
+    fn parse(raw: RawAllow) -> std::result::Result<Self, String> {
+        let to: airlock_confine::Destinations = raw.to.parse().map_err(|e| format!("{e}"))?;
+        for (field, value) in [("purpose", &raw.purpose), ("owner", &raw.owner)] {
+            if value.trim().is_empty() {
+                return Err(format!(
+                    "{} has no {field}: every exception says why and who answers for it",
+                    raw.to
+                ));
+            }
+            if value.len() > MAX_EGRESS_TEXT {
+                return Err(format!("{field} is over {MAX_EGRESS_TEXT} bytes"));
+            }
+        }
+        let until_text = raw.until.map(|v| match v {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        });
+        let until = until_text.as_deref().map(lapses_at).transpose()?;
+        let mut allowed = airlock_confine::Allowed::new(to, &raw.purpose);
+        allowed.udp = raw.udp;
+        allowed.until = until;
+        Ok(Self {
+            allowed,
+            owner: raw.owner,
+            until_text,
+        })
+    }
+}
+
+/// When an entry `until` `text` lapses: a date lapses at the end of that day (UTC), a time
+/// at that time.
+fn lapses_at(text: &str) -> std::result::Result<std::time::SystemTime, String> {
+    let bad = || format!("until {text:?} is not a date (2027-06-30) or an RFC 3339 time");
+    let is_date = text.len() == 10 && text.as_bytes().get(4) == Some(&b'-');
+    if is_date {
+        let midnight = humantime::parse_rfc3339(&format!("{text}T00:00:00Z")).map_err(|_| bad())?;
+        Ok(midnight + std::time::Duration::from_secs(24 * 3600))
+    } else {
+        humantime::parse_rfc3339_weak(text).map_err(|_| bad())
     }
 }
 
@@ -416,6 +558,104 @@ mod tests {
         ));
         assert!(policy.license_allowed(Some("apache-2.0")));
         assert!(!policy.license_allowed(None));
+    }
+
+    fn with_egress(allow: &str) -> String {
+        TEMPLATE.replace(
+            "# Trusted keys.",
+            &format!("[egress]\nallow = [\n{allow}\n]\n\n# Trusted keys."),
+        )
+    }
+
+    #[test]
+    fn egress_entries_become_the_seals_allow_list_with_purpose_and_expiry() {
+        let (_dir, path) = policy_file();
+        std::fs::write(
+            &path,
+            with_egress(
+                r#"{ to = "10.0.0.5:636", purpose = "directory", owner = "it-ops", until = "2027-06-30" },
+  { to = "10.1.0.0/16:8333", purpose = "object store", owner = "storage", until = 2027-01-01T12:00:00Z },
+  { to = "[fd00::53]:53", purpose = "resolver", owner = "net", udp = true },"#,
+            ),
+        )
+        .unwrap();
+        let policy = Policy::load(&path).unwrap();
+        assert_eq!(policy.egress.len(), 3);
+        assert_eq!(policy.egress[0].owner, "it-ops");
+        // A date lapses at the end of that day.
+        let end_of_day = humantime::parse_rfc3339("2027-07-01T00:00:00Z").unwrap();
+        assert_eq!(policy.egress[0].allowed.until, Some(end_of_day));
+        assert_eq!(
+            policy.egress[1].allowed.until,
+            Some(humantime::parse_rfc3339("2027-01-01T12:00:00Z").unwrap())
+        );
+        assert!(policy.egress[2].allowed.udp && policy.egress[2].allowed.until.is_none());
+        let list = policy.allow_list();
+        let before = humantime::parse_rfc3339("2027-06-30T23:59:59Z").unwrap();
+        let t = airlock_confine::Transport::Tcp;
+        assert!(
+            list.permits("10.0.0.5:636".parse().unwrap(), t, before)
+                .is_some()
+        );
+        assert!(
+            list.permits("10.0.0.5:636".parse().unwrap(), t, end_of_day)
+                .is_none()
+        );
+        assert!(
+            list.permits("10.1.7.7:8333".parse().unwrap(), t, before)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_server_may_narrow_the_allow_list_and_never_widen_it() {
+        let (_dir, path) = policy_file();
+        std::fs::write(
+            &path,
+            with_egress(r#"{ to = "10.0.0.0/24:636", purpose = "directory", owner = "it-ops" }"#),
+        )
+        .unwrap();
+        let policy = Policy::load(&path).unwrap();
+        let narrowed = policy
+            .allow_list_narrowed(&["10.0.0.5:636".parse().unwrap()])
+            .unwrap();
+        assert_eq!(narrowed.entries().len(), 1);
+        assert_eq!(narrowed.entries()[0].purpose, "directory");
+        assert_eq!(narrowed.entries()[0].to.to_string(), "10.0.0.5:636");
+        for wider in ["10.0.0.0/16:636", "10.0.0.5:389", "10.0.1.5:636"] {
+            let error = policy
+                .allow_list_narrowed(&[wider.parse().unwrap()])
+                .unwrap_err();
+            assert!(error.contains("never widen"), "{wider}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_host_name_or_an_unexplained_egress_entry_is_refused_with_the_reason() {
+        let (_dir, path) = policy_file();
+        for (entry, reason) in [
+            (
+                r#"{ to = "ldap.corp.example:636", purpose = "directory", owner = "it-ops" }"#,
+                "egress.allow[0]: \"ldap.corp.example:636\" is not an IP address or CIDR range: airlock resolves no names",
+            ),
+            (
+                r#"{ to = "10.0.0.5:636", purpose = "", owner = "it-ops" }"#,
+                "has no purpose",
+            ),
+            (
+                r#"{ to = "10.0.0.5:636", purpose = "directory", owner = "it-ops", until = "next year" }"#,
+                "is not a date",
+            ),
+            (
+                r#"{ to = "10.0.0.5:636", purpose = "directory" }"#,
+                "missing field `owner`",
+            ),
+        ] {
+            std::fs::write(&path, with_egress(entry)).unwrap();
+            let error = Policy::load(&path).unwrap_err().to_string();
+            assert!(error.contains(reason), "{entry}: {error}");
+            assert!(!error.contains('\n'), "one line: {error}");
+        }
     }
 
     #[test]

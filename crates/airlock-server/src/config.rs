@@ -38,6 +38,17 @@ pub struct RawConfig {
     /// Knowledge collections to serve for search; absent: every collection of the data
     /// directory.
     pub collections: Option<Vec<String>>,
+    /// `[egress]`: narrows the registry policy's allow-list for this server.
+    pub egress: Option<RawEgress>,
+}
+
+/// `[egress]` of a server's configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    /// Destinations (`10.0.0.5:636`, `10.0.0.0/24:636`), each within an entry of the
+    /// registry's `policy.toml` `[egress]`: a server may narrow the list, never widen it.
+    pub allow: Vec<String>,
 }
 
 /// One served model.
@@ -169,6 +180,8 @@ pub struct Config {
     pub log_bodies: bool,
     /// Collections to serve; `None`: every one the data directory holds.
     pub collections: Option<Vec<String>>,
+    /// The destinations of the registry's egress allow-list this server keeps; `None`: all.
+    pub egress: Option<Vec<airlock_confine::Destinations>>,
 }
 
 /// A model to serve.
@@ -427,6 +440,18 @@ impl RawConfig {
             ));
         }
         let oidc = self.auth.oidc.map(|o| validate_oidc(o, &bad)).transpose()?;
+        let egress = self
+            .egress
+            .map(|e| {
+                e.allow
+                    .iter()
+                    .map(|to| {
+                        to.parse::<airlock_confine::Destinations>()
+                            .map_err(|error| bad(format!("egress.allow: {error}")))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
         let defaults = Limits::default();
         let l = self.limits;
         let limits = Limits {
@@ -491,6 +516,7 @@ impl RawConfig {
             limits,
             log_bodies: self.audit.log_bodies.unwrap_or(false),
             collections: self.collections,
+            egress,
         })
     }
 }

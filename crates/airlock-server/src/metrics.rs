@@ -204,8 +204,26 @@ impl Metrics {
             "airlock_egress_refused_total {}",
             airlock_confine::blocked_total()
         );
+        out.push_str(
+            "# HELP airlock_egress_total Connections the egress allow-list let through and attempts the kernel refused, by destination (at most 256 told apart; the rest under \"other\").\n",
+        );
+        out.push_str("# TYPE airlock_egress_total counter\n");
+        for (destination, decision, count) in airlock_confine::egress_by_destination() {
+            let _ = writeln!(
+                out,
+                "airlock_egress_total{{destination=\"{}\",decision=\"{decision}\"}} {count}",
+                label_value(&destination)
+            );
+        }
         out
     }
+}
+
+/// `text` as a Prometheus label value: backslash, quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Writes an unlabelled counter with its help and type lines.

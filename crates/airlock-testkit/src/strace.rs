@@ -1,9 +1,10 @@
 //! Reads `strace -f -e trace=network,openat` output and names every sign that a traced
 //! process tried to reach beyond the machine: a connect or an addressed send to anything but
 //! loopback, anything to port 53, a DNS resolver's unix socket, or the resolver's files opened
-//! (a lookup starts there, before any packet).
+//! (a lookup starts there, before any packet). A run with an egress allow-list may also
+//! connect to the destinations on it, and to nothing else ([`violations_allowing`]).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// One line of a trace that breaks network silence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,13 @@ const RESOLVER_SOCKETS: [&str; 3] = [
 /// Every violation in `trace`.
 #[must_use]
 pub fn violations(trace: &str) -> Vec<Violation> {
+    violations_allowing(trace, &[])
+}
+
+/// Every violation in `trace` of a run whose allow-list holds `allowed`: a connect to one of
+/// them is not one (an addressed send still is: the seal lets only connects through).
+#[must_use]
+pub fn violations_allowing(trace: &str, allowed: &[SocketAddr]) -> Vec<Violation> {
     let mut out = Vec::new();
     for (index, text) in trace.lines().enumerate() {
         let found = |reason: String| Violation {
@@ -80,7 +88,9 @@ pub fn violations(trace: &str) -> Vec<Violation> {
         }
         for (ip, port) in inet_addresses(text) {
             // Binding the wildcard address listens; it reaches nothing.
-            let local = ip.is_loopback() || (call == "bind" && ip.is_unspecified());
+            let local = ip.is_loopback()
+                || (call == "bind" && ip.is_unspecified())
+                || (call == "connect" && allowed.contains(&SocketAddr::new(ip, port)));
             if port == 53 {
                 out.push(found(format!("name lookup: {call} to {ip} port 53")));
             } else if !local {
@@ -163,6 +173,35 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].reason, "connect to 192.0.2.1:443, not loopback");
         assert_eq!(found[0].line, 10);
+    }
+
+    #[test]
+    fn with_an_allow_list_only_connects_to_its_destinations_pass() {
+        let to = |ip: &str, port: u16| {
+            format!(
+                "7 connect(5, {{sa_family=AF_INET, sin_port=htons({port}), sin_addr=inet_addr(\"{ip}\")}}, 16) = 0\n"
+            )
+        };
+        let allowed: SocketAddr = "10.77.0.2:8636".parse().unwrap();
+        let trace = format!(
+            "{}{}{}7 sendto(5, \"x\", 1, 0, {{sa_family=AF_INET, sin_port=htons(8636), sin_addr=inet_addr(\"10.77.0.2\")}}, 16) = 1\n",
+            to("10.77.0.2", 8636),
+            to("10.77.0.3", 8636),
+            to("10.77.0.2", 8637),
+        );
+        let reasons: Vec<String> = violations_allowing(&trace, &[allowed])
+            .into_iter()
+            .map(|v| v.reason)
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "connect to 10.77.0.3:8636, not loopback",
+                "connect to 10.77.0.2:8637, not loopback",
+                "sendto to 10.77.0.2:8636, not loopback",
+            ]
+        );
+        assert_eq!(violations(&to("10.77.0.2", 8636)).len(), 1);
     }
 
     #[test]

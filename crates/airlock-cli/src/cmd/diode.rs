@@ -78,6 +78,7 @@ fn receive(args: DiodeReceiveArgs, limits: &Limits, no_sandbox: bool) -> anyhow:
             write: vec![crate::confinement::made(&args.out)],
             ..Paths::default()
         },
+        egress: airlock_confine::AllowList::default(),
     };
     crate::confinement::apply(&policy, None, "diode receive", no_sandbox)?;
     let local = socket.local_addr()?;

@@ -50,6 +50,7 @@ pub(crate) fn run(
         Probe::NotRefused(why) => (false, why.clone()),
     };
     let logged = airlock_confine::blocked_total() > blocked_before;
+    let (egress, egress_ok) = try_allow_list(data, report.is_some());
     let permissions = owner_only(data);
     let permissions_ok = permissions.iter().all(|p| p["owner_only"] != false);
     let listening = listening_addresses();
@@ -57,7 +58,7 @@ pub(crate) fn run(
         .iter()
         .map(|(k, v)| ((*k).to_owned(), json!(v)))
         .collect();
-    let ok = probe_ok && seccomp_status == "2" && no_new_privs && permissions_ok;
+    let ok = probe_ok && seccomp_status == "2" && no_new_privs && permissions_ok && egress_ok;
     let result = json!({
         "ok": ok,
         "seal": seal,
@@ -65,6 +66,7 @@ pub(crate) fn run(
         "seccomp_status": seccomp_status,
         "no_new_privs": no_new_privs,
         "probe": {"address": PROBE_ADDRESS, "refused": probe_ok, "logged": logged, "detail": probe_detail},
+        "egress": egress,
         "listening": listening,
         "engine_offline_environment": offline,
         "permissions": permissions,
@@ -134,6 +136,29 @@ fn text(r: &Value) -> String {
         },
         r["probe"]["detail"].as_str().unwrap_or("")
     ));
+    let entries = r["egress"].as_array().map_or(&[][..], Vec::as_slice);
+    if entries.is_empty() {
+        out.push_str("info egress allow-list: empty (policy.toml [egress]); nothing leaves\n");
+    }
+    for e in entries {
+        let mark = match e["state"].as_str() {
+            Some("reached" | "expired, refused") => "ok  ",
+            Some("unreachable") => "warn",
+            _ => "FAIL",
+        };
+        out.push_str(&format!(
+            "{mark} egress {} {} ({}, owner {}, until {}): {}{}\n",
+            e["to"].as_str().unwrap_or(""),
+            if e["udp"] == true { "tcp+udp" } else { "tcp" },
+            e["purpose"].as_str().unwrap_or(""),
+            e["owner"].as_str().unwrap_or(""),
+            e["until"].as_str().unwrap_or("no end"),
+            e["state"].as_str().unwrap_or(""),
+            e["detail"]
+                .as_str()
+                .map_or(String::new(), |d| format!(" ({d})"))
+        ));
+    }
     for p in r["permissions"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "{} {} mode {} {}\n",
@@ -172,6 +197,45 @@ fn text(r: &Value) -> String {
         offline.join(" ")
     ));
     out
+}
+
+/// Each entry of the egress allow-list, tried: an entry in force must get through the seal
+/// (a destination that does not answer is a warning: the seal let it through), a lapsed one
+/// must be refused. Returns the entries and whether the list is in force as written.
+fn try_allow_list(data: &Path, sealed: bool) -> (Vec<Value>, bool) {
+    let path = Layout::new(data).policy();
+    let Ok(policy) = airlock_registry::Policy::load(&path) else {
+        return (Vec::new(), true);
+    };
+    let now = std::time::SystemTime::now();
+    let mut ok = true;
+    let entries = policy
+        .egress
+        .iter()
+        .map(|grant| {
+            let allowed = &grant.allowed;
+            let expired = allowed.expired(now);
+            let (state, detail) = match (airlock_confine::probe(allowed.to.first()), expired) {
+                (Probe::NotRefused(d), false) if d.starts_with("connected") => ("reached", d),
+                (Probe::NotRefused(d), false) => ("unreachable", d),
+                (Probe::Refused(d), true) => ("expired, refused", d),
+                (Probe::Refused(d), false) => {
+                    ok &= !sealed;
+                    ("refused though allowed", d)
+                }
+                (Probe::NotRefused(d), true) => {
+                    ok &= !sealed;
+                    ("expired but not refused", d)
+                }
+            };
+            json!({
+                "to": allowed.to.to_string(), "udp": allowed.udp, "purpose": allowed.purpose,
+                "owner": grant.owner, "until": grant.until_text, "expired": expired,
+                "tried": allowed.to.first().to_string(), "state": state, "detail": detail,
+            })
+        })
+        .collect();
+    (entries, ok)
 }
 
 /// The data directory, its keys and its audit log, with whether others can read them.

@@ -4,6 +4,7 @@ mod ask;
 mod audit;
 mod diode;
 mod doctor;
+mod egress;
 mod eval;
 mod inspect;
 mod keygen;
@@ -24,7 +25,7 @@ use std::process::ExitCode;
 use airlock_bundle::{Limits, PrivateKey};
 use anyhow::Context as _;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, EgressCommand};
 
 /// Runs the parsed command line.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -49,6 +50,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diode(cmd) => diode::run(cmd, &limits, no_sandbox),
         Command::Trust(cmd) => trust::run(cmd, &data_dir(data)?),
         Command::Audit(cmd) => audit::run(cmd, &data_dir(data)?),
+        Command::Egress(EgressCommand::Log(args)) => egress::log(&args, &data_dir(data)?),
         Command::Run(args) => run::chat(*args, &data_dir(data)?),
         Command::Eval(args) => eval::eval(*args, data, &limits),
         Command::Quantize(args) => eval::quantize(*args, &limits),

@@ -41,7 +41,7 @@ pub(crate) fn serve(
     listener
         .set_nonblocking(true)
         .context("making the listening socket non-blocking")?;
-    let policy = crate::confinement::server_policy(&config, args.config.config.as_deref());
+    let policy = crate::confinement::server_policy(&config, args.config.config.as_deref())?;
     let data_dir = config.data_dir.clone();
     crate::confinement::apply(&policy, Some(&data_dir), "serve", no_sandbox)?;
     // Warnings and errors (audit failures, llama.cpp) go to stderr.
@@ -150,7 +150,7 @@ pub(crate) fn config(
 ) -> anyhow::Result<ExitCode> {
     let ConfigCommand::Check(args) = command;
     let config = resolve(&args.config, data)?;
-    let policy = crate::confinement::server_policy(&config, args.config.config.as_deref());
+    let policy = crate::confinement::server_policy(&config, args.config.config.as_deref())?;
     let data_dir = config.data_dir.clone();
     crate::confinement::apply(&policy, Some(&data_dir), "config check", no_sandbox)?;
     if let Some(oidc) = &config.oidc {
