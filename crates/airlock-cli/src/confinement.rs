@@ -254,10 +254,11 @@ impl AuditedEgress {
 }
 
 impl AuditedEgress {
-    /// Appends an `egress.refused` entry made by `entry` from the registry's actor.
-    fn append(&self, entry: impl FnOnce(&str) -> Entry) {
+    /// Appends an egress entry made by `entry` from the registry's actor; returns whether it
+    /// is in the log.
+    fn append(&self, entry: impl FnOnce(&str) -> Entry) -> bool {
         let Some(data) = &self.data else {
-            return;
+            return false;
         };
         let appended = crate::cmd::open_registry(data).and_then(|registry| {
             registry
@@ -265,8 +266,12 @@ impl AuditedEgress {
                 .append(entry(registry.actor()).detail("command", self.command.clone()))?;
             Ok(())
         });
-        if let Err(error) = appended {
-            eprintln!("airlock: the refusal above is not in the audit log: {error:#}");
+        match appended {
+            Ok(()) => true,
+            Err(error) => {
+                eprintln!("airlock: an egress entry is not in the audit log: {error:#}");
+                false
+            }
         }
     }
 }
@@ -274,7 +279,7 @@ impl AuditedEgress {
 impl EgressLog for AuditedEgress {
     fn record(&self, attempt: &Attempt) {
         eprintln!("airlock: {attempt}");
-        self.append(|actor| {
+        let _ = self.append(|actor| {
             Entry::new(actor, "egress.refused", Outcome::Refused)
                 .detail("pid", attempt.pid)
                 .detail("process", attempt.process.clone())
@@ -285,37 +290,43 @@ impl EgressLog for AuditedEgress {
         });
     }
 
-    fn allowed(&self, connection: &Connection) {
+    fn allowed(&self, connection: &Connection) -> bool {
         self.append(|actor| {
             Entry::new(actor, "egress.allowed", Outcome::Ok)
                 .detail("pid", connection.pid)
                 .detail("process", connection.process.clone())
                 .detail("syscall", "connect")
-                .detail("transport", connection.transport.name())
+                .detail("transport", "tcp")
                 .detail("destination", connection.destination.to_string())
                 .detail("purpose", connection.purpose.clone())
                 .detail("decision", "allowed")
                 .detail("count", 1)
-        });
+        })
     }
 
     fn summarise(&self, summary: &Summary) {
         let at = |time: std::time::SystemTime| humantime::format_rfc3339_millis(time).to_string();
         eprintln!(
-            "airlock: {} more {} to {} by {} refused between {} and {} (counted, not logged one by one)",
+            "airlock: {} more {} to {} by {} {} between {} and {} (counted, not logged one by one)",
             summary.count,
             summary.syscall,
             summary.destination,
             summary.process,
+            summary.decision,
             at(summary.first),
             at(summary.last)
         );
-        self.append(|actor| {
-            Entry::new(actor, "egress.refused", Outcome::Refused)
+        let (action, outcome) = if summary.decision == "allowed" {
+            ("egress.allowed", Outcome::Ok)
+        } else {
+            ("egress.refused", Outcome::Refused)
+        };
+        let _ = self.append(|actor| {
+            Entry::new(actor, action, outcome)
                 .detail("process", summary.process.clone())
                 .detail("syscall", summary.syscall)
                 .detail("destination", summary.destination.clone())
-                .detail("decision", "refused")
+                .detail("decision", summary.decision)
                 .detail("count", summary.count)
                 .detail("summary", true)
                 .detail("first", at(summary.first))

@@ -146,7 +146,7 @@ fn doctor_tries_each_allowed_destination_and_a_lapsed_one_is_refused() {
     let text = site.cmd(&["doctor"]).ok().stdout;
     assert!(
         text.contains(&format!(
-            "ok   egress {allowed} tcp (object store, owner it-ops, until no end): reached"
+            "ok   egress {allowed} (object store, owner it-ops, until no end): reached (connected"
         )),
         "{text}"
     );
@@ -202,7 +202,11 @@ fn a_servers_configuration_may_narrow_the_allow_list_and_never_widen_it() {
         .unwrap();
         site.cmd(&["config", "check", "--config", config.to_str().unwrap()])
     };
-    check("\"10.0.0.5:636\"").ok();
+    let narrowed = check("\"10.0.0.5:636\"").ok().stdout;
+    assert!(
+        narrowed.contains("egress: 10.0.0.5:636 (directory, until no end)"),
+        "{narrowed}"
+    );
     for wider in ["10.0.0.0/16:636", "10.0.0.5:389", "10.0.1.5:636"] {
         let failed = check(&format!("{wider:?}"));
         assert_ne!(failed.code, 0, "{wider}");

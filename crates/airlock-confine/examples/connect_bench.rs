@@ -1,7 +1,7 @@
 //! What one allowed connection costs: `connect_bench sealed|open N` connects N times to a
 //! listener of its own on loopback, either sealed with that listener as the allow-list's one
-//! destination (each connect goes to the seal's listener, is recorded, made by a connector and
-//! handed in) or not confined at all, and prints the latencies as one JSON line.
+//! destination (each connect goes to the seal's listener, is recorded or, past the log's
+//! bound per minute, counted, made by a connector and handed in) or not confined at all, and prints the latencies as one JSON line.
 //! `scripts/bench-egress.sh` runs both in turns and prints the ratio.
 
 #![allow(
@@ -26,8 +26,9 @@ struct Counted(AtomicU64);
 
 impl EgressLog for Counted {
     fn record(&self, _: &Attempt) {}
-    fn allowed(&self, _: &Connection) {
+    fn allowed(&self, _: &Connection) -> bool {
         self.0.fetch_add(1, Ordering::Relaxed);
+        true
     }
     fn summarise(&self, _: &Summary) {}
 }
@@ -71,9 +72,14 @@ fn main() {
     micros.sort_by(f64::total_cmp);
     let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize];
     println!(
-        "{{\"mode\": \"{mode}\", \"connects\": {n}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"recorded\": {}}}",
+        "{{\"mode\": \"{mode}\", \"connects\": {n}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"recorded\": {}, \"counted\": {}}}",
         at(0.5),
         at(0.99),
-        log.0.load(Ordering::Relaxed)
+        log.0.load(Ordering::Relaxed),
+        airlock_confine::egress_by_destination()
+            .iter()
+            .filter(|(_, decision, _)| *decision == "allowed")
+            .map(|(_, _, count)| count)
+            .sum::<u64>()
     );
 }

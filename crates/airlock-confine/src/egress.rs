@@ -1,9 +1,14 @@
 //! The egress allow-list: the enclave's own services a sealed command may reach.
 //!
-//! Each entry is an address or CIDR range and one port, over TCP (and UDP where it says so),
-//! with the purpose it was granted for and when it lapses. Destinations are IP addresses
-//! only: a name would be resolved through a resolver that reaches out, and what it resolves
-//! to can change after the check. Everything not on the list stays refused.
+//! Each entry is an address or CIDR range and one port, reached over TCP, with the purpose it
+//! was granted for and when it lapses. Destinations are IP addresses only: a name would be
+//! resolved through a resolver that reaches out, and what it resolves to can change after the
+//! check. Everything not on the list stays refused.
+//!
+//! TCP only: a connection is made by the seal's listener and handed in, so what was checked
+//! is what is connected, and a TCP socket goes nowhere else afterwards. A datagram socket's
+//! every send may name another address, read from memory the caller can change after any
+//! check, so UDP is not let through at all.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -16,26 +21,6 @@ const MAX_TO: usize = 64;
 pub const MAX_ENTRIES: usize = 256;
 /// The longest purpose kept (it is written into every audit entry).
 const MAX_PURPOSE: usize = 200;
-
-/// Which transport an entry lets through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// A TCP connection.
-    Tcp,
-    /// A connected UDP socket.
-    Udp,
-}
-
-impl Transport {
-    /// `tcp` or `udp`.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        }
-    }
-}
 
 /// Addresses and one port: `10.0.0.5:636`, `10.0.0.0/24:636`, `[fd00::5]:443`,
 /// `[fd00::/64]:443`.
@@ -79,6 +64,7 @@ impl FromStr for Destinations {
         if text.len() > MAX_TO {
             return Err(ParseError::TooLong(text.chars().take(MAX_TO).collect()));
         }
+        let bracketed = text.starts_with('[');
         let (host, port) = if let Some(rest) = text.strip_prefix('[') {
             let (host, port) = rest
                 .split_once(']')
@@ -97,26 +83,43 @@ impl FromStr for Destinations {
             }
             (host, port)
         };
-        let port: u16 = port
-            .parse()
-            .ok()
+        // Digits only, as written: no sign, no leading zero.
+        let number = |digits: &str| {
+            (!digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" || !digits.starts_with('0')))
+            .then(|| digits.parse::<u32>().ok())
+            .flatten()
+        };
+        let port = number(port)
+            .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
             .ok_or_else(|| ParseError::BadPort(owned()))?;
         let (address, prefix) = match host.split_once('/') {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (host, None),
         };
-        let network: IpAddr = address
-            .parse()
-            .map_err(|_| ParseError::NotAnAddress(owned()))?;
-        let width = if network.is_ipv4() { 32 } else { 128 };
+        // Brackets hold an IPv6 address, and only they do.
+        let network: IpAddr = if bracketed {
+            address.parse::<std::net::Ipv6Addr>().map(IpAddr::V6)
+        } else {
+            address.parse::<std::net::Ipv4Addr>().map(IpAddr::V4)
+        }
+        .map_err(|_| ParseError::NotAnAddress(owned()))?;
+        let width: u8 = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => width,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
+            Some(p) => number(p)
+                .and_then(|p| u8::try_from(p).ok())
                 .filter(|p| *p <= width)
                 .ok_or_else(|| ParseError::BadPrefix(owned()))?,
+        };
+        // An IPv4-mapped range is the IPv4 range it maps: connects are matched as IPv4.
+        let (network, prefix) = match network {
+            IpAddr::V6(v6) if prefix >= 96 => v6
+                .to_ipv4_mapped()
+                .map_or((network, prefix), |v4| (IpAddr::V4(v4), prefix - 96)),
+            other => (other, prefix),
         };
         let parsed = Self {
             network,
@@ -215,8 +218,6 @@ impl fmt::Display for Destinations {
 pub struct Allowed {
     /// Where.
     pub to: Destinations,
-    /// Whether connected UDP sockets may reach it too (TCP always may).
-    pub udp: bool,
     /// Why, as written into every audit entry of a connection it lets through.
     pub purpose: String,
     /// When it lapses; past this it is refused like any other destination.
@@ -229,7 +230,6 @@ impl Allowed {
     pub fn new(to: Destinations, purpose: &str) -> Self {
         Self {
             to,
-            udp: false,
             purpose: purpose.chars().take(MAX_PURPOSE).collect(),
             until: None,
         }
@@ -274,12 +274,6 @@ impl AllowList {
         self.entries.is_empty()
     }
 
-    /// Whether any entry lets UDP through (else no UDP socket may even be made).
-    #[must_use]
-    pub fn any_udp(&self) -> bool {
-        self.entries.iter().any(|e| e.udp)
-    }
-
     /// The ports TCP may connect to (for Landlock's rule).
     #[must_use]
     pub fn tcp_ports(&self) -> Vec<u16> {
@@ -289,17 +283,12 @@ impl AllowList {
         ports
     }
 
-    /// The entry that lets `transport` reach `address` at `now`, if one does.
+    /// The entry that lets a TCP connection reach `address` at `now`, if one does.
     #[must_use]
-    pub fn permits(
-        &self,
-        address: SocketAddr,
-        transport: Transport,
-        now: SystemTime,
-    ) -> Option<&Allowed> {
-        self.entries.iter().find(|e| {
-            e.to.contains(address) && (transport == Transport::Tcp || e.udp) && !e.expired(now)
-        })
+    pub fn permits(&self, address: SocketAddr, now: SystemTime) -> Option<&Allowed> {
+        self.entries
+            .iter()
+            .find(|e| e.to.contains(address) && !e.expired(now))
     }
 }
 
@@ -340,6 +329,13 @@ mod tests {
         assert!(v6.contains(addr("[fd00:1::42]:8443")));
         assert!(!v6.contains(addr("[fd00:2::42]:8443")));
         assert!(to("0.0.0.0/0:53").contains(addr("192.0.2.1:53")));
+        assert!(to("[::/0]:53").contains(addr("[fd00::1]:53")));
+        assert!(
+            !to("[::/0]:53").contains(addr("192.0.2.1:53")),
+            "IPv6 ranges hold no IPv4"
+        );
+        assert!(to("[fd00::1/128]:53").contains(addr("[fd00::1]:53")));
+        assert!(!to("10.0.0.1/32:53").contains(addr("10.0.0.2:53")));
     }
 
     #[test]
@@ -358,6 +354,11 @@ mod tests {
                 "host bits set past its prefix: write the network (10.0.0.0/24:1)",
             ),
             ("[fd00::5:443", "has no port"),
+            ("[10.0.0.5]:636", "not an IP address"),
+            ("10.0.0.5:+636", "no valid port"),
+            ("10.0.0.5:0636", "no valid port"),
+            ("10.0.0.0/+24:636", "prefix"),
+            ("10.0.0.0/024:636", "prefix"),
         ] {
             let error = text.parse::<Destinations>().unwrap_err().to_string();
             assert!(error.contains(want), "{text}: {error}");
@@ -374,38 +375,32 @@ mod tests {
     }
 
     #[test]
-    fn udp_needs_an_entry_that_says_so_and_a_lapsed_entry_lets_nothing_through() {
+    fn a_lapsed_entry_lets_nothing_through_from_the_moment_it_lapses() {
         let now = SystemTime::now();
-        let mut dns = Allowed::new(to("10.0.0.53:53"), "resolver");
-        dns.udp = true;
         let mut old = Allowed::new(to("10.0.0.9:443"), "old");
-        old.until = Some(now - Duration::from_secs(1));
+        old.until = Some(now);
+        let mut live = Allowed::new(to("10.0.0.10:443"), "live");
+        live.until = Some(now + Duration::from_secs(60));
         let list = AllowList::new(vec![
             Allowed::new(to("10.0.0.5:636"), "directory"),
-            dns,
             old,
+            live,
         ])
         .unwrap();
+        assert_eq!(
+            list.permits(addr("10.0.0.5:636"), now).unwrap().purpose,
+            "directory"
+        );
         assert!(
-            list.permits(addr("10.0.0.5:636"), Transport::Tcp, now)
+            list.permits(addr("10.0.0.9:443"), now).is_none(),
+            "at its lapse"
+        );
+        assert!(
+            list.permits(addr("10.0.0.9:443"), now - Duration::from_secs(1))
                 .is_some()
         );
-        assert!(
-            list.permits(addr("10.0.0.5:636"), Transport::Udp, now)
-                .is_none()
-        );
-        assert_eq!(
-            list.permits(addr("10.0.0.53:53"), Transport::Udp, now)
-                .unwrap()
-                .purpose,
-            "resolver"
-        );
-        assert!(
-            list.permits(addr("10.0.0.9:443"), Transport::Tcp, now)
-                .is_none()
-        );
-        assert_eq!(list.tcp_ports(), vec![53, 443, 636]);
-        assert!(list.any_udp());
+        assert!(list.permits(addr("10.0.0.10:443"), now).is_some());
+        assert_eq!(list.tcp_ports(), vec![443, 636]);
     }
 
     #[test]

@@ -72,15 +72,13 @@ pub(crate) fn connect_like(theirs: &OwnedFd, target: &OwnedFd) -> Result<OwnedFd
     Ok(ours)
 }
 
-/// A socket of `theirs`'s family (a duplicate of the caller's), of `transport`'s type and
-/// plain protocol whatever the caller asked for, connecting to `to`. A caller whose socket is
+/// A TCP socket of `theirs`'s family (a duplicate of the caller's), connecting to `to`. A caller whose socket is
 /// non-blocking gets it as its own connect would leave it: possibly still connecting
 /// (`InProgress`, to be answered `EINPROGRESS`); a blocking caller, connected, after at
 /// most [`IP_CONNECT_WAIT`].
 pub(crate) fn connect_ip(
     theirs: &OwnedFd,
     to: std::net::SocketAddr,
-    transport: crate::egress::Transport,
 ) -> Result<(OwnedFd, Progress), Errno> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     use rustix::net::SocketType;
@@ -88,14 +86,10 @@ pub(crate) fn connect_ip(
     if family != AddressFamily::INET && family != AddressFamily::INET6 {
         return Err(Errno::AFNOSUPPORT);
     }
-    let kind = match transport {
-        crate::egress::Transport::Tcp => SocketType::STREAM,
-        crate::egress::Transport::Udp => SocketType::DGRAM,
-    };
     let nonblocking = rustix::fs::fcntl_getfl(theirs)?.contains(OFlags::NONBLOCK);
     let ours = rustix::net::socket_with(
         family,
-        kind,
+        SocketType::STREAM,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )?;

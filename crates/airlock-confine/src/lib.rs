@@ -4,9 +4,12 @@
 //!
 //! - **the seal** (seccomp, [`seal`]): the network system calls of every thread, and of every
 //!   process started afterwards, go through a filter; what would leave the machine is refused
-//!   with `EPERM` and recorded with its destination ([`EgressLog`], [`blocked_total`]);
+//!   with `EPERM` and recorded with its destination ([`EgressLog`], [`blocked_total`]), but
+//!   connections to the egress allow-list's destinations ([`egress`]), which the listener
+//!   makes itself, records and hands in;
 //! - **the fence** (Landlock, [`fence`]): files only beneath the paths the command was given
-//!   and the system's libraries; TCP connect and bind refused outright;
+//!   and the system's libraries; TCP bind refused outright, and TCP connect but to the egress
+//!   allow-list's ports;
 //! - **no_new_privs**: nothing started afterwards gains privileges (set-uid binaries).
 //!
 //! The seal is required: a kernel that refuses it fails the command. The fence is best
@@ -32,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
-pub use egress::{AllowList, Allowed, Destinations, Transport};
+pub use egress::{AllowList, Allowed, Destinations};
 pub use engine_box::{BoxSpec, Contained, contain};
 pub use fence::{Fenced, Paths, parent_of};
 pub use seal::{EngineSockets, allow_engine_sockets};
@@ -136,27 +139,19 @@ pub struct Connection {
     pub pid: u32,
     /// As in [`Attempt::process`].
     pub process: String,
-    /// Where it goes.
+    /// Where it goes (over TCP).
     pub destination: std::net::SocketAddr,
-    /// Over what.
-    pub transport: Transport,
     /// The allow-list entry's purpose.
     pub purpose: String,
 }
 
 impl Connection {
-    pub(crate) fn now(
-        pid: u32,
-        destination: std::net::SocketAddr,
-        transport: Transport,
-        purpose: &str,
-    ) -> Self {
+    pub(crate) fn now(pid: u32, destination: std::net::SocketAddr, purpose: &str) -> Self {
         Self {
             time: SystemTime::now(),
             pid,
             process: process_name(pid),
             destination,
-            transport,
             purpose: purpose.to_owned(),
         }
     }
@@ -166,12 +161,8 @@ impl std::fmt::Display for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} connect to {} by pid {} ({}) allowed by the egress allow-list ({})",
-            self.transport.name(),
-            self.destination,
-            self.pid,
-            self.process,
-            self.purpose
+            "connect to {} by pid {} ({}) allowed by the egress allow-list ({})",
+            self.destination, self.pid, self.process, self.purpose
         )
     }
 }
@@ -188,8 +179,8 @@ fn process_name(pid: u32) -> String {
     }
 }
 
-/// Refusals of one kind in one interval that were counted but not recorded one by one
-/// ([`recorder`]).
+/// Refusals (or allowed connections) of one kind in one interval that were counted but not
+/// recorded one by one ([`recorder`]).
 #[derive(Debug, Clone)]
 pub struct Summary {
     /// The process name, as in [`Attempt::process`].
@@ -198,6 +189,8 @@ pub struct Summary {
     pub syscall: &'static str,
     /// Where they were going.
     pub destination: String,
+    /// `refused`, or `allowed` for connections the allow-list let through.
+    pub decision: &'static str,
     /// How many.
     pub count: u64,
     /// The first one's time.
@@ -212,8 +205,9 @@ pub struct Summary {
 pub trait EgressLog: Send + Sync {
     /// Records one refused attempt.
     fn record(&self, attempt: &Attempt);
-    /// Records one connection the allow-list let through, before it is made.
-    fn allowed(&self, connection: &Connection);
+    /// Records one connection the allow-list lets through, before it is made; returns
+    /// whether it is on record (a connection that is not, is refused).
+    fn allowed(&self, connection: &Connection) -> bool;
     /// Records refusals that were counted, not recorded one by one.
     fn summarise(&self, summary: &Summary);
 }

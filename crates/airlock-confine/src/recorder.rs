@@ -1,10 +1,11 @@
-//! Refused attempts on their way to the egress log, bounded.
+//! Refused attempts and allowed connections on their way to the egress log, bounded.
 //!
-//! A hostile process can make hundreds of refused calls a second; one durable audit entry
-//! each would grow the log by a gigabyte an hour. So, per interval ([`INTERVAL`]):
+//! A hostile process can make hundreds of refused calls a second, or connect to an allowed
+//! destination in a loop; one durable audit entry each would grow the log by a gigabyte an
+//! hour. So, per interval ([`INTERVAL`]), for refusals and allowed connections alike:
 //!
-//! - the first [`FIRST_OF_A_KIND`] refusals of each kind (process, system call, destination)
-//!   are entries of their own, at most [`MOST_ENTRIES`] in all;
+//! - the first [`FIRST_OF_A_KIND`] of each kind (process, system call, destination,
+//!   decision) are entries of their own, at most [`MOST_ENTRIES`] in all;
 //! - the rest are counted, and each kind with refusals left unrecorded gets one summary entry
 //!   with their number, first and last time when the interval ends;
 //! - at most [`MOST_KINDS`] kinds are told apart; refusals of further kinds are counted
@@ -21,6 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::{Attempt, Connection, EgressLog, Error, Summary};
 
+/// `allowed` or `refused`.
+type Decision = &'static str;
+
 /// How long one interval lasts.
 pub const INTERVAL: Duration = Duration::from_secs(60);
 /// Refusals of one kind recorded one by one in an interval.
@@ -34,12 +38,33 @@ const QUEUE: usize = 1024;
 /// How long the listener waits for an attempt to be on record before it answers anyway.
 const RECORD_WAIT: Duration = Duration::from_secs(2);
 
-/// What makes two refusals of the same kind.
+/// What makes two refusals, or two allowed connections, of the same kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Kind {
     process: String,
     syscall: &'static str,
     destination: String,
+    decision: Decision,
+}
+
+impl Kind {
+    fn of_attempt(attempt: &Attempt) -> Self {
+        Self {
+            process: attempt.process.clone(),
+            syscall: attempt.syscall,
+            destination: attempt.destination.to_string(),
+            decision: "refused",
+        }
+    }
+
+    fn of_connection(connection: &Connection) -> Self {
+        Self {
+            process: connection.process.clone(),
+            syscall: "connect",
+            destination: connection.destination.to_string(),
+            decision: "allowed",
+        }
+    }
 }
 
 /// Refusals of one kind not recorded one by one.
@@ -70,25 +95,20 @@ impl Interval {
         }
     }
 
-    /// Whether `attempt` gets an entry of its own; counts it either way.
-    fn admit(&mut self, attempt: &Attempt) -> bool {
-        let kind = Kind {
-            process: attempt.process.clone(),
-            syscall: attempt.syscall,
-            destination: attempt.destination.to_string(),
-        };
+    /// Whether an event of `kind` at `time` gets an entry of its own; counts it either way.
+    fn admit(&mut self, kind: Kind, time: SystemTime) -> bool {
         let fresh = Tally {
             recorded: 0,
             unrecorded: 0,
-            first: attempt.time,
-            last: attempt.time,
+            first: time,
+            last: time,
         };
         let tally = if self.kinds.contains_key(&kind) || self.kinds.len() < MOST_KINDS {
             self.kinds.entry(kind).or_insert(fresh)
         } else {
             self.others.get_or_insert(fresh)
         };
-        tally.last = attempt.time;
+        tally.last = time;
         let own_entry = tally.recorded < FIRST_OF_A_KIND && self.recorded < MOST_ENTRIES;
         if own_entry {
             tally.recorded += 1;
@@ -109,6 +129,7 @@ impl Interval {
                 process: kind.process,
                 syscall: kind.syscall,
                 destination: kind.destination,
+                decision: kind.decision,
                 count: t.unrecorded,
                 first: t.first,
                 last: t.last,
@@ -119,6 +140,7 @@ impl Interval {
                 process: "(several)".to_owned(),
                 syscall: "(several)",
                 destination: format!("(more than {MOST_KINDS} kinds)"),
+                decision: "(several)",
                 count: t.unrecorded,
                 first: t.first,
                 last: t.last,
@@ -131,8 +153,8 @@ impl Interval {
 
 enum Message {
     Attempt(Attempt, SyncSender<()>),
-    /// An allowed connection: every one is recorded, none only counted.
-    Allowed(Connection, SyncSender<()>),
+    /// An allowed connection; answered with whether it is on record (or counted).
+    Allowed(Connection, SyncSender<bool>),
     /// Write the summaries now (the process is about to end).
     Flush(SyncSender<()>),
 }
@@ -170,13 +192,24 @@ impl Recorder {
         }
     }
 
-    /// Records `connection`, waiting as [`Recorder::record`] does. Each one is recorded,
-    /// none only counted: a full queue makes the connection wait for room.
-    pub(crate) fn allowed(&self, connection: Connection) {
+    /// Records `connection` (or counts it, past the interval's bound) and says whether that
+    /// is done: no later than [`RECORD_WAIT`] for room in the queue and as long again for
+    /// the log, else `false`.
+    pub(crate) fn allowed(&self, connection: Connection) -> bool {
         let (done, recorded) = std::sync::mpsc::sync_channel(1);
-        if self.queue.send(Message::Allowed(connection, done)).is_ok() {
-            let _ = recorded.recv_timeout(RECORD_WAIT);
+        let deadline = Instant::now() + RECORD_WAIT;
+        let mut message = Message::Allowed(connection, done);
+        loop {
+            match self.queue.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    message = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
         }
+        recorded.recv_timeout(RECORD_WAIT).unwrap_or(false)
     }
 
     /// Writes the current interval's summaries now and waits for them (bounded).
@@ -199,14 +232,15 @@ fn record_until_closed(messages: &Receiver<Message>, log: &dyn EgressLog) {
         };
         match message {
             Some(Message::Attempt(attempt, done)) => {
-                if interval.admit(&attempt) {
+                if interval.admit(Kind::of_attempt(&attempt), attempt.time) {
                     log.record(&attempt);
                 }
                 let _ = done.try_send(());
             }
             Some(Message::Allowed(connection, done)) => {
-                log.allowed(&connection);
-                let _ = done.try_send(());
+                let kind = Kind::of_connection(&connection);
+                let on_record = !interval.admit(kind, connection.time) || log.allowed(&connection);
+                let _ = done.try_send(on_record);
             }
             Some(Message::Flush(done)) => {
                 for summary in std::mem::replace(&mut interval, Interval::new()).summaries() {
@@ -244,7 +278,10 @@ mod tests {
     fn a_flood_of_one_kind_is_a_few_entries_and_one_summary_with_the_rest_counted() {
         let mut interval = Interval::new();
         let admitted = (0..10_000)
-            .filter(|_| interval.admit(&attempt("/run/x.sock")))
+            .filter(|_| {
+                let a = attempt("/run/x.sock");
+                interval.admit(Kind::of_attempt(&a), a.time)
+            })
             .count();
         assert_eq!(admitted as u64, FIRST_OF_A_KIND);
         let summaries = interval.summaries();
@@ -257,7 +294,10 @@ mod tests {
         let mut interval = Interval::new();
         let total = 100_000u64;
         let admitted = (0..total)
-            .filter(|i| interval.admit(&attempt(&format!("/run/{}.sock", i % 5000))))
+            .filter(|i| {
+                let a = attempt(&format!("/run/{}.sock", i % 5000));
+                interval.admit(Kind::of_attempt(&a), a.time)
+            })
             .count() as u64;
         assert_eq!(admitted, MOST_ENTRIES);
         let summaries = interval.summaries();

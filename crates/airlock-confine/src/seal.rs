@@ -11,7 +11,8 @@
 //! What the filter decides alone: `socket()` of any family but `AF_UNIX`, and of `AF_INET`/
 //! `AF_INET6` as anything but plain TCP (another type, or SCTP, which connects through
 //! `setsockopt`), goes to the listener and is refused. A TCP socket may be made so that its
-//! `connect` shows where it was going; the connect is refused. `sendto` without an address
+//! `connect` shows where it was going; the connect is refused unless the egress allow-list
+//! ([`crate::egress`]) holds its destination, and then made by the listener and handed in. `sendto` without an address
 //! and without `MSG_FASTOPEN` (a connected socket: the server's replies) passes unchecked;
 //! `ioctl(TIOCSTI)`, which types into the terminal, is refused outright.
 //!
@@ -38,7 +39,7 @@ use libseccomp::{
 
 use std::time::SystemTime;
 
-use crate::egress::{AllowList, Transport};
+use crate::egress::AllowList;
 use crate::recorder::Recorder;
 use crate::sockaddr::{Destination, MAX_SOCKADDR};
 use crate::{Attempt, BLOCKED, Connection, EgressLog, Error, Network};
@@ -96,7 +97,6 @@ pub(crate) enum Verdict {
     /// listener makes the connection and hands it in.
     ConnectIp {
         to: std::net::SocketAddr,
-        transport: Transport,
         purpose: String,
     },
     Refuse(Destination),
@@ -267,22 +267,18 @@ pub(crate) fn decide(
             // An IP socket reaches the allow-list's destinations and nothing else; it is
             // never given a unix address (another thread could rewrite it after the check).
             if !unix_socket(args[0]) {
-                let transport = match task.socket_type(args[0]) {
-                    Some(libc::SOCK_STREAM) => Transport::Tcp,
-                    Some(libc::SOCK_DGRAM) => Transport::Udp,
-                    _ => return Verdict::Refuse(destination),
-                };
+                // TCP only (the filter lets no other IP socket be made; checked again here).
+                if task.socket_type(args[0]) != Some(libc::SOCK_STREAM) {
+                    return Verdict::Refuse(destination);
+                }
                 return match destination {
-                    Destination::Ip(to) => {
-                        match local.egress.permits(to, transport, SystemTime::now()) {
-                            Some(allowed) => Verdict::ConnectIp {
-                                to,
-                                transport,
-                                purpose: allowed.purpose.clone(),
-                            },
-                            None => Verdict::Refuse(destination),
-                        }
-                    }
+                    Destination::Ip(to) => match local.egress.permits(to, SystemTime::now()) {
+                        Some(allowed) => Verdict::ConnectIp {
+                            to,
+                            purpose: allowed.purpose.clone(),
+                        },
+                        None => Verdict::Refuse(destination),
+                    },
                     other => Verdict::Refuse(other),
                 };
             }
@@ -410,38 +406,9 @@ pub(crate) fn install(
         rule(Call::Socket, &[scmp_cmp!($arg0 == family)])?;
     }
     rule(Call::Socket, &[scmp_cmp!($arg0 > inet6)])?;
-    // UDP only where an allow-list entry says so, and then only plain UDP (not ICMP "ping"
-    // sockets or UDP-Lite), which reaches nothing until a connect the listener makes.
-    let udp_allowed = local.egress.any_udp();
-    let dgram = libc::SOCK_DGRAM as u64;
     for family in [inet, inet6] {
-        if udp_allowed {
-            let udp = libc::IPPROTO_UDP as u64;
-            for protocol in 1..udp {
-                rule(
-                    Call::Socket,
-                    &[
-                        scmp_cmp!($arg0 == family),
-                        scmp_cmp!($arg1 & 0xf == dgram),
-                        scmp_cmp!($arg2 == protocol),
-                    ],
-                )?;
-            }
-            rule(
-                Call::Socket,
-                &[
-                    scmp_cmp!($arg0 == family),
-                    scmp_cmp!($arg1 & 0xf == dgram),
-                    scmp_cmp!($arg2 > udp),
-                ],
-            )?;
-        } else {
-            rule(
-                Call::Socket,
-                &[scmp_cmp!($arg0 == family), scmp_cmp!($arg1 & 0xf == dgram)],
-            )?;
-        }
         for kind in [
+            libc::SOCK_DGRAM,
             libc::SOCK_RAW,
             libc::SOCK_RDM,
             libc::SOCK_SEQPACKET,
@@ -626,22 +593,21 @@ fn listen(
                     Err(_) => ScmpNotifResp::new_error(request.id, -libc::EAGAIN, flags),
                 }
             }
-            Verdict::ConnectIp {
-                to,
-                transport,
-                purpose,
-            } => {
+            Verdict::ConnectIp { to, purpose } => {
                 let job = Job {
                     id: request.id,
                     pid: request.pid,
                     slot: request.data.args[0],
-                    target: Target::Ip {
-                        to,
-                        transport,
-                        purpose,
-                    },
+                    target: Target::Ip { to, purpose },
                 };
-                match connector.ip.try_send(job) {
+                // The command's own connections apart from its engines', which cannot hold
+                // them up.
+                let queue = if own_thread {
+                    &connector.ip_own
+                } else {
+                    &connector.ip_started
+                };
+                match queue.try_send(job) {
                     Ok(()) => continue,
                     Err(_) => ScmpNotifResp::new_error(request.id, -libc::EAGAIN, flags),
                 }
@@ -672,7 +638,6 @@ enum Target {
     /// A destination of the egress allow-list, granted for `purpose`.
     Ip {
         to: std::net::SocketAddr,
-        transport: Transport,
         purpose: String,
     },
 }
@@ -680,48 +645,73 @@ enum Target {
 /// The threads that make allowed connections and hand them in. Their own `connect`s go
 /// through the filter like every thread's, and the listener lets them continue by thread
 /// id: the listener cannot connect itself, since nobody would be left to answer. Unix
-/// connects are local and quick, one thread makes them all; a connect to another machine may
-/// wait up to [`handover::IP_CONNECT_WAIT`], so several threads make those, and one slow
-/// destination cannot hold up the engines' sockets.
+/// connects are local and quick, one thread makes them all. A connect to another machine may
+/// wait up to [`handover::IP_CONNECT_WAIT`], so those have threads of their own: some for the
+/// command's own threads and some for the processes it started, so that an engine tying up
+/// its connectors cannot hold up the server's.
 ///
 /// [`handover::IP_CONNECT_WAIT`]: crate::handover::IP_CONNECT_WAIT
 struct Connector {
     unix: std::sync::mpsc::SyncSender<Job>,
-    ip: std::sync::mpsc::SyncSender<Job>,
+    ip_own: std::sync::mpsc::SyncSender<Job>,
+    ip_started: std::sync::mpsc::SyncSender<Job>,
     tids: Vec<u32>,
 }
 
 /// Connects waiting for a connector before further ones are refused with `EAGAIN`.
 const CONNECT_QUEUE: usize = 256;
-/// Threads making connections to the allow-list's destinations.
-const IP_CONNECTORS: usize = 4;
+/// Threads making connections to the allow-list's destinations, for each of the two kinds of
+/// caller.
+const IP_CONNECTORS: usize = 2;
+
+/// Ends the process if a connector thread ends: its thread id is trusted by the listener, and
+/// once reused by another thread (or a process an engine forks) would let connects through
+/// unchecked.
+struct AbortOnExit;
+
+impl Drop for AbortOnExit {
+    fn drop(&mut self) {
+        eprintln!("airlock: a connector of the network seal stopped; stopping");
+        std::process::abort();
+    }
+}
 
 impl Connector {
     fn start(notify: i32, recorder: &Recorder) -> Result<Self, Error> {
-        let (unix, unix_queue) = std::sync::mpsc::sync_channel::<Job>(CONNECT_QUEUE);
-        let (ip, ip_queue) = std::sync::mpsc::sync_channel::<Job>(CONNECT_QUEUE);
-        let unix_queue = Arc::new(std::sync::Mutex::new(unix_queue));
-        let ip_queue = Arc::new(std::sync::Mutex::new(ip_queue));
-        let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(IP_CONNECTORS + 1);
+        type Queue = Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>;
+        let queue = || {
+            let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(CONNECT_QUEUE);
+            (jobs, Arc::new(std::sync::Mutex::new(queue)))
+        };
+        let (unix, unix_queue) = queue();
+        let (ip_own, ip_own_queue) = queue();
+        let (ip_started, ip_started_queue) = queue();
+        let threads: Vec<Queue> = std::iter::once(unix_queue)
+            .chain(std::iter::repeat_n(ip_own_queue, IP_CONNECTORS))
+            .chain(std::iter::repeat_n(ip_started_queue, IP_CONNECTORS))
+            .collect();
+        let count = threads.len();
+        let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(count);
         let failed = |source: std::io::Error| Error::Seccomp {
             what: "starting the connector",
             reason: source.to_string(),
         };
-        let queues =
-            std::iter::once(unix_queue).chain(std::iter::repeat_n(ip_queue, IP_CONNECTORS));
-        for queue in queues {
+        for queue in threads {
             let tid_tx = tid_tx.clone();
             let recorder = recorder.clone();
             std::thread::Builder::new()
                 .name("airlock-connect".into())
                 .spawn(move || {
+                    let _abort_on_exit = AbortOnExit;
                     let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
                     drop(tid_tx);
                     loop {
-                        let job = match queue.lock() {
-                            Ok(jobs) => jobs.recv(),
-                            Err(_) => return,
-                        };
+                        let job = queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        // The listener holds the sending end for the life of the process:
+                        // without it nothing answers, and the process ends (`AbortOnExit`).
                         let Ok(job) = job else { return };
                         if let Err(errno) = connect_for(notify, &job, &recorder) {
                             let flags = ScmpNotifRespFlags::empty();
@@ -732,7 +722,7 @@ impl Connector {
                 })
                 .map_err(failed)?;
         }
-        let tids = (0..=IP_CONNECTORS)
+        let tids = (0..count)
             .map(|_| {
                 tid_rx
                     .recv()
@@ -741,13 +731,18 @@ impl Connector {
                     .ok_or_else(|| failed(std::io::Error::other("a connector did not start")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { unix, ip, tids })
+        Ok(Self {
+            unix,
+            ip_own,
+            ip_started,
+            tids,
+        })
     }
 }
 
 /// Makes the connection an allowed connect asked for, puts it in the caller's place and
-/// answers the caller's connect. A connection to the allow-list is on record before it is
-/// made.
+/// answers the caller's connect. A connection to the allow-list is made only once it is on
+/// record (or counted in a summary of a flood, [`crate::recorder`]).
 fn connect_for(notify: i32, job: &Job, recorder: &Recorder) -> Result<(), rustix::io::Errno> {
     use crate::handover::{self, Progress};
     let theirs = Caller(job.pid)
@@ -761,18 +756,20 @@ fn connect_for(notify: i32, job: &Job, recorder: &Recorder) -> Result<(), rustix
                 Progress::Connected,
             )
         }
-        Target::Ip {
-            to,
-            transport,
-            purpose,
-        } => {
+        Target::Ip { to, purpose } => {
             // The caller may have gone meanwhile: then nothing is connected or recorded.
             if notify_id_valid(notify, job.id).is_err() {
                 return Err(rustix::io::Errno::INTR);
             }
+            // Not on record, not made: a log that cannot take the entry refuses the
+            // connection.
+            if !recorder.allowed(Connection::now(job.pid, *to, purpose)) {
+                BLOCKED.fetch_add(1, Ordering::Relaxed);
+                crate::count_egress(to.to_string(), "refused");
+                return Err(rustix::io::Errno::PERM);
+            }
             crate::count_egress(to.to_string(), "allowed");
-            recorder.allowed(Connection::now(job.pid, *to, *transport, purpose));
-            handover::connect_ip(&theirs, *to, *transport)?
+            handover::connect_ip(&theirs, *to)?
         }
     };
     handover::hand_in(notify, job.id, &ours, job.slot)?;
@@ -885,6 +882,15 @@ mod tests {
         b
     }
 
+    fn inet6(a: std::net::Ipv6Addr, port: u16) -> Vec<u8> {
+        let mut b = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+        b.extend(port.to_be_bytes());
+        b.extend([0u8; 4]);
+        b.extend(a.octets());
+        b.extend([0u8; 4]);
+        b
+    }
+
     fn unix(path: &str) -> Vec<u8> {
         let mut b = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
         b.extend(path.as_bytes());
@@ -919,68 +925,84 @@ mod tests {
 
     #[test]
     fn the_allow_list_lets_its_destinations_through_to_the_listener_and_nothing_else() {
-        let mut resolver = Allowed::new("10.0.0.53:53".parse().unwrap(), "resolver");
-        resolver.udp = true;
         let mut lapsed = Allowed::new("10.0.0.9:443".parse().unwrap(), "lapsed");
         lapsed.until = Some(SystemTime::now() - std::time::Duration::from_secs(1));
         let reach = Reach::new(
             &[std::path::PathBuf::from("/tmp")],
             AllowList::new(vec![
                 Allowed::new("10.0.0.5:636".parse().unwrap(), "directory"),
-                resolver,
+                Allowed::new("[fd00::5]:443".parse().unwrap(), "object store"),
                 lapsed,
             ])
             .unwrap(),
         );
-        let connect = |to: Vec<u8>, kind: i32, reach: &Reach, network| {
-            let mut task = caller(libc::AF_INET, &[(0x1000, to)]);
+        let connect = |family: i32, to: Vec<u8>, kind: i32, reach: &Reach, network| {
+            let len = to.len() as u64;
+            let mut task = caller(family, &[(0x1000, to)]);
             task.types.insert(3, kind);
             decide(
                 network,
                 reach,
                 Call::Connect,
-                [3, 0x1000, 16, 0, 0, 0],
+                [3, 0x1000, len, 0, 0, 0],
                 &task,
             )
         };
         let sealed = Network::Sealed;
+        let (v4, v6, stream) = (libc::AF_INET, libc::AF_INET6, libc::SOCK_STREAM);
         assert_eq!(
-            connect(inet([10, 0, 0, 5], 636), libc::SOCK_STREAM, &reach, sealed),
+            connect(v4, inet([10, 0, 0, 5], 636), stream, &reach, sealed),
             Verdict::ConnectIp {
                 to: "10.0.0.5:636".parse().unwrap(),
-                transport: Transport::Tcp,
                 purpose: "directory".into()
             }
         );
-        for (to, kind) in [
-            (inet([10, 0, 0, 6], 636), libc::SOCK_STREAM), // another address, same port
-            (inet([10, 0, 0, 5], 389), libc::SOCK_STREAM), // same address, another port
-            (inet([10, 0, 0, 5], 636), libc::SOCK_DGRAM),  // UDP where the entry says TCP
-            (inet([10, 0, 0, 5], 636), libc::SOCK_RAW),    // neither
-            (inet([10, 0, 0, 9], 443), libc::SOCK_STREAM), // lapsed
+        // An IPv6 socket reaches an IPv4 entry through its mapped address, and IPv6 entries.
+        assert!(matches!(
+            connect(
+                v6,
+                inet6("::ffff:10.0.0.5".parse().unwrap(), 636),
+                stream,
+                &reach,
+                sealed
+            ),
+            Verdict::ConnectIp { .. }
+        ));
+        assert!(matches!(
+            connect(
+                v6,
+                inet6("fd00::5".parse().unwrap(), 443),
+                stream,
+                &reach,
+                sealed
+            ),
+            Verdict::ConnectIp { .. }
+        ));
+        for (family, to, kind) in [
+            (v4, inet([10, 0, 0, 6], 636), stream), // another address, same port
+            (v4, inet([10, 0, 0, 5], 389), stream), // same address, another port
+            (v4, inet([10, 0, 0, 9], 443), stream), // lapsed
+            (v6, inet6("fd00::6".parse().unwrap(), 443), stream),
+            (v4, inet([10, 0, 0, 5], 636), libc::SOCK_DGRAM), // UDP is never let through
+            (v4, inet([10, 0, 0, 5], 636), libc::SOCK_RAW),
+            (v4, unix("/tmp/x.sock"), stream), // a unix address on an IP socket
         ] {
             assert!(
                 matches!(
-                    connect(to.clone(), kind, &reach, sealed),
+                    connect(family, to.clone(), kind, &reach, sealed),
                     Verdict::Refuse(_)
                 ),
                 "{:?} {kind}",
                 Destination::parse(&to)
             );
         }
-        assert!(matches!(
-            connect(inet([10, 0, 0, 53], 53), libc::SOCK_DGRAM, &reach, sealed),
-            Verdict::ConnectIp {
-                transport: Transport::Udp,
-                ..
-            }
-        ));
         // A receive-only command sends nothing, whatever the list says; a process the command
         // started is held to the same list.
         assert!(matches!(
             connect(
+                v4,
                 inet([10, 0, 0, 5], 636),
-                libc::SOCK_STREAM,
+                stream,
                 &reach,
                 Network::ReceiveOnly
             ),
@@ -988,17 +1010,17 @@ mod tests {
         ));
         assert!(matches!(
             connect(
+                v4,
                 inet([10, 0, 0, 5], 636),
-                libc::SOCK_STREAM,
+                stream,
                 &reach.for_caller(false),
                 sealed
             ),
             Verdict::ConnectIp { .. }
         ));
-        // An allowed destination named in an addressed send is still refused: only a connect,
-        // made by the listener, reaches it.
-        let mut task = caller(libc::AF_INET, &[(0x1000, inet([10, 0, 0, 53], 53))]);
-        task.types.insert(3, libc::SOCK_DGRAM);
+        // An allowed destination named in a send is still refused: only a connect, made by
+        // the listener, reaches it.
+        let task = caller(v4, &[(0x1000, inet([10, 0, 0, 5], 636))]);
         assert!(matches!(
             decide(
                 sealed,

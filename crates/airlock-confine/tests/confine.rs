@@ -32,13 +32,12 @@ impl EgressLog for Recorded {
             .push(format!("{} {}", attempt.syscall, attempt.destination));
     }
 
-    fn allowed(&self, connection: &Connection) {
+    fn allowed(&self, connection: &Connection) -> bool {
         self.0.lock().unwrap().push(format!(
-            "allowed {} {} {}",
-            connection.transport.name(),
-            connection.destination,
-            connection.purpose
+            "allowed {} {}",
+            connection.destination, connection.purpose
         ));
+        true
     }
 
     fn summarise(&self, summary: &Summary) {
@@ -246,11 +245,13 @@ fn child() {
 }
 
 /// The enclave's services, on loopback: a TCP service on the list, one whose entry has lapsed,
-/// and a UDP one on the list.
+/// and a UDP one whose address and port are on the list (which lets TCP through, never UDP),
+/// with a UDP socket made before confinement to try it with.
 struct Services {
     allowed: std::net::TcpListener,
     lapsed: std::net::TcpListener,
     datagrams: std::net::UdpSocket,
+    sender: std::net::UdpSocket,
 }
 
 impl Services {
@@ -259,6 +260,7 @@ impl Services {
             allowed: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
             lapsed: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
             datagrams: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            sender: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
         }
     }
 
@@ -268,8 +270,7 @@ impl Services {
         };
         let mut lapsed = entry(self.lapsed.local_addr().unwrap(), "lapsed");
         lapsed.until = Some(std::time::SystemTime::now());
-        let mut datagrams = entry(self.datagrams.local_addr().unwrap(), "datagrams");
-        datagrams.udp = true;
+        let datagrams = entry(self.datagrams.local_addr().unwrap(), "datagrams");
         AllowList::new(vec![
             entry(self.allowed.local_addr().unwrap(), "directory"),
             lapsed,
@@ -315,36 +316,38 @@ impl Services {
             "lapsed refused {}",
             refused(self.lapsed.local_addr().unwrap())
         ));
-        // UDP: only through a connect, which the listener makes.
+        // UDP never: no new datagram socket, and one made before reaches nothing on the list.
         let udp = self.datagrams.local_addr().unwrap();
-        let socket = rustix::net::socket(
-            rustix::net::AddressFamily::INET,
-            rustix::net::SocketType::DGRAM,
-            None,
-        )
-        .unwrap();
-        rustix::net::connect(&socket, &udp).unwrap();
-        rustix::net::send(&socket, b"datagram", rustix::net::SendFlags::empty()).unwrap();
-        let mut datagram = [0u8; 16];
-        let (n, _) = self.datagrams.recv_from(&mut datagram).unwrap();
-        say(format!("udp reached {}", &datagram[..n] == b"datagram"));
+        say(format!(
+            "new udp socket refused {}",
+            std::net::UdpSocket::bind("127.0.0.1:0").is_err()
+        ));
+        say(format!(
+            "udp connect refused {}",
+            self.sender.connect(udp).is_err()
+        ));
         say(format!(
             "udp sendto refused {}",
-            rustix::net::sendto(&socket, b"x", rustix::net::SendFlags::empty(), &udp).is_err()
+            self.sender.send_to(b"x", udp).is_err()
         ));
         // A process this one started is held to the same list.
         let bash = |to: SocketAddr| {
-            Command::new("/bin/bash")
+            let out = Command::new("/bin/bash")
                 .args(["-c", &format!("exec 3<>/dev/tcp/{}/{}", to.ip(), to.port())])
-                .status()
-                .unwrap()
-                .success()
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
         };
-        say(format!("child reached {}", bash(allowed)));
+        say(format!("child reached {}", bash(allowed).0));
         let _ = self.allowed.accept().unwrap();
+        // Refused by the kernel, not merely unanswered.
+        let (connected, error) = bash(SocketAddr::from(([127, 0, 0, 2], port)));
         say(format!(
             "child refused {}",
-            !bash(SocketAddr::from(([127, 0, 0, 2], port)))
+            !connected && error.contains("Operation not permitted")
         ));
         for line in log.0.lock().unwrap().iter() {
             say(format!("logged {line}"));
@@ -514,7 +517,7 @@ fn the_allow_list_reaches_its_destinations_and_refuses_every_other_with_the_reas
     let (dir, _, _) = layout();
     let out = scenario("egress", dir.path());
     let has = |line: &str| out.iter().any(|l| l == line);
-    for reached in ["tcp", "non-blocking", "udp", "child"] {
+    for reached in ["tcp", "non-blocking", "child"] {
         assert!(
             has(&format!("{reached} reached true")),
             "{reached}: {out:?}"
@@ -524,6 +527,8 @@ fn the_allow_list_reaches_its_destinations_and_refuses_every_other_with_the_reas
         "other address",
         "other port",
         "lapsed",
+        "new udp socket",
+        "udp connect",
         "udp sendto",
         "child",
     ] {
@@ -534,16 +539,25 @@ fn the_allow_list_reaches_its_destinations_and_refuses_every_other_with_the_reas
     }
     let logged = |prefix: &str| out.iter().filter(|l| l.starts_with(prefix)).count();
     // Every allowed connection is on record with its purpose: the client's two, the child's.
-    assert_eq!(logged("logged allowed tcp 127.0.0.1:"), 3, "{out:?}");
+    assert_eq!(logged("logged allowed 127.0.0.1:"), 3, "{out:?}");
     assert!(
         out.iter()
-            .any(|l| l.starts_with("logged allowed tcp") && l.ends_with(" directory")),
+            .any(|l| l.starts_with("logged allowed") && l.ends_with(" directory")),
         "{out:?}"
     );
-    assert_eq!(logged("logged allowed udp 127.0.0.1:"), 1, "{out:?}");
     assert!(logged("logged connect 127.0.0.2:") >= 2, "{out:?}");
+    assert!(logged("logged connect 127.0.0.1:") >= 3, "{out:?}");
     assert!(logged("logged sendto 127.0.0.1:") >= 1, "{out:?}");
-    assert!(logged("counted allowed 127.0.0.1:") >= 2, "{out:?}");
+    assert!(
+        has("logged socket new AF_INET SOCK_DGRAM socket"),
+        "{out:?}"
+    );
+    // Counted by destination for metrics: the three allowed connections to the one service.
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("counted allowed 127.0.0.1:") && l.ends_with(" 3")),
+        "{out:?}"
+    );
     assert!(logged("counted refused 127.0.0.2:") >= 1, "{out:?}");
 }
 

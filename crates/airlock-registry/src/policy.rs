@@ -118,8 +118,9 @@ struct RawAllow {
     to: String,
     purpose: String,
     owner: String,
-    /// A date (`2027-06-30`, through that day, UTC) or an RFC 3339 time; quoted or not.
+    /// A date (`2027-06-30`, through that day, UTC) or an RFC 3339 UTC time; quoted or not.
     until: Option<toml::Value>,
+    /// Refused when true, with the reason (rather than as an unknown field).
     #[serde(default)]
     udp: bool,
 }
@@ -343,10 +344,12 @@ impl Policy {
         let narrowed = wanted
             .iter()
             .map(|to| {
-                let grant = self
-                    .egress
-                    .iter()
-                    .find(|g| g.allowed.to.covers(to))
+                // An entry in force before a lapsed one that also covers it.
+                let now = std::time::SystemTime::now();
+                let covering = || self.egress.iter().filter(|g| g.allowed.to.covers(to));
+                let grant = covering()
+                    .find(|g| !g.allowed.expired(now))
+                    .or_else(|| covering().next())
                     .ok_or_else(|| {
                         format!(
                             "egress.allow {to} lies within no entry of policy.toml's [egress]: a server's configuration may narrow the list, never widen it"
@@ -385,6 +388,12 @@ const MAX_EGRESS_TEXT: usize = 200;
 impl EgressGrant {
     fn parse(raw: RawAllow) -> std::result::Result<Self, String> {
         let to: airlock_confine::Destinations = raw.to.parse().map_err(|e| format!("{e}"))?;
+        if raw.udp {
+            return Err(format!(
+                "{}: udp is not let through: a datagram's every send may name another address, read from memory the sender can change after any check (TCP only)",
+                raw.to
+            ));
+        }
         for (field, value) in [("purpose", &raw.purpose), ("owner", &raw.owner)] {
             if value.trim().is_empty() {
                 return Err(format!(
@@ -402,7 +411,6 @@ impl EgressGrant {
         });
         let until = until_text.as_deref().map(lapses_at).transpose()?;
         let mut allowed = airlock_confine::Allowed::new(to, &raw.purpose);
-        allowed.udp = raw.udp;
         allowed.until = until;
         Ok(Self {
             allowed,
@@ -413,15 +421,19 @@ impl EgressGrant {
 }
 
 /// When an entry `until` `text` lapses: a date lapses at the end of that day (UTC), a time
-/// at that time.
+/// (RFC 3339, UTC: ending in `Z`) at that time.
 fn lapses_at(text: &str) -> std::result::Result<std::time::SystemTime, String> {
-    let bad = || format!("until {text:?} is not a date (2027-06-30) or an RFC 3339 time");
+    let bad = || {
+        format!(
+            "until {text:?} is not a date (2027-06-30) or an RFC 3339 UTC time (2027-06-30T18:00:00Z)"
+        )
+    };
     let is_date = text.len() == 10 && text.as_bytes().get(4) == Some(&b'-');
     if is_date {
         let midnight = humantime::parse_rfc3339(&format!("{text}T00:00:00Z")).map_err(|_| bad())?;
         Ok(midnight + std::time::Duration::from_secs(24 * 3600))
     } else {
-        humantime::parse_rfc3339_weak(text).map_err(|_| bad())
+        humantime::parse_rfc3339(text).map_err(|_| bad())
     }
 }
 
@@ -575,7 +587,7 @@ mod tests {
             with_egress(
                 r#"{ to = "10.0.0.5:636", purpose = "directory", owner = "it-ops", until = "2027-06-30" },
   { to = "10.1.0.0/16:8333", purpose = "object store", owner = "storage", until = 2027-01-01T12:00:00Z },
-  { to = "[fd00::53]:53", purpose = "resolver", owner = "net", udp = true },"#,
+  { to = "[fd00::53]:8443", purpose = "registry node", owner = "platform" },"#,
             ),
         )
         .unwrap();
@@ -589,22 +601,17 @@ mod tests {
             policy.egress[1].allowed.until,
             Some(humantime::parse_rfc3339("2027-01-01T12:00:00Z").unwrap())
         );
-        assert!(policy.egress[2].allowed.udp && policy.egress[2].allowed.until.is_none());
+        assert!(policy.egress[2].allowed.until.is_none());
         let list = policy.allow_list();
         let before = humantime::parse_rfc3339("2027-06-30T23:59:59Z").unwrap();
-        let t = airlock_confine::Transport::Tcp;
+        let permits = |to: &str, at| list.permits(to.parse().unwrap(), at).is_some();
+        assert!(permits("10.0.0.5:636", before));
+        assert!(!permits("10.0.0.5:636", end_of_day));
         assert!(
-            list.permits("10.0.0.5:636".parse().unwrap(), t, before)
-                .is_some()
+            !permits("10.1.7.7:8333", before),
+            "lapsed at noon on 1 January 2027"
         );
-        assert!(
-            list.permits("10.0.0.5:636".parse().unwrap(), t, end_of_day)
-                .is_none()
-        );
-        assert!(
-            list.permits("10.1.7.7:8333".parse().unwrap(), t, before)
-                .is_none()
-        );
+        assert!(permits("[fd00::53]:8443", before));
     }
 
     #[test]
@@ -649,6 +656,14 @@ mod tests {
             (
                 r#"{ to = "10.0.0.5:636", purpose = "directory" }"#,
                 "missing field `owner`",
+            ),
+            (
+                r#"{ to = "10.0.0.53:53", purpose = "resolver", owner = "net", udp = true }"#,
+                "udp is not let through",
+            ),
+            (
+                r#"{ to = "10.0.0.5:636", purpose = "directory", owner = "it-ops", until = "2027-06-30T18:00:00" }"#,
+                "RFC 3339 UTC time",
             ),
         ] {
             std::fs::write(&path, with_egress(entry)).unwrap();

@@ -30,7 +30,7 @@ pub(crate) fn run(
     };
     let fence = match report.map(|r| &r.fence) {
         Some(Fenced::Full) => {
-            json!({"active": true, "mode": "full", "detail": "Landlock: files beneath the data directory and system libraries only; TCP connect and bind refused"})
+            json!({"active": true, "mode": "full", "detail": "Landlock: files beneath the data directory and system libraries only; TCP bind refused, and TCP connect but to the egress allow-list's ports"})
         }
         Some(Fenced::Partial) => {
             json!({"active": true, "mode": "partial", "reason": "this kernel's Landlock ABI lacks some rights (TCP rules need ABI 4, Linux 6.7)"})
@@ -147,9 +147,8 @@ fn text(r: &Value) -> String {
             _ => "FAIL",
         };
         out.push_str(&format!(
-            "{mark} egress {} {} ({}, owner {}, until {}): {}{}\n",
+            "{mark} egress {} ({}, owner {}, until {}): {}{}\n",
             e["to"].as_str().unwrap_or(""),
-            if e["udp"] == true { "tcp+udp" } else { "tcp" },
             e["purpose"].as_str().unwrap_or(""),
             e["owner"].as_str().unwrap_or(""),
             e["until"].as_str().unwrap_or("no end"),
@@ -229,7 +228,7 @@ fn try_allow_list(data: &Path, sealed: bool) -> (Vec<Value>, bool) {
                 }
             };
             json!({
-                "to": allowed.to.to_string(), "udp": allowed.udp, "purpose": allowed.purpose,
+                "to": allowed.to.to_string(), "purpose": allowed.purpose,
                 "owner": grant.owner, "until": grant.until_text, "expired": expired,
                 "tried": allowed.to.first().to_string(), "state": state, "detail": detail,
             })

@@ -153,6 +153,18 @@ pub(crate) fn config(
     let policy = crate::confinement::server_policy(&config, args.config.config.as_deref())?;
     let data_dir = config.data_dir.clone();
     crate::confinement::apply(&policy, Some(&data_dir), "config check", no_sandbox)?;
+    // What this server may reach beyond the machine: the policy's list as narrowed here.
+    let egress: Vec<serde_json::Value> = policy
+        .egress
+        .entries()
+        .iter()
+        .map(|e| {
+            json!({
+                "to": e.to.to_string(), "purpose": e.purpose,
+                "until": e.until.map(|t| humantime::format_rfc3339(t).to_string()),
+            })
+        })
+        .collect();
     if let Some(oidc) = &config.oidc {
         airlock_server::auth::check_jwks(&oidc.jwks_file)?;
     }
@@ -177,6 +189,7 @@ pub(crate) fn config(
             "models": models,
             "oidc": config.oidc.as_ref().map(|o| json!({"issuer": o.issuer, "audience": o.audience, "jwks_file": o.jwks_file})),
             "log_bodies": config.log_bodies,
+            "egress": egress,
             "limits": {
                 "max_body_bytes": config.limits.max_body_bytes,
                 "max_tokens": config.limits.max_tokens,
@@ -205,6 +218,17 @@ pub(crate) fn config(
                 }
             };
             text.push_str(&format!("  {alias} = {} on {engine}\n", m.reference));
+        }
+        if egress.is_empty() {
+            text.push_str("egress: none (nothing leaves the machine)\n");
+        }
+        for e in &egress {
+            text.push_str(&format!(
+                "egress: {} ({}, until {})\n",
+                e["to"].as_str().unwrap_or(""),
+                e["purpose"].as_str().unwrap_or(""),
+                e["until"].as_str().unwrap_or("no end")
+            ));
         }
         output::out(&text)?;
     }
