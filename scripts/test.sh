@@ -54,7 +54,7 @@ step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnin
 # while they wait, and a spinning thread takes the core another test's model needs: three SDK
 # tests together took 428 s spinning, 89 s with waiting threads asleep.
 step "cargo test" env OMP_WAIT_POLICY=PASSIVE cargo test --workspace --locked
-step "benchmark: airlock verify beside sha256sum and openssl (4 GiB), memory bounded" bash scripts/bench-verify.sh --check
+step "benchmark: airlock verify beside sha256sum and openssl (1 GiB), memory bounded" bash scripts/bench-verify.sh --check
 step "benchmark: airlock import beside cp and sha256sum, audit appends with group commit" bash scripts/bench-import.sh --check
 step "benchmark: airlock diode beside udpcast on loopback, 0 % and 1 % loss" bash scripts/bench-diode.sh --check
 step "benchmark: embedded engine beside llama.cpp and onnxruntime (llama.cpp only if built)" bash scripts/bench-engine.sh --check
