@@ -136,7 +136,9 @@ pub fn receive(
         if rx.active.as_ref().is_some_and(Active::complete) {
             return rx.finish();
         }
-        if rx.last_useful.elapsed() >= options.idle_timeout {
+        if rx.last_useful.elapsed() >= options.idle_timeout
+            && !rx.active.as_ref().is_some_and(Active::busy)
+        {
             return rx.give_up();
         }
         if let Some(active) = rx.active.as_mut() {

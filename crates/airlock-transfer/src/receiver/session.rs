@@ -51,9 +51,11 @@ pub(super) struct Active {
     /// Block buffers the writer is done with, reused so blocks cost no page faults.
     spare_buffers: Vec<Vec<u8>>,
     tick: u64,
-    /// Bounded: when the writer falls behind, the reader waits for it rather than queueing
-    /// the whole bundle in memory.
+    /// Bounded. When the writer falls behind, complete blocks wait here, in order, their
+    /// symbols still in `in_flight` within the memory budget: the reader never waits for the
+    /// writer, since a reader that waits lets the kernel drop what arrives meanwhile.
     jobs: SyncSender<Job>,
+    waiting: std::collections::VecDeque<u32>,
     results: Receiver<Outcome>,
     writer: Option<std::thread::JoinHandle<Result<()>>>,
     pub(super) decoded: u64,
@@ -64,6 +66,8 @@ pub(super) struct Active {
 struct InFlight {
     asm: BlockAssembly,
     last_fed: u64,
+    /// Complete and waiting for room in the writer's queue: never evicted.
+    waiting: bool,
 }
 
 impl Active {
@@ -141,6 +145,7 @@ impl Active {
             in_flight_bytes: 0,
             budget,
             writing: HashMap::new(),
+            waiting: std::collections::VecDeque::new(),
             spare_buffers: Vec::new(),
             tick: 0,
             jobs,
@@ -164,6 +169,12 @@ impl Active {
         self.done_count == self.blocks
     }
 
+    /// Whether blocks are still with the writer or waiting for it: the stream may have
+    /// ended, but the bundle is not given up on while they are.
+    pub(super) fn busy(&self) -> bool {
+        !self.waiting.is_empty() || !self.writing.is_empty()
+    }
+
     fn is_done(&self, block: u32) -> bool {
         self.done[(block / 8) as usize] & (1 << (block % 8)) != 0
     }
@@ -179,6 +190,7 @@ impl Active {
         self.session = announce.session;
         self.announce = announce;
         self.in_flight.clear();
+        self.waiting.clear();
         self.in_flight_bytes = 0;
     }
 
@@ -270,6 +282,7 @@ impl Active {
                 InFlight {
                     asm,
                     last_fed: self.tick,
+                    waiting: false,
                 },
             );
             self.evict_over_budget(block, report);
@@ -284,7 +297,7 @@ impl Active {
         }
         entry.last_fed = self.tick;
         self.in_flight_bytes += entry.asm.footprint() - before;
-        if entry.asm.ready_to_decode() && self.hashes.contains(block) {
+        if !entry.waiting && entry.asm.ready_to_decode() && self.hashes.contains(block) {
             self.dispatch(block);
         }
         true
@@ -296,7 +309,7 @@ impl Active {
             let Some(victim) = self
                 .in_flight
                 .iter()
-                .filter(|(b, _)| **b != keep)
+                .filter(|(b, f)| **b != keep && !f.waiting)
                 .min_by_key(|(_, f)| f.last_fed)
                 .map(|(b, _)| *b)
             else {
@@ -309,22 +322,95 @@ impl Active {
         }
     }
 
+    /// Hands a complete block to the writer, or, while the writer's queue is full, puts it
+    /// behind the blocks already waiting.
     fn dispatch(&mut self, block: u32) {
-        let Some(hash) = self.hashes.get(block).copied() else {
-            return;
+        if !self.waiting.is_empty() {
+            self.wait_for_writer(block);
+            self.send_waiting();
+        } else if !self.send(block) {
+            self.wait_for_writer(block);
+        }
+    }
+
+    fn wait_for_writer(&mut self, block: u32) {
+        if let Some(f) = self.in_flight.get_mut(&block)
+            && !f.waiting
+        {
+            f.waiting = true;
+            self.waiting.push_back(block);
+        }
+        // Waiting blocks are never evicted, so past the budget the reader waits for the
+        // writer after all: memory stays bounded whatever arrives.
+        while self.in_flight_bytes > self.budget {
+            let Some(block) = self.waiting.pop_front() else {
+                return;
+            };
+            let (Some(hash), Some(f)) = (
+                self.hashes.get(block).copied(),
+                self.in_flight.remove(&block),
+            ) else {
+                continue;
+            };
+            self.in_flight_bytes -= f.asm.footprint();
+            self.writing.insert(block, Vec::new());
+            // The writer only stops when this side drops its sender or it fails; a failure
+            // is reported by `collect_results`.
+            let _ = self.jobs.send(Job::Block {
+                block,
+                asm: f.asm,
+                hash,
+            });
+        }
+    }
+
+    /// Sends the waiting blocks, in order, while the writer's queue has room.
+    pub(super) fn send_waiting(&mut self) {
+        while let Some(&block) = self.waiting.front() {
+            if !self.send(block) {
+                return;
+            }
+            self.waiting.pop_front();
+        }
+    }
+
+    /// Sends `block` to the writer; `false` if its queue is full (the block stays).
+    fn send(&mut self, block: u32) -> bool {
+        let (Some(hash), Some(f)) = (
+            self.hashes.get(block).copied(),
+            self.in_flight.remove(&block),
+        ) else {
+            // Gone meanwhile (a new session): nothing to send.
+            return true;
         };
-        let Some(f) = self.in_flight.remove(&block) else {
-            return;
-        };
-        self.in_flight_bytes -= f.asm.footprint();
-        self.writing.insert(block, Vec::new());
-        // Blocks while the writer's queue is full. The writer only stops when this side
-        // drops its sender or it fails; a failure is reported by `collect_results`.
-        let _ = self.jobs.send(Job::Block {
+        let footprint = f.asm.footprint();
+        match self.jobs.try_send(Job::Block {
             block,
             asm: f.asm,
             hash,
-        });
+        }) {
+            Ok(()) => {
+                self.in_flight_bytes -= footprint;
+                self.writing.insert(block, Vec::new());
+                true
+            }
+            Err(std::sync::mpsc::TrySendError::Full(Job::Block { asm, .. })) => {
+                self.in_flight.insert(
+                    block,
+                    InFlight {
+                        asm,
+                        last_fed: f.last_fed,
+                        waiting: f.waiting,
+                    },
+                );
+                false
+            }
+            // The writer stopped: `collect_results` reports why.
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                self.in_flight_bytes -= footprint;
+                true
+            }
+        }
     }
 
     /// Takes what the writer finished.
@@ -366,6 +452,7 @@ impl Active {
                         InFlight {
                             asm,
                             last_fed: self.tick,
+                            waiting: false,
                         },
                     );
                     self.evict_over_budget(block, report);
@@ -381,6 +468,8 @@ impl Active {
                 }
             }
         }
+        // The writer made room.
+        self.send_waiting();
         if self.writer.as_ref().is_some_and(|w| w.is_finished()) {
             return self.stop_writer();
         }
