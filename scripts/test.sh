@@ -6,7 +6,8 @@
 # confinement benchmarks' smoke runs, the network-silence test (the demo and the official SDKs in a loopback-only
 # network namespace, every airlock process under strace), and the server's overhead
 # benchmark and bounded load test (64 streaming clients for 60 s; fails on errors other than
-# 429s or on memory that does not come back).
+# 429s or on memory that does not come back). Each step prints its time, and fails if it
+# leaves a process running.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 2; }
