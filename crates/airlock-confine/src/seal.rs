@@ -582,32 +582,15 @@ fn listen(
             Verdict::Continue => ScmpNotifResp::new_continue(request.id, flags),
             // A connector answers: its connect comes back to this thread for a verdict.
             Verdict::Connect { root, rest } => {
-                let job = Job {
-                    id: request.id,
-                    pid: request.pid,
-                    slot: request.data.args[0],
-                    target: Target::Unix { root, rest },
-                };
-                match connector.unix.try_send(job) {
+                let job = Job::for_request(&request, Target::Unix { root, rest });
+                match connector.queue(&job, own_thread).try_send(job) {
                     Ok(()) => continue,
                     Err(_) => ScmpNotifResp::new_error(request.id, -libc::EAGAIN, flags),
                 }
             }
             Verdict::ConnectIp { to, purpose } => {
-                let job = Job {
-                    id: request.id,
-                    pid: request.pid,
-                    slot: request.data.args[0],
-                    target: Target::Ip { to, purpose },
-                };
-                // The command's own connections apart from its engines', which cannot hold
-                // them up.
-                let queue = if own_thread {
-                    &connector.ip_own
-                } else {
-                    &connector.ip_started
-                };
-                match queue.try_send(job) {
+                let job = Job::for_request(&request, Target::Ip { to, purpose });
+                match connector.queue(&job, own_thread).try_send(job) {
                     Ok(()) => continue,
                     Err(_) => ScmpNotifResp::new_error(request.id, -libc::EAGAIN, flags),
                 }
@@ -630,6 +613,18 @@ struct Job {
     pid: u32,
     slot: u64,
     target: Target,
+}
+
+impl Job {
+    /// The connect `request` asked for (its socket is argument 0), to `target`.
+    fn for_request(request: &ScmpNotifReq, target: Target) -> Self {
+        Self {
+            id: request.id,
+            pid: request.pid,
+            slot: request.data.args[0],
+            target,
+        }
+    }
 }
 
 enum Target {
@@ -677,6 +672,16 @@ impl Drop for AbortOnExit {
 }
 
 impl Connector {
+    /// Where `job` waits: unix connects in one queue; connects to other machines in the
+    /// command's own or in its engines', so that neither holds up the other.
+    fn queue(&self, job: &Job, own_thread: bool) -> &std::sync::mpsc::SyncSender<Job> {
+        match (&job.target, own_thread) {
+            (Target::Unix { .. }, _) => &self.unix,
+            (Target::Ip { .. }, true) => &self.ip_own,
+            (Target::Ip { .. }, false) => &self.ip_started,
+        }
+    }
+
     fn start(notify: i32, recorder: &Recorder) -> Result<Self, Error> {
         type Queue = Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>;
         let queue = || {

@@ -328,7 +328,7 @@ impl Active {
         if !self.waiting.is_empty() {
             self.wait_for_writer(block);
             self.send_waiting();
-        } else if !self.send(block) {
+        } else if !self.send(block, false) {
             self.wait_for_writer(block);
         }
     }
@@ -343,58 +343,59 @@ impl Active {
         // Waiting blocks are never evicted, so past the budget the reader waits for the
         // writer after all: memory stays bounded whatever arrives.
         while self.in_flight_bytes > self.budget {
-            let Some(block) = self.waiting.pop_front() else {
+            let Some(&block) = self.waiting.front() else {
                 return;
             };
-            let (Some(hash), Some(f)) = (
-                self.hashes.get(block).copied(),
-                self.in_flight.remove(&block),
-            ) else {
-                continue;
-            };
-            self.in_flight_bytes -= f.asm.footprint();
-            self.writing.insert(block, Vec::new());
-            // The writer only stops when this side drops its sender or it fails; a failure
-            // is reported by `collect_results`.
-            let _ = self.jobs.send(Job::Block {
-                block,
-                asm: f.asm,
-                hash,
-            });
+            self.send(block, true);
+            self.waiting.pop_front();
         }
     }
 
     /// Sends the waiting blocks, in order, while the writer's queue has room.
     pub(super) fn send_waiting(&mut self) {
         while let Some(&block) = self.waiting.front() {
-            if !self.send(block) {
+            if !self.send(block, false) {
                 return;
             }
             self.waiting.pop_front();
         }
     }
 
-    /// Sends `block` to the writer; `false` if its queue is full (the block stays).
-    fn send(&mut self, block: u32) -> bool {
-        let (Some(hash), Some(f)) = (
-            self.hashes.get(block).copied(),
-            self.in_flight.remove(&block),
-        ) else {
+    /// Sends `block` to the writer, waiting for room in its queue if `wait`; `false` if the
+    /// queue is full (the block stays where it was).
+    fn send(&mut self, block: u32, wait: bool) -> bool {
+        use std::sync::mpsc::TrySendError;
+        let Some(hash) = self.hashes.get(block).copied() else {
+            // No check value: nothing to decode against; the block goes back to being fed.
+            if let Some(f) = self.in_flight.get_mut(&block) {
+                f.waiting = false;
+            }
+            return true;
+        };
+        let Some(f) = self.in_flight.remove(&block) else {
             // Gone meanwhile (a new session): nothing to send.
             return true;
         };
         let footprint = f.asm.footprint();
-        match self.jobs.try_send(Job::Block {
+        let job = Job::Block {
             block,
             asm: f.asm,
             hash,
-        }) {
+        };
+        let sent = if wait {
+            self.jobs
+                .send(job)
+                .map_err(|e| TrySendError::Disconnected(e.0))
+        } else {
+            self.jobs.try_send(job)
+        };
+        match sent {
             Ok(()) => {
                 self.in_flight_bytes -= footprint;
                 self.writing.insert(block, Vec::new());
                 true
             }
-            Err(std::sync::mpsc::TrySendError::Full(Job::Block { asm, .. })) => {
+            Err(TrySendError::Full(Job::Block { asm, .. })) => {
                 self.in_flight.insert(
                     block,
                     InFlight {
@@ -406,7 +407,7 @@ impl Active {
                 false
             }
             // The writer stopped: `collect_results` reports why.
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Disconnected(_)) => {
                 self.in_flight_bytes -= footprint;
                 true
             }
